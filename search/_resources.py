@@ -1,0 +1,48 @@
+"""Find built-in profiles, spaces and experiments by name, in a checkout or an installed wheel."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .errors import ConfigError
+
+_ROOT = Path(__file__).resolve().parent.parent
+_KINDS = {
+    # kind: (folder in a checkout, package in a wheel)
+    "profile": ("hardware_profiles", "search._builtin.hardware_profiles"),
+    "space": ("spaces", "spaces"),
+    "experiment": ("experiments", "search._builtin.experiments"),
+}
+
+
+def builtin_dir(kind: str) -> Path:
+    """The folder holding the built-in YAML files of one kind."""
+    folder, package = _KINDS[kind]
+    checkout = _ROOT / folder
+    if checkout.is_dir() and any(checkout.glob("*.yaml")):
+        return checkout
+    try:
+        return Path(str(resources.files(package)))
+    except ModuleNotFoundError:  # a checkout whose folder is still empty
+        return checkout
+
+
+def builtin_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in builtin_dir(kind).glob("*.yaml"))
+
+
+def resolve(kind: str, name_or_path: str | Path, *, file: str, field: str) -> Path:
+    """A path as given, or a built-in name; a clear ConfigError otherwise."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or "/" in text or path.exists():
+        if not path.is_file():
+            raise ConfigError(file, field, f"no {kind} file at {text}")
+        return path
+    candidate = builtin_dir(kind) / f"{text}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(
+        file, field, f"unknown {kind} {text!r}; built-in: {builtin_names(kind)} or a path to a YAML"
+    )

@@ -1,0 +1,249 @@
+"""Command line: `python -m search run|worker|report|export|apply|cost|profiles ...`.
+
+Exit status: 0 on success, 2 on bad input (one `error:` line naming file and field), 1 on an
+internal fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m search", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def experiment_args(cmd: argparse.ArgumentParser, *, storage_required: bool = False) -> None:
+        cmd.add_argument("experiment", help="experiment YAML, or a built-in name (quickstart)")
+        cmd.add_argument("--storage", required=storage_required,
+                         help="SQLAlchemy URL (default: SQLite in the run folder)")
+        cmd.add_argument("--trials", type=int, help="completed trials wanted in the study")
+        cmd.add_argument("--target", help="hardware profile name or YAML path")
+        cmd.add_argument("--out", help="run folder (default experiments/runs/NAME)")
+        cmd.add_argument("--seed", type=int)
+        cmd.add_argument("--jobs", type=int, default=1, help="worker processes on this machine")
+        cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    experiment_args(sub.add_parser("run", help="run or resume a search"))
+    experiment_args(sub.add_parser("worker", help="join a shared study"), storage_required=True)
+
+    rep = sub.add_parser("report", help="re-render trials.csv, pareto.json, report.html")
+    rep.add_argument("run_dir", nargs="?", help="run folder holding study.db")
+    rep.add_argument("--storage", help="SQLAlchemy URL of a shared study")
+    rep.add_argument("--study", help="study name (with --storage)")
+    rep.add_argument("--out", help="where to write (default: the run folder)")
+
+    exp = sub.add_parser("export", help="export a winner: winner.yaml, model.onnx, card.md")
+    exp.add_argument("run_dir")
+    group = exp.add_mutually_exclusive_group()
+    group.add_argument("--pick", default="knee",
+                       choices=["knee", "max-accuracy", "min-latency", "min-size"])
+    group.add_argument("--trial", type=int, help="export this trial number")
+    exp.add_argument("--out", help="default RUN_DIR/winner")
+    exp.add_argument("--allow-infeasible", action="store_true")
+
+    app = sub.add_parser("apply", help="rebuild a winner from its base model and check it")
+    app.add_argument("winner", help="winner/winner.yaml")
+    app.add_argument("--out", help="also write the rebuilt model's ONNX file here")
+
+    cost = sub.add_parser("cost", help="cost a model on a hardware profile")
+    cost.add_argument("--model", required=True, help="pkg.module:function returning an nn.Module")
+    cost.add_argument("--input-shape", required=True, help="C,H,W")
+    cost.add_argument("--target", default="host")
+    cost.add_argument("--measure", action="store_true", help="also measure it in ONNX Runtime")
+    cost.add_argument("--json", action="store_true")
+
+    prof = sub.add_parser("profiles", help="hardware profiles")
+    psub = prof.add_subparsers(dest="action", required=True)
+    psub.add_parser("list")
+    show = psub.add_parser("show")
+    show.add_argument("name")
+    cal = psub.add_parser("calibrate-host", help="measure this machine, write a host profile")
+    cal.add_argument("--out", default=None)
+    fit = psub.add_parser("calibrate", help="fit a profile to latencies measured on a device")
+    fit.add_argument("--measurements", required=True, help="CSV: onnx,latency_ms")
+    fit.add_argument("--base", required=True, help="profile to start from")
+    fit.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args) or 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed trials are kept, run again to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+def _experiment(args: argparse.Namespace):
+    from .config import load_experiment
+
+    exp = load_experiment(args.experiment)
+    if args.trials is not None and args.trials <= 0:
+        raise ConfigError("<command line>", "--trials", f"must be >= 1, got {args.trials}")
+    if args.jobs < 1:
+        raise ConfigError("<command line>", "--jobs", f"must be >= 1, got {args.jobs}")
+    return exp.with_overrides(trials=args.trials, seed=args.seed, out=args.out,
+                              target=args.target, storage=args.storage)
+
+
+def _run(args: argparse.Namespace, *, worker: bool = False) -> int:
+    from .study import run_search
+
+    exp = _experiment(args)
+    _set_threads(args.jobs)
+    if args.jobs > 1:
+        from .parallel import run_jobs
+
+        result = run_jobs(exp, jobs=args.jobs, progress=not args.no_progress)
+    else:
+        result = run_search(exp, progress=not args.no_progress, worker=worker)
+    _write_outputs(result.storage_url, exp.name, result.run_dir, summary=True)
+    return 0
+
+
+def _set_threads(jobs: int) -> None:
+    """workers x threads <= cores."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    torch.set_num_threads(threads)
+
+
+def _write_outputs(storage_url: str, study_name: str, run_dir: Path, *, summary: bool) -> None:
+    from .report import load_run, write_outputs
+
+    run = load_run(storage_url, study_name)
+    paths = write_outputs(run, run_dir)
+    if summary:
+        print(run.summary())
+        for path in paths:
+            print(f"wrote {path}")
+
+
+def _report(args: argparse.Namespace) -> int:
+    if args.storage:
+        if not args.study:
+            raise ConfigError("<command line>", "--study", "is required with --storage")
+        out = Path(args.out or args.run_dir or Path("experiments/runs") / args.study)
+        _write_outputs(args.storage, args.study, out, summary=True)
+        return 0
+    if not args.run_dir:
+        raise ConfigError("<command line>", "run_dir", "give a run folder or --storage and --study")
+    run_dir = Path(args.run_dir)
+    db = run_dir / "study.db"
+    if not db.is_file():
+        raise ConfigError(str(run_dir), "study.db", "no study storage here; is it a run folder?")
+    import optuna
+
+    names = optuna.study.get_all_study_names(f"sqlite:///{db.resolve()}")
+    if len(names) != 1:
+        raise ConfigError(str(db), "study", f"expected one study, found {names}")
+    _write_outputs(f"sqlite:///{db.resolve()}", names[0], Path(args.out or run_dir), summary=True)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_winner
+
+    winner = export_winner(Path(args.run_dir), pick=args.pick, trial=args.trial,
+                           out=Path(args.out) if args.out else None,
+                           allow_infeasible=args.allow_infeasible)
+    print(f"wrote {winner}")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from .export import apply_winner
+
+    result = apply_winner(Path(args.winner), out=Path(args.out) if args.out else None)
+    print(result)
+    return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from .hardware import cost_summary, load_profile
+
+    try:
+        shape = tuple(int(d) for d in args.input_shape.split(","))
+    except ValueError:
+        raise ConfigError("<command line>", "--input-shape", "must be integers like 3,224,224") from None
+    model = _import_model(args.model)
+    profile = load_profile(args.target, file="<command line>", field="--target")
+    summary = cost_summary(model, shape, profile, measure=args.measure)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        width = max(len(k) for k in summary)
+        for key, value in summary.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _import_model(spec: str):
+    import importlib
+
+    from torch import nn
+
+    if ":" not in spec:
+        raise ConfigError("<command line>", "--model", "must look like 'pkg.module:function'")
+    module_name, func = spec.split(":", 1)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError("<command line>", "--model", f"cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, func, None)
+    model = factory() if callable(factory) else None
+    if not isinstance(model, nn.Module):
+        raise ConfigError("<command line>", "--model", f"{spec} must return an nn.Module")
+    return model.eval()
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from . import hardware
+    from ._resources import builtin_names
+
+    if args.action == "list":
+        for name in builtin_names("profile"):
+            profile = hardware.load_profile(name)
+            print(f"{name:<10} {profile.description}")
+    elif args.action == "show":
+        import yaml
+
+        profile = hardware.load_profile(args.name, file="<command line>", field="name")
+        print(yaml.safe_dump(profile.to_dict(), sort_keys=False), end="")
+    elif args.action == "calibrate-host":
+        profile_path = hardware.calibrate_host(out=Path(args.out) if args.out else None)
+        print(f"wrote {profile_path}")
+    else:
+        profile_path = hardware.calibrate_from_measurements(
+            Path(args.measurements), base=args.base, out=Path(args.out))
+        print(f"wrote {profile_path}")
+    return 0
+
+
+_COMMANDS = {
+    "run": _run,
+    "worker": lambda a: _run(a, worker=True),
+    "report": _report,
+    "export": _export,
+    "apply": _apply,
+    "cost": _cost,
+    "profiles": _profiles,
+}

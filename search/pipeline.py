@@ -1,0 +1,69 @@
+"""One plan through the pipeline: build (no training), recover (fine-tune), evaluate.
+
+`build` is deterministic for a given plan and task, so `apply` can rebuild a winner's structure
+and load its fine-tuned weights.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from spaces import CompressionPlan
+
+from .compress import Compressed, calibrate, compress, distillation_loss
+from .tasks import Task, fit
+
+CALIBRATION_ROWS = 256
+TAYLOR_ROWS = 128
+
+
+def build(plan: CompressionPlan, task: Task) -> Compressed:
+    """Apply the plan's operators to a copy of the base model (architecture -> ... -> quantize)."""
+    x, y = task.train
+    torch.manual_seed(0)  # students initialise identically on every rebuild
+    return compress(
+        plan,
+        task.base_model,
+        input_shape=task.input_shape,
+        num_classes=task.num_classes,
+        calib_inputs=x[:CALIBRATION_ROWS],
+        grad_batch=(x[:TAYLOR_ROWS], y[:TAYLOR_ROWS]),
+    )
+
+
+def recover(
+    compressed: Compressed,
+    plan: CompressionPlan,
+    task: Task,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> nn.Module:
+    """Fine-tune with the plan's distillation loss against the base model's cached logits."""
+    model = compressed.model
+    teacher = task.teacher_logits if plan.distill.enabled else None
+    fit(
+        model,
+        task.train,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=task.device,
+        teacher_logits=teacher,
+        loss_fn=partial(_loss, cfg=plan),
+    )
+    model.cpu().eval()
+    if compressed.activation_bits < 32:
+        # Ranges drift while weights move: re-measure them on the final weights.
+        calibrate(model, task.calibration_inputs(CALIBRATION_ROWS))
+    return model
+
+
+def _loss(student, teacher, targets, *, cfg: CompressionPlan):
+    return distillation_loss(student, teacher, targets, cfg.distill)

@@ -1,0 +1,224 @@
+"""The Optuna study: storage, sampler, resume, progress, and the run folder's outputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from spaces import SearchSpace, SpaceError
+
+from ._resources import resolve
+from .config import Experiment
+from .errors import ConfigError
+from .hardware import HardwareProfile, load_profile
+
+HEARTBEAT_S = 10
+GRACE_S = 30
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a trial whose worker died is failed and retried once."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+    )
+
+
+def make_sampler(name: str, *, seed: int, n_objectives: int) -> optuna.samplers.BaseSampler:
+    """Seeded samplers; `auto` is multivariate TPE with a constant liar for parallel workers."""
+    if name in ("auto", "tpe"):
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=10,
+            warn_independent_sampling=False,
+        )
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def load_space(exp: Experiment) -> SearchSpace:
+    path = resolve("space", exp.space, file=exp.source, field="space")
+    try:
+        return SearchSpace.from_file(path)
+    except SpaceError as exc:
+        raise ConfigError(exc.file, exc.field, exc.message) from None
+
+
+def load_target(exp: Experiment) -> HardwareProfile:
+    return load_profile(exp.target, file=exp.source, field="target")
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    run_dir: Path
+    storage_url: str
+    completed: int
+    over_budget: int
+    failed: int
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
+    """Create the study or resume it; refuses a stored study that wants other objectives."""
+    storage = make_storage(exp.storage_url)
+    directions = [o.direction for o in exp.objectives]
+    n_done = 0
+    try:
+        existing = optuna.load_study(study_name=exp.name, storage=storage)
+        n_done = len(existing.trials)
+        stored = [d.name.lower() for d in existing.directions]
+        if stored != directions:
+            raise ConfigError(exp.source, "objectives", f"the stored study {exp.name!r} optimises "
+                              f"{stored}; use another name or out folder to start afresh")
+    except KeyError:
+        if not create:
+            raise ConfigError(exp.source, "storage", f"no study {exp.name!r} in {exp.storage_url}")
+    # Offset the seed by the trials already stored so a resumed run does not replay the first
+    # samples of a seeded sampler.
+    sampler = make_sampler(exp.sampler, seed=exp.seed + n_done, n_objectives=len(directions))
+    return optuna.create_study(study_name=exp.name, storage=storage, directions=directions,
+                               sampler=sampler, load_if_exists=True)
+
+
+class _Progress:
+    """tqdm bar: trials done / total, feasible count, best accuracy so far, ETA."""
+
+    def __init__(self, study: optuna.Study, total: int, primary: str, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        done = len(completed(study))
+        self.primary, self.total = primary, total
+        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", disable=not enabled,
+                        dynamic_ncols=True, desc="search")
+        self.update(study)
+
+    def update(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+        trials = completed(study)
+        feasible = [t for t in trials if is_feasible(t)]
+        best = max((t.user_attrs.get(self.primary) or 0.0 for t in feasible), default=None)
+        skipped = sum(t.user_attrs.get("status") == "over_budget" for t in trials)
+        self.bar.set_postfix(feasible=len(feasible), over_budget=skipped,
+                             best=f"{best:.4f}" if best is not None else "-", refresh=False)
+        self.bar.n = min(len(trials), self.total)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0 for v in trial.user_attrs.get("constraints", {}).values())
+
+
+def run_search(exp: Experiment, *, progress: bool = True, worker: bool = False,
+               log: Callable[[str], None] = print) -> SearchResult:
+    """Run (or resume) the experiment's study until it holds `exp.trials` completed trials.
+
+    Args:
+        worker: join an existing shared study instead of creating one (`python -m search worker`).
+    """
+    from .objective import TrialObjective
+    from .tasks import load_task
+
+    space, profile = load_space(exp), load_target(exp)  # validate everything before writing
+    task = load_task(exp, log=log)
+    run_dir = exp.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(exp, create=not worker)
+    objective = TrialObjective(exp, task, space, profile, weights_dir=run_dir / "weights")
+    _record_study_attrs(study, exp, objective, profile, space)
+
+    if not worker and not study.trials:
+        warm_start(study, objective)
+    bar = _Progress(study, exp.trials, objective.primary, progress)
+    failed_here = 0
+
+    def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal failed_here
+        failed_here += trial.state == TrialState.FAIL
+        bar.update(study, trial)
+        # Enough completed trials, or every recent trial failing: stop rather than loop forever.
+        if len(completed(study)) >= exp.trials or failed_here >= max(exp.trials, 10):
+            study.stop()
+
+    started = time.perf_counter()
+    if len(completed(study)) < exp.trials:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=None, callbacks=[stop_when_done], catch=(Exception,),
+                       gc_after_trial=False)
+    bar.close()
+    trials = completed(study)
+    result = SearchResult(
+        study=study, run_dir=run_dir, storage_url=exp.storage_url, completed=len(trials),
+        over_budget=sum(t.user_attrs.get("status") == "over_budget" for t in trials),
+        failed=len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+    )
+    log(f"search: {result.completed} trials complete ({result.over_budget} over budget, not "
+        f"trained; {result.failed} failed) in {time.perf_counter() - started:.0f} s")
+    return result
+
+
+# The usual manual recipes, tried first so the front always holds them or something better.
+RECIPES = {
+    "uncompressed": {},
+    "int8": {"weight_bits": 8, "activation_bits": 8},
+    "int8 + prune 50% L1": {"weight_bits": 8, "activation_bits": 8, "prune": 0.5},
+    "student w0.5 + distillation": {"family": "mobilenetv2", "width": 0.5},
+}
+
+
+def warm_start(study: optuna.Study, objective: Any) -> None:
+    """Enqueue the manual recipes (snapped to the space) as the first trials of a new study."""
+    from spaces import ArchitectureConfig
+
+    space = objective.space
+    offered = space.dim("architecture", "family", "base").values()
+    for name, recipe in RECIPES.items():
+        family = recipe.get("family", "base")
+        if family not in offered:
+            continue
+        arch = ArchitectureConfig(family=family, width=recipe.get("width", 1.0))
+        offered = {"weight_bits": objective.profile.weight_bits,
+                   "activation_bits": objective.profile.activation_bits}
+        params = space.recipe_params(objective.layers_for(arch), offered=offered, **recipe)
+        study.enqueue_trial(params, user_attrs={"recipe": name}, skip_if_exists=True)
+
+
+def _record_study_attrs(study: optuna.Study, exp: Experiment, objective: Any,
+                        profile: HardwareProfile, space: SearchSpace) -> None:
+    attrs = {
+        "experiment": exp.to_dict(),
+        "objectives": [[o.metric, o.direction] for o in exp.objectives],
+        "constraints": objective.constraint_names,
+        "budgets": objective.budgets,
+        "max_accuracy_drop": exp.max_accuracy_drop,
+        "profile": profile.to_dict(),
+        "base_metrics": {**objective.baseline.metrics, **objective.baseline.cost.metrics()},
+        "task": objective.task.name,
+        "base_hash": objective.task.base_hash,
+        "space": space.name,
+        "primary_metric": objective.primary,
+    }
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)

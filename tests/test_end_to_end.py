@@ -1,0 +1,66 @@
+"""A real 4-trial search on digits, then export and apply: the newcomer's path, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from search.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def write_experiment(folder: Path, **overrides) -> Path:
+    exp = {
+        "name": "e2e",
+        "task": "digits",
+        "target": "mcu",
+        "space": "joint",
+        "budgets": {"latency_ms": 30},
+        "trials": 4,
+        "seed": 3,
+        "recovery": {"epochs": 1},
+        **overrides,
+    }
+    path = folder / "e2e.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def test_search_export_apply(in_tmp: Path, capsys: pytest.CaptureFixture[str]):
+    exp = write_experiment(in_tmp)
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    run_dir = in_tmp / "experiments" / "runs" / "e2e"
+    assert "report.html" in out
+
+    # The run folder is complete.
+    for name in ("study.db", "trials.csv", "pareto.json", "report.html"):
+        assert (run_dir / name).is_file(), name
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 4
+    front = json.loads((run_dir / "pareto.json").read_text())
+    assert front["front"], "the feasible front is empty"
+    assert "plotly" in (run_dir / "report.html").read_text()[:2_000_000].lower()
+
+    # Running it again resumes: nothing re-runs, two more trials are added with --trials 6.
+    assert main(["run", str(exp), "--no-progress", "--trials", "6"]) == 0
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{run_dir / 'study.db'}")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 6
+    assert [t.number for t in complete][:4] == [0, 1, 2, 3]
+
+    # Export the knee and rebuild it from the base model.
+    assert main(["export", str(run_dir), "--pick", "knee"]) == 0
+    winner = yaml.safe_load((run_dir / "winner" / "winner.yaml").read_text())
+    assert (run_dir / "winner" / "model.onnx").is_file()
+    assert (run_dir / "winner" / "card.md").is_file()
+    capsys.readouterr()
+    assert main(["apply", str(run_dir / "winner" / "winner.yaml")]) == 0
+    applied = capsys.readouterr().out
+    assert str(winner["metrics"]["weight_bytes"]) in applied

@@ -1,0 +1,148 @@
+"""CompressionPlan round trips and the search space's suggestions (driven by FixedTrial)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spaces import (
+    ArchitectureConfig,
+    CompressionPlan,
+    LayerInfo,
+    PlanError,
+    PruneConfig,
+    QuantizeConfig,
+    SearchSpace,
+    SpaceError,
+)
+from tests.conftest import REPO
+
+LAYERS = [
+    LayerInfo("conv1", "conv", 1, 8, (3, 3)),
+    LayerInfo("conv2", "conv", 8, 16, (3, 3)),
+    LayerInfo("fc", "linear", 16, 10, prunable=False),
+]
+
+
+def layers_for(arch: ArchitectureConfig):
+    return LAYERS if arch.family == "base" else [LayerInfo("s.0", "conv", 1, 4, (3, 3))]
+
+
+def test_plan_round_trips_through_dict_and_yaml():
+    plan = CompressionPlan(
+        prune=PruneConfig(ratios={"conv1": 0.5, "conv2": 0.25}, importance="taylor"),
+        quantize=QuantizeConfig(weight_bits={"conv1": 4, "fc": 8}, activation_bits=8),
+    )
+    assert CompressionPlan.from_dict(plan.to_dict()) == plan
+    assert CompressionPlan.from_yaml(plan.to_yaml()) == plan
+    assert plan.quantize.bits("conv1") == 4 and plan.quantize.bits("conv2") == 32
+    assert plan.prune.ratio("fc") == 0.0
+    assert "prune" in plan.describe() and "w4/8" in plan.describe()
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"prune": {"ratios": {"conv1": 1.5}}}, "prune.ratios.conv1"),
+        ({"quantize": {"weight_bits": {"conv1": 3}}}, "quantize.weight_bits.conv1"),
+        ({"quantize": {"activation_bits": 4}}, "quantize.activation_bits"),
+        ({"architecture": {"family": "resnet"}}, "architecture.family"),
+        ({"prune": {"bogus": 1}}, "prune.bogus"),
+        ({"extra": {}}, "extra"),
+    ],
+)
+def test_plan_rejects_bad_values_naming_the_field(data, field):
+    with pytest.raises(PlanError) as info:
+        CompressionPlan.from_dict(data)
+    assert info.value.field == field
+
+
+def test_joint_space_suggests_per_layer_decisions():
+    space = SearchSpace.from_file(REPO / "spaces" / "joint.yaml")
+    params = {
+        "arch.family": "base", "lowrank.mode": "svd", "prune.mode": "per_layer",
+        "prune.importance": "l2", "prune.sparsity": 0.0, "act_bits": 8,
+        "distill.alpha": 0.5, "distill.temperature": 2.0,
+        "rank.conv1": 0.5, "rank.conv2": 1.0, "rank.fc": 1.0,
+        "prune.conv1": 0.3, "prune.conv2": 0.0,
+        "bits.conv1": 4, "bits.conv2": 8, "bits.fc": 8,
+    }
+    plan = space.suggest(optuna.trial.FixedTrial(params), layers_for, weight_bits=(4, 8, 32))
+    assert plan.prune.ratio("conv1") == pytest.approx(0.3)
+    assert "fc" not in dict(plan.prune.ratios)  # the classifier is not prunable
+    assert plan.quantize.bits("conv1") == 4 and plan.quantize.activation_bits == 8
+    assert plan.lowrank.rank("conv1") == 0.5
+    assert plan.distill.alpha == 0.5
+
+
+def test_space_offers_only_the_targets_precisions():
+    space = SearchSpace.from_dict({"quantize": {"weight_bits": [2, 4, 8, 32]}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        plan = space.suggest(trial, layers_for, weight_bits=(8, 16, 32))
+        seen |= {b for _, b in plan.quantize.weight_bits}
+        study.tell(trial, 0.0)
+    assert seen <= {8, 32} and seen
+
+
+def test_student_layers_share_one_choice():
+    space = SearchSpace.from_dict({"architecture": {"family": ["mobilenetv2"], "width": [0.5]},
+                                   "prune": {"ratio": [0.2]}})
+    plan = space.suggest(optuna.trial.FixedTrial({}), layers_for)
+    assert plan.architecture == ArchitectureConfig("mobilenetv2", 0.5, 1)
+    assert plan.prune.ratio("s.0") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"prune": {"ratio": {"low": 0.5, "high": 0.1}}}, "prune.ratio"),
+        ({"prune": {"ratio": [1.5]}}, "prune.ratio"),
+        ({"quantize": {"weight_bits": [3]}}, "quantize.weight_bits"),
+        ({"quantize": {"weight_bits": {"low": 2, "high": 8}}}, "quantize.weight_bits"),
+        ({"prune": "yes"}, "prune"),
+        ({"lowrank": {"rnak": [0.5]}}, "lowrank.rnak"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_space_errors_name_the_field(data, field):
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_dict(data, source="s.yaml")
+    assert info.value.field == field and info.value.file == "s.yaml"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 40) | st.floats(allow_nan=True) | st.text(max_size=6),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["prune", "quantize", "ratio", "weight_bits", "low", "high", "step",
+                         "mode", "architecture", "family", "name", "x"]), kids, max_size=4),
+    max_leaves=12,
+))
+def test_space_loader_never_crashes(data):
+    """Fuzz: any YAML-like value gives a valid space or a SpaceError, nothing else."""
+    try:
+        SearchSpace.from_dict(data, source="fuzz.yaml")
+    except SpaceError:
+        pass
+
+
+def test_recipe_params_replay_as_the_recipe():
+    """Warm-start recipes are points of the space: suggest() turns them into the recipe's plan."""
+    space = SearchSpace.from_file(REPO / "spaces" / "joint.yaml")
+    params = space.recipe_params(LAYERS, weight_bits=8, activation_bits=8, prune=0.5,
+                                 offered={"weight_bits": (8, 16)})
+    params |= {"distill.alpha": 0.7, "distill.temperature": 4.0}  # left to the sampler
+    plan = space.suggest(optuna.trial.FixedTrial(params), layers_for, weight_bits=(8, 16))
+    assert plan.architecture.family == "base"
+    assert plan.prune.ratio("conv1") == pytest.approx(0.5) and plan.prune.importance == "l1"
+    assert {b for _, b in plan.quantize.weight_bits} == {8}
+    assert plan.quantize.activation_bits == 8
+    assert all(r == 1.0 for _, r in plan.lowrank.ranks)
+    # A value the target does not run snaps to the nearest one it does.
+    fp32 = space.recipe_params(LAYERS, offered={"weight_bits": (8, 16)})
+    assert fp32["bits.conv1"] == 16
