@@ -44,6 +44,7 @@ class Recovery:
     """Fine-tuning after compression (short while searching, long in the refine stage)."""
 
     epochs: int = 2
+    student_epochs: int = 20  # students start from scratch, so they need more than a touch-up
     lr: float = 0.005
     batch_size: int = 64
     distillation: bool = True
@@ -307,11 +308,15 @@ def parse_experiment(data: Any, source: str) -> Experiment:
         kwargs["device"] = _choice(file, "device", data["device"], ("cpu", "cuda"))
     if data.get("recovery") is not None:
         raw = _mapping(file, "recovery", data["recovery"],
-                       ("epochs", "lr", "batch_size", "distillation", "refine_epochs", "refine_top_k"))
+                       ("epochs", "student_epochs", "lr", "batch_size", "distillation",
+                        "refine_epochs", "refine_top_k"))
         rec = Recovery()
         changes: dict[str, Any] = {}
         if "epochs" in raw:
             changes["epochs"] = _int(file, "recovery.epochs", raw["epochs"], low=0, high=1000)
+        if "student_epochs" in raw:
+            changes["student_epochs"] = _int(file, "recovery.student_epochs",
+                                             raw["student_epochs"], low=0, high=1000)
         if "refine_epochs" in raw:
             changes["refine_epochs"] = _int(file, "recovery.refine_epochs", raw["refine_epochs"],
                                             low=0, high=1000)

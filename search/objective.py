@@ -103,7 +103,8 @@ class TrialObjective:
         else:
             t1 = time.perf_counter()
             rec = self.exp.recovery
-            model = recover(compressed, plan, self.task, epochs=rec.epochs, lr=rec.lr,
+            epochs = rec.epochs if plan.architecture.family == "base" else rec.student_epochs
+            model = recover(compressed, plan, self.task, epochs=epochs, lr=rec.lr,
                             batch_size=rec.batch_size, seed=self.exp.seed + trial.number)
             measured = self.task.evaluate(model, "val")
             metrics.update(measured)

@@ -113,6 +113,9 @@ class _Progress:
         self.update(study)
 
     def update(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+        if trial is not None and trial.state == TrialState.FAIL:
+            reason = trial.user_attrs.get("fail_reason", "see the trial's attributes")
+            self.bar.write(f"trial {trial.number} failed: {reason}")
         trials = completed(study)
         feasible = [t for t in trials if is_feasible(t)]
         best = max((t.user_attrs.get(self.primary) or 0.0 for t in feasible), default=None)
@@ -144,6 +147,7 @@ def run_search(exp: Experiment, *, progress: bool = True, worker: bool = False,
     task = load_task(exp, log=log)
     run_dir = exp.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures get our own one-line message
     study = open_study(exp, create=not worker)
     objective = TrialObjective(exp, task, space, profile, weights_dir=run_dir / "weights")
     _record_study_attrs(study, exp, objective, profile, space)
@@ -163,7 +167,6 @@ def run_search(exp: Experiment, *, progress: bool = True, worker: bool = False,
 
     started = time.perf_counter()
     if len(completed(study)) < exp.trials:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=None, callbacks=[stop_when_done], catch=(Exception,),
                        gc_after_trial=False)
     bar.close()
@@ -201,7 +204,7 @@ def warm_start(study: optuna.Study, objective: Any) -> None:
         offered = {"weight_bits": objective.profile.weight_bits,
                    "activation_bits": objective.profile.activation_bits}
         params = space.recipe_params(objective.layers_for(arch), offered=offered, **recipe)
-        study.enqueue_trial(params, user_attrs={"recipe": name}, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={"recipe": name})
 
 
 def _record_study_attrs(study: optuna.Study, exp: Experiment, objective: Any,
