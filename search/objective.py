@@ -15,16 +15,19 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo, SearchSpace
 
-from .compress import build_student, compressible_layers
+from .compress import Compressed, build_student, compressible_layers
 from .config import Experiment
 from .hardware import CostReport, HardwareProfile, constraint_values, estimate_cost
 from .pipeline import build, recover
 from .tasks import Task
 
 ACCURACY_DROP = "accuracy_drop"
+EARLY_STOP_MIN_TRIALS = 5
+EARLY_STOP_MARGIN = 0.25
 
 
 @dataclass
@@ -80,16 +83,43 @@ class TrialObjective:
             trial.set_user_attr("fail_trace", traceback.format_exc(limit=4)[-2000:])
             raise
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
-        t0 = time.perf_counter()
-        plan = self.suggest(trial)
-        trial.set_user_attr("plan", plan.to_dict())
-        trial.set_user_attr("plan_text", plan.describe())
+    def build_and_cost(self, plan: CompressionPlan) -> tuple[Compressed, CostReport]:
+        """The cheap half of a trial: operators applied, figures predicted, nothing trained."""
         compressed = build(plan, self.task)
         cost = estimate_cost(compressed.model, self.task.input_shape, self.profile,
                              layer_bits=compressed.layer_bits,
                              activation_bits=compressed.activation_bits,
                              layer_density=compressed.layer_density)
+        return compressed, cost
+
+    def train(self, compressed: Compressed, plan: CompressionPlan, *, seed: int,
+              epochs: int | None = None) -> torch.nn.Module:
+        """Recovery: `epochs` (default: the experiment's, longer for students from scratch)."""
+        rec = self.exp.recovery
+        if epochs is None:
+            epochs = rec.epochs if plan.architecture.family == "base" else rec.student_epochs
+        return recover(compressed, plan, self.task, epochs=epochs, lr=rec.lr,
+                       batch_size=rec.batch_size, seed=seed)
+
+    def hopeless(self, study: optuna.Study, before: float) -> bool:
+        """Early-stop rule for plans that inherit the base weights (students start at chance).
+
+        Once 5 such plans were trained and came out feasible, a new plan whose accuracy right
+        after compression is more than `EARLY_STOP_MARGIN` below the lowest pre-recovery
+        accuracy any of those feasible plans started from is stopped before recovery.
+        """
+        starts = [t.user_attrs["accuracy_before_recovery"]
+                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if "accuracy_before_recovery" in t.user_attrs
+                  and all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())]
+        return len(starts) >= EARLY_STOP_MIN_TRIALS and before < min(starts) - EARLY_STOP_MARGIN
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
+        t0 = time.perf_counter()
+        plan = self.suggest(trial)
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("plan_text", plan.describe())
+        compressed, cost = self.build_and_cost(plan)
         constraints = constraint_values(cost, self.budgets)
         metrics: dict[str, Any] = dict(cost.metrics())
         trial.set_user_attr("skipped_layers", dict(compressed.skipped))
@@ -102,19 +132,21 @@ class TrialObjective:
             metrics.update({k: None for k in ("accuracy", "recall", "f1")})
         else:
             t1 = time.perf_counter()
-            rec = self.exp.recovery
-            epochs = rec.epochs if plan.architecture.family == "base" else rec.student_epochs
-            model = recover(compressed, plan, self.task, epochs=epochs, lr=rec.lr,
-                            batch_size=rec.batch_size, seed=self.exp.seed + trial.number)
+            if plan.architecture.family == "base":
+                before = self.task.evaluate(compressed.model, "val")[self.primary]
+                trial.set_user_attr("accuracy_before_recovery", before)
+                if self.hopeless(trial.study, before):
+                    for key, value in metrics.items():
+                        trial.set_user_attr(key, value)
+                    trial.set_user_attr("status", "stopped_early")
+                    raise optuna.TrialPruned(f"{self.primary} {before:.3f} right after compression")
+            model = self.train(compressed, plan, seed=self.exp.seed + trial.number)
             measured = self.task.evaluate(model, "val")
             metrics.update(measured)
             trial.set_user_attr("train_s", round(time.perf_counter() - t1, 3))
             status = "trained"
             if self.weights_dir is not None:
-                self.weights_dir.mkdir(parents=True, exist_ok=True)
-                path = self.weights_dir / f"trial-{trial.number}.pt"
-                torch.save(model.state_dict(), path)
-                trial.set_user_attr("weights", str(path))
+                trial.set_user_attr("weights", str(self.save_weights(model, trial.number)))
 
         drop = self.baseline.metrics[self.primary] - measured[self.primary]
         metrics[ACCURACY_DROP] = drop
@@ -129,3 +161,11 @@ class TrialObjective:
         return tuple(float(metrics[o.metric] if metrics.get(o.metric) is not None else 0.0)
                      for o in self.exp.objectives)
 
+    def save_weights(self, model: torch.nn.Module, number: int, suffix: str = "") -> Path:
+        assert self.weights_dir is not None
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        path = self.weights_dir / f"trial-{number}{suffix}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+        return path
