@@ -1,0 +1,26 @@
+"""Operators that apply a CompressionPlan to a network.
+
+architecture (compact students) -> low-rank (truncated SVD) -> structured pruning
+(torch-pruning dependency graph) and unstructured sparsity -> fake quantization; distillation
+is the recovery loss. Each operator is one private module with one config type, registered in
+`_registry`; `compress` applies a whole plan.
+"""
+
+from ._architecture import build_student
+from ._compress import Compressed, compress
+from ._distillation import distillation_loss
+from ._export import export_onnx
+from ._layers import compressible_layers
+from ._quantization import calibrate
+from ._registry import register_handler
+
+__all__ = [
+    "Compressed",
+    "build_student",
+    "calibrate",
+    "compress",
+    "compressible_layers",
+    "distillation_loss",
+    "export_onnx",
+    "register_handler",
+]

@@ -1,0 +1,90 @@
+"""compress(): apply a CompressionPlan to a model, operator by operator."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from spaces import CompressionPlan
+
+from . import _architecture, _lowrank, _pruning, _quantization  # noqa: F401 - register handlers
+from ._layers import layer_modules
+from ._pruning import WeightMask
+from ._registry import Context, handler_for
+
+
+@dataclass
+class Compressed:
+    """A compressed model and what the cost model needs to know about it.
+
+    Attributes:
+        model: the network with fake quant attached; trainable (straight-through estimator).
+        layer_bits: final module name -> weight bits, for every Conv2d / Linear.
+        activation_bits: bits of the activations (32: not quantized).
+        layer_density: final module name -> fraction of weights kept (1.0: dense).
+        skipped: layer -> why an operator left it whole.
+    """
+
+    model: nn.Module
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    activation_bits: int = 32
+    layer_density: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _density(layer: nn.Module) -> float:
+    for p in getattr(getattr(layer, "parametrizations", {}), "weight", []):
+        if isinstance(p, WeightMask):
+            return float(p.mask.float().mean())
+    return 1.0
+
+
+def compress(
+    plan: CompressionPlan,
+    base_model: nn.Module,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    calib_inputs: torch.Tensor,
+    grad_batch: tuple[torch.Tensor, torch.Tensor],
+) -> Compressed:
+    """Apply `plan` (architecture -> low-rank -> prune -> quantize) to a copy of `base_model`.
+
+    Deterministic: the same plan, base model and inputs give the same structure, so the
+    state_dict of a fine-tuned result loads into a fresh `compress(...)` of the same plan.
+    An operator that cannot handle a layer leaves it whole and records why in `skipped`.
+
+    Args:
+        plan: every decision of the trial.
+        base_model: the user's trained network (not modified).
+        input_shape: one sample's shape, without the batch dimension.
+        num_classes: the logits width.
+        calib_inputs: a few batches of inputs for graph tracing and activation ranges.
+        grad_batch: (inputs, targets) for gradient-based (Taylor) importance.
+
+    Returns:
+        A `Compressed` with the model in eval mode; call `.train()` to fine-tune it.
+    """
+    ctx = Context(
+        input_shape=tuple(input_shape),
+        num_classes=int(num_classes),
+        calib_inputs=calib_inputs,
+        grad_batch=grad_batch,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = copy.deepcopy(base_model).eval()
+        for cfg in plan.operators():
+            model = handler_for(cfg)(model, cfg, ctx).eval()
+    model.zero_grad(set_to_none=True)
+    layers = layer_modules(model)
+    return Compressed(
+        model=model,
+        layer_bits={n: ctx.layer_bits.get(n, 32) for n, _ in layers},
+        activation_bits=ctx.activation_bits,
+        layer_density={n: _density(m) for n, m in layers},
+        skipped=dict(sorted(ctx.skipped.items())),
+    )

@@ -1,0 +1,182 @@
+"""ONNX export: fp32 with the fake quant folded in, or int8 QDQ through ONNX Runtime.
+
+The int8 path quantizes, per output channel, exactly the Conv/Gemm/MatMul nodes of the layers
+the plan put at 8 bits (ONNX Runtime's static QDQ quantization, min/max calibrated on the given
+inputs); every other layer stays fp32 (with its own fake-quant rounding already folded into its
+weights) through `nodes_to_exclude`.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._layers import layer_modules
+from ._quantization import INPUT_QUANT, WeightFakeQuant, _quantize_input
+
+_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def weight_bits(model: nn.Module) -> dict[str, int]:
+    """Module name -> weight bits of every Conv2d/Linear (32 where no fake quant is attached)."""
+    out = {}
+    for name, layer in layer_modules(model):
+        chain = getattr(getattr(layer, "parametrizations", None), "weight", [])
+        bits = [p.bits for p in chain if isinstance(p, WeightFakeQuant)]
+        out[name] = bits[0] if bits else 32
+    return out
+
+
+@torch.no_grad()
+def _bake(layer: Any) -> None:
+    """Replace a parametrized weight by its current value, in place.
+
+    Not `parametrize.remove_parametrizations`: a deepcopy shares its Parametrized* class with
+    the original, and removing deletes the weight property from that shared class, which
+    would break the original model.
+    """
+    weight = layer.weight.detach().clone()
+    layer.__class__ = type(layer).__bases__[0]
+    del layer._modules["parametrizations"]
+    layer.weight = nn.Parameter(weight)
+
+
+def folded(model: nn.Module) -> nn.Module:
+    """A plain fp32 copy: parametrized weights baked in, activation fake quant removed."""
+    model = copy.deepcopy(model).cpu().eval()
+    for _, layer in layer_modules(model):
+        if parametrize.is_parametrized(layer, "weight"):
+            _bake(layer)
+        if hasattr(layer, INPUT_QUANT):
+            for key, hook in list(layer._forward_pre_hooks.items()):
+                if hook is _quantize_input:
+                    del layer._forward_pre_hooks[key]
+            delattr(layer, INPUT_QUANT)
+    return model
+
+
+def _module_of(node_name: str, names: set[str]) -> str | None:
+    """The module an exported node belongs to, from its scope path.
+
+    The TorchScript exporter names nodes by module scope, with either full names
+    ("/net/net.0/net.0.0/MatMul") or names relative to the parent ("/encoder/layers.0/linear1/
+    MatMul"); both resolve here. None when the path does not name a module.
+    """
+    parts = node_name.split("/")
+    if not node_name.startswith("/") or len(parts) < 3:
+        return None
+    path = ""
+    for part in parts[1:-1]:
+        joined = f"{path}.{part}" if path else part
+        if part in names and (not path or part.startswith(path + ".")):
+            path = part
+        elif joined in names:
+            path = joined
+        else:
+            return None
+    return path
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    input_shape: tuple[int, ...],
+    int8: bool = False,
+    calib_inputs: torch.Tensor | None = None,
+) -> Path:
+    """Write `model` as ONNX and return the path.
+
+    Args:
+        model: a (possibly compressed) network; not modified.
+        path: the .onnx file to write.
+        input_shape: one sample's shape; the batch dimension is dynamic.
+        int8: quantize the layers at 8 bits to int8 QDQ (needs `calib_inputs`).
+        calib_inputs: a few batches of inputs for ONNX Runtime's activation calibration.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bits = weight_bits(model)
+    plain = folded(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx" if int8 else path
+        with warnings.catch_warnings():
+            # the TorchScript exporter is deprecated in favour of dynamo, which fails on
+            # adaptive pooling at sizes that do not divide (LIBRARY_NOTES)
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                plain,
+                (torch.zeros(1, *input_shape),),
+                str(fp32),
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        if int8:
+            if calib_inputs is None:
+                raise ValueError("int8 export needs calib_inputs")
+            _quantize_int8(fp32, path, bits, calib_inputs, Path(tmp))
+    return path
+
+
+def _quantize_int8(
+    fp32: Path, out: Path, bits: dict[str, int], calib_inputs: torch.Tensor, tmp: Path
+) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    pre = tmp / "pre.onnx"
+    try:
+        quant_pre_process(str(fp32), str(pre))
+    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+        try:
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        except Exception:  # noqa: BLE001 - quantize the exported graph as it is
+            pre = fp32
+    graph = onnx.load(str(pre)).graph
+    nodes = [n for n in graph.node if n.op_type in _LAYER_OPS]
+    names = set(bits) | {p for n in bits for p in _prefixes(n)}
+    keep = [n.name for n in nodes if bits.get(_module_of(n.name, names) or "", 32) == 8]
+    exclude = [n.name for n in nodes if n.name not in keep]
+    if not keep:  # nothing at 8 bits: the fp32 model is the answer
+        out.write_bytes(fp32.read_bytes())
+        return
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            batches = calib_inputs.detach().cpu().float().split(32)
+            self.it = iter([{"input": b.numpy()} for b in batches])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(_LAYER_OPS),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        nodes_to_exclude=exclude,
+    )

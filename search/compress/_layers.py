@@ -1,0 +1,130 @@
+"""Which layers of a network the operators can touch, and small module-tree helpers."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import nn
+
+from spaces import LayerInfo
+
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+# Containers whose forward reads their children's weights directly (not through a call), so a
+# child cannot be replaced by two layers, and attention projections keep their width.
+_WEIGHT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+Layer = nn.Conv2d | nn.Linear
+
+
+def layer_modules(model: nn.Module) -> list[tuple[str, Layer]]:
+    """(name, module) of every Conv2d / Linear, in registration order."""
+    return [(n, cast(Layer, m)) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+
+
+def output_layer(model: nn.Module) -> str | None:
+    """Name of the layer that produces the logits: the last Conv2d/Linear the forward calls.
+
+    Uses torch.fx when the model traces; otherwise the last one registered.
+    """
+    names = {n for n, _ in layer_modules(model)}
+    if not names:
+        return None
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+        called = [str(node.target) for node in graph.nodes if node.op == "call_module"]
+        called = [t for t in called if t in names]
+        if called:
+            return called[-1]
+    except Exception:  # noqa: BLE001 - any untraceable model falls back to registration order
+        pass
+    return layer_modules(model)[-1][0]
+
+
+def fixed_width(model: nn.Module) -> dict[str, str]:
+    """Layers a (sub)module declares unprunable, with the reason.
+
+    Any module may define `fixed_width_layers() -> list[str]` (names relative to itself) and an
+    optional `fixed_width_reason`; the students use it for their channel shuffles.
+    """
+    out = {}
+    for prefix, m in model.named_modules():
+        names = getattr(m, "fixed_width_layers", None)
+        if callable(names):
+            why = getattr(m, "fixed_width_reason", "the model declares its width fixed")
+            for n in names():
+                out[f"{prefix}.{n}" if prefix else n] = why
+    return out
+
+
+def owner_of(model: nn.Module, name: str, kinds: tuple[type, ...]) -> str | None:
+    """Name of the closest ancestor of module `name` that is an instance of `kinds`."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent_name = ".".join(parts[:i])
+        if isinstance(model.get_submodule(parent_name), kinds):
+            return parent_name
+    return None
+
+
+def in_attention(model: nn.Module, name: str) -> bool:
+    return owner_of(model, name, (nn.MultiheadAttention,)) is not None
+
+
+def reads_weight_directly(model: nn.Module, name: str) -> bool:
+    return owner_of(model, name, _WEIGHT_READERS) is not None
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def layer_macs_per_position(layer: Layer) -> int:
+    """Multiply-accumulates per output position (per output pixel for a conv)."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features * layer.out_features
+    assert isinstance(layer, nn.Conv2d)
+    kh, kw = layer.kernel_size
+    return layer.out_channels * (layer.in_channels // layer.groups) * kh * kw
+
+
+def compressible_layers(model: nn.Module) -> list[LayerInfo]:
+    """The Conv2d / Linear layers of `model`, as the search space sees them.
+
+    `prunable` is False for the logits layer, for depthwise convolutions (their channels follow
+    the layer that feeds them) and for projections inside attention blocks. `factorizable` is True
+    when keeping half the rank would cut the layer's MACs (see `_lowrank.lowrank_macs`).
+
+    Example:
+        >>> [x.name for x in compressible_layers(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)))]
+        ['0', '1']
+    """
+    from ._lowrank import full_rank, lowrank_gain  # circular: lowrank uses the helpers above
+
+    logits = output_layer(model)
+    fixed = fixed_width(model)
+    out = []
+    for name, m in layer_modules(model):
+        if isinstance(m, nn.Linear):
+            kind, cin, cout, kernel = "linear", m.in_features, m.out_features, (1, 1)
+        else:
+            depthwise = m.groups > 1 and m.groups == m.in_channels
+            kind = "dwconv" if depthwise else "conv"
+            cin, cout = m.in_channels, m.out_channels
+            kernel = (int(m.kernel_size[0]), int(m.kernel_size[1]))
+        prunable = (
+            name != logits
+            and kind != "dwconv"
+            and name not in fixed
+            and not in_attention(model, name)
+        )
+        factorizable = (
+            not reads_weight_directly(model, name)
+            and getattr(m, "groups", 1) == 1
+            and lowrank_gain(m, max(1, round(0.5 * full_rank(m, "svd"))), "svd") > 0
+        )
+        out.append(LayerInfo(name, kind, cin, cout, kernel, prunable, factorizable))
+    return out

@@ -1,0 +1,176 @@
+"""Low-rank factorization by truncated SVD, only where it cuts multiply-accumulates.
+
+Linear(in, out) -> Linear(in, r) then Linear(r, out).
+Conv2d k x k, mode "svd": k x k conv with r outputs, then a 1x1 conv (SVD of the weight seen as
+an out x (in*k*k) matrix). Mode "spatial": a k x 1 conv with r outputs, then a 1 x k conv (SVD of
+the weight seen as an (in*kh) x (out*kw) matrix); a 1x1 conv has no spatial extent and uses
+"svd". The two halves replace the layer as an nn.Sequential, so `conv1` becomes `conv1.0` and
+`conv1.1`; at full rank the pair reproduces the layer exactly (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces import LowRankConfig
+
+from ._layers import Layer, layer_modules, reads_weight_directly, set_module
+from ._registry import Context, register_handler
+
+
+def _spatial(layer: Layer, mode: str) -> bool:
+    return (
+        mode == "spatial" and isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+    )
+
+
+def full_rank(layer: Layer, mode: str) -> int:
+    """The rank at which the factorization is exact."""
+    if isinstance(layer, nn.Linear):
+        return min(layer.in_features, layer.out_features)
+    kh, kw = layer.kernel_size
+    if _spatial(layer, mode):
+        return min(layer.in_channels * kh, layer.out_channels * kw)
+    return min(layer.out_channels, layer.in_channels * kh * kw)
+
+
+def lowrank_macs(layer: Layer, rank: int, mode: str) -> int:
+    """MACs per output position of the factorized pair (stride counted for the spatial mode)."""
+    if isinstance(layer, nn.Linear):
+        return rank * (layer.in_features + layer.out_features)
+    kh, kw = layer.kernel_size
+    if _spatial(layer, mode):
+        # the k x 1 half runs at full width: the 1 x k half applies the horizontal stride
+        return rank * layer.in_channels * kh * layer.stride[1] + layer.out_channels * rank * kw
+    return rank * layer.in_channels * kh * kw + layer.out_channels * rank
+
+
+def lowrank_gain(layer: Layer, rank: int, mode: str) -> int:
+    """MACs per output position saved by factorizing at `rank` (<= 0: no saving)."""
+    if isinstance(layer, nn.Linear):
+        dense = layer.in_features * layer.out_features
+    else:
+        kh, kw = layer.kernel_size
+        dense = layer.out_channels * layer.in_channels // layer.groups * kh * kw
+    return dense - lowrank_macs(layer, rank, mode)
+
+
+def _split(w2d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """w2d ~= a @ b with a: (m, rank), b: (rank, n); singular values split evenly."""
+    u, s, vh = torch.linalg.svd(w2d.double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (u[:, :rank] * root).to(w2d.dtype), (root[:, None] * vh[:rank]).to(w2d.dtype)
+
+
+@torch.no_grad()
+def factorize(layer: Layer, rank: int, mode: str = "svd") -> nn.Sequential:
+    """The two-layer replacement of `layer` at `rank` (see the module docstring)."""
+    conv: Any = layer  # torch's stubs type stride/padding loosely
+    first: Any
+    second: Any
+    dtype, device = layer.weight.dtype, layer.weight.device
+    bias = layer.bias is not None
+    w = layer.weight.detach()
+    if isinstance(layer, nn.Linear):
+        a, b = _split(w, rank)  # (out, r), (r, in)
+        first = nn.Linear(layer.in_features, rank, bias=False, device=device, dtype=dtype)
+        second = nn.Linear(rank, layer.out_features, bias=bias, device=device, dtype=dtype)
+        first.weight.copy_(b)
+        second.weight.copy_(a)
+    elif not _spatial(layer, mode):
+        cout, cin, kh, kw = w.shape
+        a, b = _split(w.reshape(cout, cin * kh * kw), rank)
+        first = nn.Conv2d(
+            cin, rank, (kh, kw), stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        second = nn.Conv2d(rank, cout, 1, bias=bias, device=device, dtype=dtype)
+        first.weight.copy_(b.reshape(rank, cin, kh, kw))
+        second.weight.copy_(a.reshape(cout, rank, 1, 1))
+    else:
+        cout, cin, kh, kw = w.shape
+        # W[co, ci, y, x] = sum_r A[(ci, y), r] B[r, (co, x)]
+        a, b = _split(w.permute(1, 2, 0, 3).reshape(cin * kh, cout * kw), rank)
+        pad = conv.padding if isinstance(conv.padding, str) else None
+        ph, pw = (0, 0) if pad else conv.padding
+        first = nn.Conv2d(
+            cin, rank, (kh, 1), stride=(conv.stride[0], 1), padding=pad or (ph, 0),
+            dilation=(conv.dilation[0], 1), bias=False, device=device, dtype=dtype,
+        )  # fmt: skip
+        second = nn.Conv2d(
+            rank, cout, (1, kw), stride=(1, conv.stride[1]), padding=pad or (0, pw),
+            dilation=(1, conv.dilation[1]), bias=bias, device=device, dtype=dtype,
+        )  # fmt: skip
+        first.weight.copy_(a.reshape(cin, kh, rank).permute(2, 0, 1).unsqueeze(-1))
+        second.weight.copy_(b.reshape(rank, cout, kw).permute(1, 0, 2).unsqueeze(2))
+    if bias:
+        second.bias.copy_(conv.bias)
+    return nn.Sequential(first, second)
+
+
+def _why_not(model: nn.Module, name: str, layer: Layer, mode: str) -> str | None:
+    if reads_weight_directly(model, name):
+        return "its container reads the weight directly"
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        return "grouped or depthwise convolution"
+    if _spatial(layer, mode) and layer.padding_mode != "zeros":
+        return "spatial mode needs zero padding"
+    return None
+
+
+def _runs(model: nn.Module, ctx: Context) -> bool:
+    try:
+        with torch.no_grad():
+            model.eval()(ctx.example_inputs())
+        return True
+    except Exception:  # noqa: BLE001 - any failure means the replacement is not usable
+        return False
+
+
+@register_handler(LowRankConfig)
+def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
+    """Factorize every layer whose kept-rank fraction is below 1 and whose MACs would drop."""
+    todo: list[tuple[str, nn.Sequential]] = []
+    for name, layer in layer_modules(model):
+        fraction = cfg.rank(ctx.key(name))
+        if fraction >= 1.0:
+            continue
+        mode = cfg.mode
+        why = _why_not(model, name, layer, mode)
+        if why is None:
+            rank = max(1, round(fraction * full_rank(layer, mode)))
+            if lowrank_gain(layer, rank, mode) <= 0:
+                why = f"rank {rank} would not cut MACs"
+        if why is not None:
+            ctx.skip(name, f"lowrank: {why}")
+            continue
+        todo.append((name, factorize(layer, rank, mode)))
+
+    def replace(model: nn.Module, items: list[tuple[str, nn.Sequential]]) -> nn.Module:
+        for name, pair in items:
+            set_module(model, name, copy.deepcopy(pair))
+        return model
+
+    def commit(items: list[tuple[str, nn.Sequential]]) -> nn.Module:
+        for name, _ in items:
+            origin = ctx.origin.pop(name, name)
+            ctx.origin[f"{name}.0"] = ctx.origin[f"{name}.1"] = origin
+        return replace(model, items)
+
+    if not todo:
+        return model
+    if _runs(replace(copy.deepcopy(model), todo), ctx):
+        return commit(todo)
+    # Some container does not call the layer as a module: find which, one at a time.
+    ok = []
+    for item in todo:
+        if _runs(replace(copy.deepcopy(model), [item]), ctx):
+            ok.append(item)
+        else:
+            ctx.skip(item[0], "lowrank: the model no longer runs with this layer split")
+    return commit(ok)
