@@ -1,0 +1,804 @@
+"""Export a chosen plan as a shippable winner, and rebuild it from the base model (`apply`).
+
+`export_winner` writes `winner/`:
+
+* `winner.yaml`: the plan; metrics on validation and on the held-out test split (touched here for
+  the first time); the profile; package versions; sha256 of the base model and every artifact.
+* `model.pt`: the compressed network's state_dict (loaded back only with `weights_only=True`).
+* `model.onnx`: int8 QDQ for the layers the plan put at 8 bits, fp32 elsewhere.
+* `card.md`: what was done, the metrics, the budget check, and on the host profile the measured
+  ONNX Runtime latency beside the prediction.
+
+`apply_winner` checks the hashes, rebuilds the structure from the base model with the plan
+(`search.pipeline.build`, deterministic), loads `model.pt` and re-evaluates on test.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .pareto import RunData, TrialRecord, _why, layer_rows, load_run, load_run_dir
+
+__all__ = ["ApplyResult", "ExportResult", "apply_winner", "export_winner"]
+
+WINNER_FORMAT = "compression-search/winner/1"
+ARTIFACTS = ("model.pt", "model.onnx", "card.md")
+ONNX_TOLERANCE = 0.01  # ONNX Runtime vs PyTorch test accuracy: within 1 point
+APPLY_TOLERANCE = 0.005  # apply vs export test accuracy: within 0.5 point
+SIZE_KEYS = ("params", "weight_bytes", "flash_bytes", "state_dict_numel")
+_PACKAGES = (
+    "torch",
+    "torchvision",
+    "torch-pruning",
+    "optuna",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "compression-search",
+)
+CALIBRATION_ROWS = 256
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_winner` wrote and measured."""
+
+    winner_dir: Path
+    trial: int
+    pick: str | None
+    feasible: bool
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def winner_yaml(self) -> Path:
+        return self.winner_dir / "winner.yaml"
+
+    def __str__(self) -> str:
+        m = self.metrics
+        lines = [
+            f"exported trial {self.trial}"
+            + (f" ({self.pick})" if self.pick else "")
+            + ("" if self.feasible else " [INFEASIBLE: exported on request]")
+            + f" to {self.winner_dir}"
+        ]
+        test, onnx = m.get("test", {}), m.get("onnx_test", {})
+        primary = m.get("primary_metric", "accuracy")
+        if primary in test:
+            lines.append(
+                f"  test {primary}: PyTorch {test[primary]:.4f}, ONNX Runtime "
+                f"{onnx.get(primary, float('nan')):.4f}"
+            )
+        lines.append(
+            f"  size: {m.get('params')} params, {m.get('weight_bytes')} weight bytes; "
+            f"predicted latency {m.get('latency_ms', float('nan')):.4g} ms"
+        )
+        if m.get("measured_latency_ms") is not None:
+            lines.append(
+                f"  measured latency (ONNX Runtime, this host): {m['measured_latency_ms']:.4g} ms"
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """The rebuilt winner's size and test metrics, beside what the export recorded."""
+
+    winner_yaml: Path
+    size: Mapping[str, float]
+    exported_size: Mapping[str, float]
+    test: Mapping[str, float]
+    exported_test: Mapping[str, float]
+    primary_metric: str
+    out: Path | None = None
+
+    @property
+    def size_matches(self) -> bool:
+        return all(self.size.get(k) == self.exported_size.get(k) for k in self.exported_size)
+
+    @property
+    def accuracy_delta(self) -> float:
+        p = self.primary_metric
+        return abs(float(self.test[p]) - float(self.exported_test[p]))
+
+    @property
+    def ok(self) -> bool:
+        """Same size and test metric within 0.5 point of the export."""
+        return self.size_matches and self.accuracy_delta <= APPLY_TOLERANCE + 1e-12
+
+    def __str__(self) -> str:
+        p = self.primary_metric
+        size = ", ".join(f"{k} {self.size.get(k)}" for k in self.exported_size)
+        lines = [
+            f"applied {self.winner_yaml}",
+            f"  size: {size} ({'identical to' if self.size_matches else 'DIFFERS FROM'} the "
+            "export)",
+            f"  test {p}: {self.test[p]:.4f} (exported {self.exported_test[p]:.4f}, "
+            f"difference {self.accuracy_delta * 100:.2f} points"
+            f"{'' if self.accuracy_delta <= APPLY_TOLERANCE + 1e-12 else ' > 0.5: MISMATCH'})",
+        ]
+        if self.out is not None:
+            lines.append(f"  wrote {self.out}")
+        return "\n".join(lines)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            if name == "compression-search":
+                from . import __version__
+
+                out[name] = f"{__version__} (source checkout)"
+    return out
+
+
+def _experiment(data: Mapping[str, Any], *, where: str, run_dir: Path | None) -> Any:
+    """The search's Experiment, from the dict the study stored (`Experiment.to_dict()`)."""
+    from .config import parse_experiment
+
+    if not isinstance(data, Mapping) or "name" not in data:
+        raise ConfigError(where, "experiment", "the study holds no experiment record")
+    fields_ = dict(data)
+    source = str(fields_.pop("source", where))
+    exp = parse_experiment(fields_, source)
+    if run_dir is not None and exp.storage is None:
+        # The base-model cache and relative weight paths live in the run folder it came from.
+        exp = replace(exp, out=str(run_dir))
+    return exp
+
+
+def _find_weights(recorded: str | None, run_dir: Path | None) -> Path | None:
+    if not recorded:
+        return None
+    path = Path(recorded)
+    candidates = [path]
+    if run_dir is not None:
+        candidates += [run_dir / "weights" / path.name, run_dir / path]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _load_state(model: Any, path: Path, *, where: str, field_name: str) -> None:
+    from .tasks import load_state_dict_file
+
+    state = load_state_dict_file(path, file=where, field_name=field_name)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:240]
+        raise ConfigError(
+            where, field_name, f"{path} does not fit the rebuilt plan ({detail})"
+        ) from None
+
+
+def _size(cost: Any, model: Any) -> dict[str, int]:
+    numel = sum(int(v.numel()) for v in model.state_dict().values())
+    return {
+        "params": int(cost.params),
+        "weight_bytes": int(cost.weight_bytes),
+        "flash_bytes": int(cost.flash_bytes),
+        "state_dict_numel": numel,
+    }
+
+
+class _OnnxModel:
+    """An ONNX Runtime session that `Task.evaluate` can call like a torch module."""
+
+    def __init__(self, path: Path, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def to(self, *_: Any, **__: Any) -> _OnnxModel:
+        return self
+
+    def eval(self) -> _OnnxModel:
+        return self
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        out = self.session.run(None, {self.input: x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def _is_host(profile: Mapping[str, Any]) -> bool:
+    return str(profile.get("name", "")).lower().startswith("host")
+
+
+def _write_atomic_dir(final: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a fresh folder beside `final`, then swap it in: never half a winner on disk."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        fill(tmp)
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _profile(data: Mapping[str, Any], *, where: str) -> Any:
+    """The HardwareProfile a study stored; JSON turned its precision keys (8, 16) into strings."""
+    from .hardware import profile_from_dict
+
+    def ints(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {
+                int(k) if isinstance(k, str) and k.isdigit() else k: ints(x) for k, x in v.items()
+            }
+        return v
+
+    return profile_from_dict(ints(dict(data)), file=f"{where} (profile)")
+
+
+def _plain(x: Any) -> Any:
+    """YAML-safe plain values (tuples to lists, numpy/torch scalars to numbers)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        return x.item()
+    return x
+
+
+# --- export ------------------------------------------------------------------------------------
+def export_winner(
+    run_dir: str | Path | None = None,
+    *,
+    storage: str | None = None,
+    study: str | None = None,
+    pick: str | None = "knee",
+    trial: int | None = None,
+    out: str | Path | None = None,
+    allow_infeasible: bool = False,
+    measure_latency: bool | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export one trial of a finished search as `winner/`.
+
+    Args:
+        run_dir: the run folder (its `study.db`); with `storage`, where `winner/` goes by default.
+        storage, study: a shared storage URL and study name instead of the run folder's SQLite.
+        pick: `knee` | `max-accuracy` | `min-latency` | `min-size` (see `search.pareto`).
+        trial: export this trial number instead of a pick.
+        out: the winner folder (default `RUN_DIR/winner`).
+        allow_infeasible: export even when the trial, or every trial, breaks a budget.
+        measure_latency: measure ONNX Runtime latency here; default: only for the host profile.
+
+    Raises:
+        ConfigError: unknown trial or pick, nothing feasible (without `allow_infeasible`),
+            missing weights, or a base model that differs from the one the search used.
+    """
+    if storage:
+        run = load_run(storage, study)
+        base = Path(run_dir) if run_dir else None
+    elif run_dir is not None:
+        run = load_run_dir(run_dir)
+        base = Path(run_dir)
+    else:
+        raise ConfigError("<command line>", "run_dir", "give a run folder or --storage/--study")
+    chosen = run.pick(pick or "knee", trial=trial, allow_infeasible=allow_infeasible)
+    winner_dir = (
+        Path(out) if out else (base or Path("experiments/runs") / run.study_name) / ("winner")
+    )
+    where = f"study {run.study_name}"
+    exp = _experiment(run.experiment, where=where, run_dir=base)
+    _write_atomic_dir(
+        winner_dir,
+        lambda tmp: _export_into(
+            tmp,
+            run,
+            chosen,
+            exp,
+            base=base,
+            pick=None if trial is not None else (pick or "knee"),
+            measure=_is_host(run.profile) if measure_latency is None else measure_latency,
+            log=log,
+        ),
+    )
+    data = yaml.safe_load((winner_dir / "winner.yaml").read_text())
+    result = ExportResult(
+        winner_dir, chosen.number, data.get("pick"), chosen.feasible, data["metrics"]
+    )
+    return result
+
+
+def _export_into(
+    tmp: Path,
+    run: RunData,
+    t: TrialRecord,
+    exp: Any,
+    *,
+    base: Path | None,
+    pick: str | None,
+    measure: bool,
+    log: Callable[[str], None],
+) -> None:
+    import torch
+
+    from spaces import CompressionPlan
+
+    from .compress import export_onnx
+    from .hardware import estimate_cost, measure_latency_ms
+    from .pipeline import build, recover
+    from .tasks import load_task
+
+    where = f"study {run.study_name}"
+    if t.plan is None:
+        raise ConfigError(where, "trial", f"trial {t.number} has no plan")
+    plan = CompressionPlan.from_dict(t.plan)
+    task = load_task(exp, log=log)
+    if run.base_hash and task.base_hash != run.base_hash:
+        raise ConfigError(
+            where,
+            "base_hash",
+            f"the base model here (sha256 {task.base_hash[:12]}"
+            f"...) is not the one the search used ({run.base_hash[:12]}...); "
+            "restore it or point COMPRESS_SEARCH_CACHE at its cache",
+        )
+    profile = _profile(run.profile, where=where)
+    compressed = build(plan, task)
+    model = compressed.model
+
+    # The trained weights: the refine stage's if it ran, else the search's; train only when
+    # the search never did (an over-budget plan exported with --allow-infeasible).
+    refined = _find_weights((t.refined or {}).get("weights"), base)
+    searched = _find_weights(t.weights, base)
+    if refined is not None:
+        weights_from = "refined"
+        _load_state(model, refined, where=where, field_name="refined.weights")
+    elif searched is not None:
+        weights_from = "search"
+        _load_state(model, searched, where=where, field_name="trial.weights")
+    elif not t.trained:
+        weights_from = "trained at export"
+        rec = exp.recovery
+        epochs = rec.epochs if plan.architecture.family == "base" else rec.student_epochs
+        log(
+            f"trial {t.number} was not trained during the search ({t.status}); "
+            f"training it now ({epochs} epochs)"
+        )
+        model = recover(
+            compressed,
+            plan,
+            task,
+            epochs=epochs,
+            lr=rec.lr,
+            batch_size=rec.batch_size,
+            seed=exp.seed + t.number,
+        )
+    else:
+        raise ConfigError(
+            where,
+            "trial.weights",
+            f"the trained weights of trial {t.number} "
+            f"({t.weights or 'not recorded'}) are missing; export needs them",
+        )
+    model.eval()
+
+    primary = run.primary_metric or "accuracy"
+    val = task.evaluate(model, "val")
+    test = task.evaluate(model, "test")
+    cost = estimate_cost(
+        model,
+        task.input_shape,
+        profile,
+        layer_bits=compressed.layer_bits,
+        activation_bits=compressed.activation_bits,
+        layer_density=compressed.layer_density,
+    )
+
+    torch.save(model.state_dict(), tmp / "model.pt")
+    int8_layers = sorted(k for k, b in compressed.layer_bits.items() if b == 8)
+    export_onnx(
+        model,
+        tmp / "model.onnx",
+        input_shape=tuple(task.input_shape),
+        int8=bool(int8_layers),
+        calib_inputs=task.calibration_inputs(CALIBRATION_ROWS),
+    )
+    onnx_test = task.evaluate(_OnnxModel(tmp / "model.onnx"), "test")  # type: ignore[arg-type]
+    onnx_gap = abs(float(onnx_test[primary]) - float(test[primary]))
+    if onnx_gap > ONNX_TOLERANCE:
+        log(
+            f"warning: ONNX Runtime test {primary} {onnx_test[primary]:.4f} is "
+            f"{onnx_gap * 100:.2f} points from PyTorch's {test[primary]:.4f} (limit 1 point)"
+        )
+    measured = None
+    if measure:
+        measured = measure_latency_ms(
+            tmp / "model.onnx", threads=profile.threads, batch=profile.batch
+        )
+
+    metrics: dict[str, Any] = {
+        "primary_metric": primary,
+        **_size(cost, model),
+        **{
+            k: v
+            for k, v in cost.metrics().items()
+            if k not in ("params", "weight_bytes", "flash_bytes")
+        },
+        "validation": val,
+        "validation_at_search": {
+            k: t.metrics.get(k)
+            for k in ("accuracy", "recall", "f1")
+            if t.metrics.get(k) is not None
+        },
+        "test": test,
+        "onnx_test": onnx_test,
+        "onnx_vs_torch_points": round(onnx_gap * 100, 4),
+        "onnx_within_1_point": onnx_gap <= ONNX_TOLERANCE,
+        "measured_latency_ms": measured,
+    }
+    if t.refined:
+        metrics["validation_refined_at_search"] = {
+            k: v for k, v in t.refined.items() if k in ("accuracy", "recall", "f1")
+        }
+    record: dict[str, Any] = {
+        "format": WINNER_FORMAT,
+        "study": run.study_name,
+        "storage": run.storage,
+        "trial": t.number,
+        "pick": pick,
+        "feasible": t.feasible,
+        "status": t.status,
+        "plan_text": t.plan_text,
+        "plan": t.plan,
+        "weights_from": weights_from,
+        "metrics": metrics,
+        "base_metrics": dict(run.base_metrics),
+        "budgets": dict(run.budgets),
+        "constraints": dict(t.constraints),
+        "skipped_layers": dict(t.skipped_layers),
+        "onnx": {
+            "int8_qdq_layers": int8_layers,
+            "fp32_layers": sorted(k for k, b in compressed.layer_bits.items() if b != 8),
+            "activation_bits": compressed.activation_bits,
+        },
+        "profile": dict(run.profile),
+        "experiment": dict(run.experiment),
+        "task": {
+            "name": task.name,
+            "input_shape": list(task.input_shape),
+            "num_classes": task.num_classes,
+        },
+        "base_model": {"sha256": task.base_hash},
+        "versions": package_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (tmp / "card.md").write_text(_card(record, run, t, compressed.layer_bits))
+    record["artifacts"] = {name: sha256_file(tmp / name) for name in ARTIFACTS}
+    (tmp / "winner.yaml").write_text(
+        "# A compression-search winner. Rebuild it: python -m search apply winner.yaml\n"
+        + yaml.safe_dump(_plain(record), sort_keys=False)
+    )
+
+
+# --- the card ----------------------------------------------------------------------------------
+def _f(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.{digits}g}"
+    return str(v)
+
+
+def _card(
+    r: Mapping[str, Any], run: RunData, t: TrialRecord, layer_bits: Mapping[str, int]
+) -> str:
+    m, plan = r["metrics"], r["plan"]
+    primary = m["primary_metric"]
+    base = r["base_metrics"]
+    prof = r["profile"]
+    lines = [
+        f"# Model card: {r['study']}, trial {r['trial']}"
+        + (f" ({r['pick']})" if r["pick"] else ""),
+        "",
+        f"{'**Infeasible** (exported on request): ' if not r['feasible'] else ''}"
+        f"A compressed version of the `{r['task']['name']}` base model (sha256 "
+        f"`{r['base_model']['sha256'][:16]}...`), found by a joint compression search for the "
+        f"`{prof.get('name')}` profile. Weights: {r['weights_from']}.",
+        "",
+        "## What was done",
+        "",
+        f"Plan: {r['plan_text']}",
+        "",
+    ]
+    a, lr_, pr, q, d = (
+        plan.get(k, {}) for k in ("architecture", "lowrank", "prune", "quantize", "distill")
+    )
+    if a.get("family", "base") != "base":
+        lines.append(
+            f"- Architecture: a `{a['family']}` student, width {a.get('width')}, "
+            f"depth {a.get('depth')}, trained by distillation from the base model."
+        )
+    else:
+        lines.append("- Architecture: the base model's own.")
+    ranks = {k: v for k, v in (lr_.get("ranks") or {}).items() if v < 1}
+    lines.append(
+        f"- Low-rank ({lr_.get('mode', 'svd')}): "
+        + (", ".join(f"{k} keeps {v:.0%}" for k, v in ranks.items()) or "none")
+        + "."
+    )
+    if pr.get("global_ratio") is not None:
+        lines.append(
+            f"- Structured pruning: {pr['global_ratio']:.0%} of channels, ranked "
+            f"globally by {pr.get('importance')} importance."
+        )
+    else:
+        ratios = {k: v for k, v in (pr.get("ratios") or {}).items() if v > 0}
+        lines.append(
+            "- Structured pruning (channels physically removed): "
+            + (", ".join(f"{k} {v:.0%}" for k, v in ratios.items()) or "none")
+            + f" ({pr.get('importance', 'l1')} importance)."
+        )
+    if pr.get("sparsity"):
+        lines.append(f"- Unstructured sparsity: {pr['sparsity']:.0%} of the remaining weights.")
+    bits_count: dict[int, int] = {}
+    for b in layer_bits.values():
+        bits_count[b] = bits_count.get(b, 0) + 1
+    lines.append(
+        "- Weights: "
+        + ", ".join(f"{n} layer(s) at {b} bits" for b, n in sorted(bits_count.items()))
+        + f"; activations at {q.get('activation_bits', 32)} bits."
+    )
+    if d.get("enabled"):
+        lines.append(
+            f"- Recovery: fine-tuned with distillation (alpha {d.get('alpha')}, "
+            f"temperature {d.get('temperature')})."
+        )
+    o = r["onnx"]
+    lines.append(
+        f"- ONNX: {len(o['int8_qdq_layers'])} layer(s) as int8 QDQ "
+        f"({', '.join(o['int8_qdq_layers']) or 'none'}), the rest fp32."
+    )
+    if r["skipped_layers"]:
+        lines.append(
+            "- Left whole: " + "; ".join(f"{k} ({v})" for k, v in r["skipped_layers"].items())
+        )
+    lines += [
+        "",
+        "## Metrics",
+        "",
+        "| metric | base model (val) | search (val) | exported (val) | test, PyTorch "
+        "| test, ONNX Runtime |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in m["test"]:
+        lines.append(
+            f"| {k} | {_f(base.get(k))} | {_f(m['validation_at_search'].get(k))} | "
+            f"{_f(m['validation'].get(k))} | {_f(m['test'].get(k))} | "
+            f"{_f(m['onnx_test'].get(k))} |"
+        )
+    lines += [
+        "",
+        f"ONNX Runtime vs PyTorch on test {primary}: {m['onnx_vs_torch_points']:.2f} "
+        f"points ({'within' if m['onnx_within_1_point'] else 'OUTSIDE'} the 1-point "
+        "limit).",
+        "",
+    ]
+    lines += [
+        "## Cost and budget check",
+        "",
+        f"Predicted by the cost model for `{prof.get('name')}`.",
+        "",
+        "| figure | base model | winner | budget | check |",
+        "|---|---|---|---|---|",
+    ]
+    budget_of = {
+        "latency_ms": ("latency_ms", 1.0),
+        "memory_bytes": ("memory_kb", 1024.0),
+        "flash_bytes": ("flash_kb", 1024.0),
+    }
+    for k in (
+        "params",
+        "macs",
+        "weight_bytes",
+        "peak_activation_bytes",
+        "memory_bytes",
+        "flash_bytes",
+        "latency_ms",
+    ):
+        bk, scale = budget_of.get(k, (None, 1.0))
+        c = r["constraints"].get(bk) if bk else None
+        budget = r["budgets"].get(bk) if bk else None
+        unit = {"kb": "kB"}.get(bk.split("_")[-1], bk.split("_")[-1]) if bk else ""
+        shown = f"{_f(budget)} {unit}" if budget is not None else "-"
+        check = "-" if c is None else ("ok" if c <= 0 else f"OVER by {c:.0%}")
+        lines.append(f"| {k} | {_f(base.get(k))} | {_f(m.get(k))} | {shown} | {check} |")
+    c_drop, drop = r["constraints"].get("accuracy_drop"), t.metrics.get("accuracy_drop")
+    if c_drop is not None and drop is not None:
+        # The constraint is `drop - max_drop`, so the allowed drop is `drop - c`.
+        lines.append(
+            f"| {primary} drop (val) | | {_f(drop)} | at most {_f(drop - c_drop)} | "
+            f"{'ok' if c_drop <= 0 else 'OVER'} |"
+        )
+    verdict = "meets every budget" if r["feasible"] else f"is INFEASIBLE ({_why(t)})"
+    lines += ["", f"The plan {verdict}.", ""]
+    lines += ["## Latency measured on this machine", ""]
+    if m.get("measured_latency_ms") is not None:
+        lines += [
+            "| predicted (cost model) | measured (ONNX Runtime, median) | threads |",
+            "|---|---|---|",
+            f"| {_f(m.get('latency_ms'))} ms | {_f(m['measured_latency_ms'])} ms | "
+            f"{prof.get('threads', 1)} |",
+        ]
+    else:
+        lines.append(
+            f"Not measured: `{prof.get('name')}` is not this machine (the host "
+            "profile measures the exported ONNX model here)."
+        )
+    rows = layer_rows(plan)
+    if rows:
+        lines += [
+            "",
+            "## Per-layer plan",
+            "",
+            "| layer | weight bits | prune ratio | kept rank |",
+            "|---|---|---|---|",
+        ]
+        for row in rows:
+            glob = " (global)" if row["prune_global"] else ""
+            lines.append(
+                f"| {row['layer']} | {row['bits']} | {row['prune_ratio']:.0%}{glob} | "
+                f"{row['rank']:.2f} |"
+            )
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `winner.yaml`: plan, metrics, profile, versions, hashes",
+        "- `model.pt`: compressed state_dict (`torch.load(..., weights_only=True)`)",
+        "- `model.onnx`: runs in ONNX Runtime (input `input`, output `logits`)",
+        "",
+        "Rebuild and check: `python -m search apply winner.yaml`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- apply -------------------------------------------------------------------------------------
+def _read_winner(path: Path) -> dict[str, Any]:
+    where = str(path)
+    if not path.is_file():
+        raise ConfigError(where, "<file>", "no such winner file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise ConfigError(where, "<yaml>", "malformed YAML") from None
+    if not isinstance(data, dict) or data.get("format") != WINNER_FORMAT:
+        raise ConfigError(where, "format", f"not a winner file (expected format: {WINNER_FORMAT})")
+    for key in ("plan", "experiment", "metrics", "artifacts", "base_model"):
+        if not isinstance(data.get(key), dict):
+            raise ConfigError(where, key, "missing; re-export the winner")
+    return data
+
+
+def apply_winner(
+    winner_yaml: str | Path, out: str | Path | None = None, *, log: Callable[[str], None] = print
+) -> ApplyResult:
+    """Rebuild a winner from the base model and re-evaluate it on the test split.
+
+    Checks the sha256 of every artifact and of the base model first and refuses (ConfigError)
+    on any mismatch. With `out`, writes the rebuilt `model.pt` and `applied.yaml` there.
+    """
+    from spaces import CompressionPlan, PlanError
+
+    from .hardware import estimate_cost
+    from .pipeline import build
+    from .tasks import load_task
+
+    path = Path(winner_yaml)
+    where = str(path)
+    data = _read_winner(path)
+    folder = path.parent
+    for name, digest in data["artifacts"].items():
+        f = folder / name
+        if not f.is_file():
+            raise ConfigError(where, f"artifacts.{name}", f"{f} is missing")
+        if sha256_file(f) != digest:
+            raise ConfigError(
+                where,
+                f"artifacts.{name}",
+                f"sha256 of {f} does not match the "
+                "recorded one: the file changed after export; re-export it",
+            )
+    try:
+        plan = CompressionPlan.from_dict(data["plan"])
+    except PlanError as exc:
+        raise ConfigError(where, f"plan.{exc.field}", str(exc)) from None
+    exp = _experiment(data["experiment"], where=where, run_dir=None)
+    task = load_task(exp, log=log)
+    if task.base_hash != data["base_model"].get("sha256"):
+        raise ConfigError(
+            where,
+            "base_model.sha256",
+            f"the base model found here (sha256 "
+            f"{task.base_hash[:12]}...) is not the one this winner was exported "
+            f"from ({str(data['base_model'].get('sha256'))[:12]}...)",
+        )
+    compressed = build(plan, task)
+    model = compressed.model
+    _load_state(model, folder / "model.pt", where=where, field_name="artifacts.model.pt")
+    model.eval()
+    profile = _profile(data["profile"], where=where)
+    cost = estimate_cost(
+        model,
+        task.input_shape,
+        profile,
+        layer_bits=compressed.layer_bits,
+        activation_bits=compressed.activation_bits,
+        layer_density=compressed.layer_density,
+    )
+    m = data["metrics"]
+    result = ApplyResult(
+        winner_yaml=path,
+        size=_size(cost, model),
+        exported_size={k: m[k] for k in SIZE_KEYS if k in m},
+        test=task.evaluate(model, "test"),
+        exported_test=dict(m["test"]),
+        primary_metric=str(m.get("primary_metric", "accuracy")),
+        out=Path(out) if out else None,
+    )
+    if out:
+        import torch
+
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), o / "model.pt")
+        (o / "applied.yaml").write_text(
+            yaml.safe_dump(
+                _plain(
+                    {
+                        "winner": str(path.resolve()),
+                        "size": result.size,
+                        "test": result.test,
+                        "size_matches": result.size_matches,
+                        "ok": result.ok,
+                    }
+                ),
+                sort_keys=False,
+            )
+        )
+    return result
