@@ -44,5 +44,7 @@ def resolve(kind: str, name_or_path: str | Path, *, file: str, field: str) -> Pa
     if candidate.is_file():
         return candidate
     raise ConfigError(
-        file, field, f"unknown {kind} {text!r}; built-in: {builtin_names(kind)} or a path to a YAML"
+        file,
+        field,
+        f"unknown {kind} {text!r}; built-in: {builtin_names(kind)} or a path to a YAML",
     )

@@ -7,6 +7,7 @@ internal fault.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -23,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def experiment_args(cmd: argparse.ArgumentParser, *, storage_required: bool = False) -> None:
         cmd.add_argument("experiment", help="experiment YAML, or a built-in name (quickstart)")
-        cmd.add_argument("--storage", required=storage_required,
-                         help="SQLAlchemy URL (default: SQLite in the run folder)")
+        cmd.add_argument(
+            "--storage",
+            required=storage_required,
+            help="SQLAlchemy URL (default: SQLite in the run folder)",
+        )
         cmd.add_argument("--trials", type=int, help="completed trials wanted in the study")
         cmd.add_argument("--target", help="hardware profile name or YAML path")
         cmd.add_argument("--out", help="run folder (default experiments/runs/NAME)")
@@ -44,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export a winner: winner.yaml, model.onnx, card.md")
     exp.add_argument("run_dir")
     group = exp.add_mutually_exclusive_group()
-    group.add_argument("--pick", default="knee",
-                       choices=["knee", "max-accuracy", "min-latency", "min-size"])
+    group.add_argument(
+        "--pick", default="knee", choices=["knee", "max-accuracy", "min-latency", "min-size"]
+    )
     group.add_argument("--trial", type=int, help="export this trial number")
     exp.add_argument("--out", help="default RUN_DIR/winner")
     exp.add_argument("--allow-infeasible", action="store_true")
@@ -98,22 +103,26 @@ def _experiment(args: argparse.Namespace):
         raise ConfigError("<command line>", "--trials", f"must be >= 1, got {args.trials}")
     if args.jobs < 1:
         raise ConfigError("<command line>", "--jobs", f"must be >= 1, got {args.jobs}")
-    return exp.with_overrides(trials=args.trials, seed=args.seed, out=args.out,
-                              target=args.target, storage=args.storage)
+    return exp.with_overrides(
+        trials=args.trials, seed=args.seed, out=args.out, target=args.target, storage=args.storage
+    )
 
 
 def _run(args: argparse.Namespace, *, worker: bool = False) -> int:
-    from .study import run_search
+    exp = _experiment(args)  # config errors exit here, before the engine's heavy imports
+    from .parallel import run_jobs, run_lock
 
-    exp = _experiment(args)
-    _set_threads(args.jobs)
-    if args.jobs > 1:
-        from .parallel import run_jobs
+    # A second `run` of the same study is refused (it would race to create the study);
+    # `worker` is the way to join one.
+    with contextlib.nullcontext() if worker else run_lock(exp):
+        from .study import run_search
 
-        result = run_jobs(exp, jobs=args.jobs, progress=not args.no_progress)
-    else:
-        result = run_search(exp, progress=not args.no_progress, worker=worker)
-    _write_outputs(result.storage_url, exp.name, result.run_dir, summary=True)
+        _set_threads(args.jobs)
+        if args.jobs > 1:
+            result = run_jobs(exp, jobs=args.jobs, progress=not args.no_progress, worker=worker)
+        else:
+            result = run_search(exp, progress=not args.no_progress, worker=worker)
+        _write_outputs(result.storage_url, exp.name, result.run_dir, summary=True)
     return 0
 
 
@@ -126,17 +135,19 @@ def _set_threads(jobs: int) -> None:
 
 
 def _write_outputs(storage_url: str, study_name: str, run_dir: Path, *, summary: bool) -> None:
-    from .report import load_run, write_outputs
+    from .pareto import load_run, write_outputs
 
     run = load_run(storage_url, study_name)
     paths = write_outputs(run, run_dir)
     if summary:
-        print(run.summary())
-        for path in paths:
+        print(run.summary_text())
+        for path in paths.values():
             print(f"wrote {path}")
 
 
 def _report(args: argparse.Namespace) -> int:
+    from .pareto import run_dir_storage
+
     if args.storage:
         if not args.study:
             raise ConfigError("<command line>", "--study", "is required with --storage")
@@ -144,27 +155,25 @@ def _report(args: argparse.Namespace) -> int:
         _write_outputs(args.storage, args.study, out, summary=True)
         return 0
     if not args.run_dir:
-        raise ConfigError("<command line>", "run_dir", "give a run folder or --storage and --study")
-    run_dir = Path(args.run_dir)
-    db = run_dir / "study.db"
-    if not db.is_file():
-        raise ConfigError(str(run_dir), "study.db", "no study storage here; is it a run folder?")
-    import optuna
-
-    names = optuna.study.get_all_study_names(f"sqlite:///{db.resolve()}")
-    if len(names) != 1:
-        raise ConfigError(str(db), "study", f"expected one study, found {names}")
-    _write_outputs(f"sqlite:///{db.resolve()}", names[0], Path(args.out or run_dir), summary=True)
+        raise ConfigError(
+            "<command line>", "run_dir", "give a run folder or --storage and --study"
+        )
+    url, name = run_dir_storage(args.run_dir)
+    _write_outputs(url, name, Path(args.out or args.run_dir), summary=True)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_winner
 
-    winner = export_winner(Path(args.run_dir), pick=args.pick, trial=args.trial,
-                           out=Path(args.out) if args.out else None,
-                           allow_infeasible=args.allow_infeasible)
-    print(f"wrote {winner}")
+    result = export_winner(
+        Path(args.run_dir),
+        pick=args.pick or "knee",
+        trial=args.trial,
+        out=Path(args.out) if args.out else None,
+        allow_infeasible=args.allow_infeasible,
+    )
+    print(result)
     return 0
 
 
@@ -173,7 +182,7 @@ def _apply(args: argparse.Namespace) -> int:
 
     result = apply_winner(Path(args.winner), out=Path(args.out) if args.out else None)
     print(result)
-    return 0
+    return 0 if result.ok else 1
 
 
 def _cost(args: argparse.Namespace) -> int:
@@ -182,7 +191,9 @@ def _cost(args: argparse.Namespace) -> int:
     try:
         shape = tuple(int(d) for d in args.input_shape.split(","))
     except ValueError:
-        raise ConfigError("<command line>", "--input-shape", "must be integers like 3,224,224") from None
+        raise ConfigError(
+            "<command line>", "--input-shape", "must be integers like 3,224,224"
+        ) from None
     model = _import_model(args.model)
     profile = load_profile(args.target, file="<command line>", field="--target")
     summary = cost_summary(model, shape, profile, measure=args.measure)
@@ -207,7 +218,9 @@ def _import_model(spec: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError("<command line>", "--model", f"cannot import {module_name!r}: {exc}") from None
+        raise ConfigError(
+            "<command line>", "--model", f"cannot import {module_name!r}: {exc}"
+        ) from None
     factory = getattr(module, func, None)
     model = factory() if callable(factory) else None
     if not isinstance(model, nn.Module):
@@ -233,7 +246,8 @@ def _profiles(args: argparse.Namespace) -> int:
         print(f"wrote {profile_path}")
     else:
         profile_path = hardware.calibrate_from_measurements(
-            Path(args.measurements), base=args.base, out=Path(args.out))
+            Path(args.measurements), base=args.base, out=Path(args.out)
+        )
         print(f"wrote {profile_path}")
     return 0
 

@@ -44,8 +44,9 @@ class Recovery:
     """Fine-tuning after compression (short while searching, long in the refine stage)."""
 
     epochs: int = 2
-    student_epochs: int = 20  # students start from scratch, so they need more than a touch-up
+    student_epochs: int = 10  # students start from scratch, so they need more than a touch-up
     lr: float = 0.005
+    student_lr: float = 0.01
     batch_size: int = 64
     distillation: bool = True
     refine_epochs: int = 8
@@ -137,8 +138,9 @@ def _int(file: str, key: str, value: Any, *, low: int, high: int | None = None) 
     return value
 
 
-def _num(file: str, key: str, value: Any, *, low: float, high: float = math.inf,
-         low_open: bool = False) -> float:
+def _num(
+    file: str, key: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(file, key, f"must be a number, got {value!r}")
     if (value <= low if low_open else value < low) or value > high:
@@ -176,7 +178,9 @@ def _out_path(file: str, key: str, value: Any) -> str:
     if not path.is_absolute():
         resolved = (Path.cwd() / path).resolve()
         if not resolved.is_relative_to(Path.cwd().resolve()):
-            raise ConfigError(file, key, f"{text!r} escapes the project folder; use a path inside it")
+            raise ConfigError(
+                file, key, f"{text!r} escapes the project folder; use a path inside it"
+            )
     return text
 
 
@@ -189,27 +193,39 @@ def _target(file: str, key: str, value: Any) -> str:
 def _storage(file: str, key: str, value: Any) -> str:
     text = _str(file, key, value)
     if "://" not in text:
-        raise ConfigError(file, key, f"{text!r} is not a SQLAlchemy URL (sqlite:///..., postgresql://...)")
+        raise ConfigError(
+            file, key, f"{text!r} is not a SQLAlchemy URL (sqlite:///..., postgresql://...)"
+        )
     return text
 
 
 def _objectives(file: str, value: Any, custom_metrics: bool) -> tuple[Objective, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(file, "objectives", "must be a non-empty list, e.g. [accuracy, latency_ms]")
+        raise ConfigError(
+            file, "objectives", "must be a non-empty list, e.g. [accuracy, latency_ms]"
+        )
     out = []
     for i, item in enumerate(value):
         where = f"objectives[{i}]"
         if isinstance(item, str):
             if item not in METRIC_DIRECTIONS:
-                raise ConfigError(file, where, f"{item!r} is not one of {list(METRIC_DIRECTIONS)}"
-                                  " (or give {metric: maximize|minimize})")
+                raise ConfigError(
+                    file,
+                    where,
+                    f"{item!r} is not one of {list(METRIC_DIRECTIONS)}"
+                    " (or give {metric: maximize|minimize})",
+                )
             out.append(Objective(item, METRIC_DIRECTIONS[item]))
         elif isinstance(item, Mapping) and len(item) == 1:
             ((metric, direction),) = item.items()
             metric = _str(file, where, metric)
             if metric not in METRIC_DIRECTIONS and not custom_metrics:
-                raise ConfigError(file, where, f"{metric!r} is not one of {list(METRIC_DIRECTIONS)}")
-            out.append(Objective(metric, _choice(file, where, direction, ("maximize", "minimize"))))
+                raise ConfigError(
+                    file, where, f"{metric!r} is not one of {list(METRIC_DIRECTIONS)}"
+                )
+            out.append(
+                Objective(metric, _choice(file, where, direction, ("maximize", "minimize")))
+            )
         else:
             raise ConfigError(file, where, "must be a metric name or {metric: maximize|minimize}")
     if len({o.metric for o in out}) != len(out):
@@ -225,11 +241,18 @@ def _user_task(file: str, raw: Mapping[str, Any], base: Path) -> UserTask:
             raise ConfigError(file, f"task.{required}", "is required for a user task")
     for k in ("model", "data", "evaluate"):
         if raw.get(k) is not None and not _FACTORY.match(str(raw[k])):
-            raise ConfigError(file, f"task.{k}", f"{raw[k]!r} must look like 'pkg.module:function'")
+            raise ConfigError(
+                file, f"task.{k}", f"{raw[k]!r} must look like 'pkg.module:function'"
+            )
     shape = raw["input_shape"]
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise ConfigError(file, "task.input_shape", "must be a list of 1-4 positive integers, e.g. [3, 32, 32]")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 4
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise ConfigError(
+            file, "task.input_shape", "must be a list of 1-4 positive integers, e.g. [3, 32, 32]"
+        )
     weights = raw.get("weights")
     if weights is not None:
         path = Path(_str(file, "task.weights", weights))
@@ -244,12 +267,29 @@ def _user_task(file: str, raw: Mapping[str, Any], base: Path) -> UserTask:
         num_classes=_int(file, "task.num_classes", raw["num_classes"], low=2),
         weights=weights,
         evaluate=raw.get("evaluate"),
-        train_epochs=_int(file, "task.train_epochs", raw.get("train_epochs", 10), low=1, high=1000),
+        train_epochs=_int(
+            file, "task.train_epochs", raw.get("train_epochs", 10), low=1, high=1000
+        ),
     )
 
 
-_TOP_KEYS = ("name", "description", "task", "target", "space", "objectives", "budgets",
-             "max_accuracy_drop", "trials", "seed", "sampler", "storage", "out", "device", "recovery")
+_TOP_KEYS = (
+    "name",
+    "description",
+    "task",
+    "target",
+    "space",
+    "objectives",
+    "budgets",
+    "max_accuracy_drop",
+    "trials",
+    "seed",
+    "sampler",
+    "storage",
+    "out",
+    "device",
+    "recovery",
+)
 
 
 def parse_experiment(data: Any, source: str) -> Experiment:
@@ -278,22 +318,33 @@ def parse_experiment(data: Any, source: str) -> Experiment:
     resolve("space", space, file=file, field="space")
 
     target = data.get("target", "host")
-    if isinstance(target, str) and "/" in target and not Path(target).is_absolute():
+    if (
+        isinstance(target, str)
+        and not Path(target).is_absolute()
+        and ("/" in target or target.endswith((".yaml", ".yml")))
+    ):
         target = str(base / target) if (base / target).exists() else target
     target = _target(file, "target", target)
 
-    kwargs: dict[str, Any] = {"name": name, "source": source, "task": task, "space": space,
-                              "target": target}
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "source": source,
+        "task": task,
+        "space": space,
+        "target": target,
+    }
     if "objectives" in data:
         kwargs["objectives"] = _objectives(file, data["objectives"], isinstance(task, UserTask))
     if "budgets" in data and data["budgets"] is not None:
         budgets = _mapping(file, "budgets", data["budgets"], BUDGET_KEYS)
-        kwargs["budgets"] = {k: _num(file, f"budgets.{k}", v, low=0, low_open=True)
-                             for k, v in budgets.items()}
+        kwargs["budgets"] = {
+            k: _num(file, f"budgets.{k}", v, low=0, low_open=True) for k, v in budgets.items()
+        }
     if "max_accuracy_drop" in data:
         drop = data["max_accuracy_drop"]
-        kwargs["max_accuracy_drop"] = None if drop is None else _num(
-            file, "max_accuracy_drop", drop, low=0, high=1)
+        kwargs["max_accuracy_drop"] = (
+            None if drop is None else _num(file, "max_accuracy_drop", drop, low=0, high=1)
+        )
     if "trials" in data:
         kwargs["trials"] = _int(file, "trials", data["trials"], low=1, high=100_000)
     if "seed" in data:
@@ -307,23 +358,42 @@ def parse_experiment(data: Any, source: str) -> Experiment:
     if "device" in data:
         kwargs["device"] = _choice(file, "device", data["device"], ("cpu", "cuda"))
     if data.get("recovery") is not None:
-        raw = _mapping(file, "recovery", data["recovery"],
-                       ("epochs", "student_epochs", "lr", "batch_size", "distillation",
-                        "refine_epochs", "refine_top_k"))
+        raw = _mapping(
+            file,
+            "recovery",
+            data["recovery"],
+            (
+                "epochs",
+                "student_epochs",
+                "lr",
+                "student_lr",
+                "batch_size",
+                "distillation",
+                "refine_epochs",
+                "refine_top_k",
+            ),
+        )
         rec = Recovery()
         changes: dict[str, Any] = {}
         if "epochs" in raw:
             changes["epochs"] = _int(file, "recovery.epochs", raw["epochs"], low=0, high=1000)
         if "student_epochs" in raw:
-            changes["student_epochs"] = _int(file, "recovery.student_epochs",
-                                             raw["student_epochs"], low=0, high=1000)
+            changes["student_epochs"] = _int(
+                file, "recovery.student_epochs", raw["student_epochs"], low=0, high=1000
+            )
         if "refine_epochs" in raw:
-            changes["refine_epochs"] = _int(file, "recovery.refine_epochs", raw["refine_epochs"],
-                                            low=0, high=1000)
+            changes["refine_epochs"] = _int(
+                file, "recovery.refine_epochs", raw["refine_epochs"], low=0, high=1000
+            )
         if "refine_top_k" in raw:
-            changes["refine_top_k"] = _int(file, "recovery.refine_top_k", raw["refine_top_k"], low=0)
-        if "lr" in raw:
-            changes["lr"] = _num(file, "recovery.lr", raw["lr"], low=0, high=10, low_open=True)
+            changes["refine_top_k"] = _int(
+                file, "recovery.refine_top_k", raw["refine_top_k"], low=0
+            )
+        for key in ("lr", "student_lr"):
+            if key in raw:
+                changes[key] = _num(
+                    file, f"recovery.{key}", raw[key], low=0, high=10, low_open=True
+                )
         if "batch_size" in raw:
             changes["batch_size"] = _int(file, "recovery.batch_size", raw["batch_size"], low=1)
         if "distillation" in raw:

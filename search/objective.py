@@ -41,13 +41,21 @@ class Baseline:
 class TrialObjective:
     """Callable for `study.optimize`. Holds what every trial shares (task, space, profile)."""
 
-    def __init__(self, exp: Experiment, task: Task, space: SearchSpace, profile: HardwareProfile,
-                 *, weights_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        exp: Experiment,
+        task: Task,
+        space: SearchSpace,
+        profile: HardwareProfile,
+        *,
+        weights_dir: Path | None = None,
+    ) -> None:
         self.exp, self.task, self.space, self.profile = exp, task, space, profile
         self.budgets = {**profile.budgets, **exp.budgets}
         self.weights_dir = weights_dir
-        self.primary = next((o.metric for o in exp.objectives if o.direction == "maximize"),
-                            "accuracy")
+        self.primary = next(
+            (o.metric for o in exp.objectives if o.direction == "maximize"), "accuracy"
+        )
         self._layers: dict[ArchitectureConfig, list[LayerInfo]] = {}
         base_cost = estimate_cost(task.base_model, task.input_shape, profile)
         self.baseline = Baseline(task.evaluate(task.base_model, "val"), base_cost)
@@ -60,14 +68,19 @@ class TrialObjective:
             if arch.family == "base":
                 model = self.task.base_model
             else:
-                model = build_student(arch, input_shape=self.task.input_shape,
-                                      num_classes=self.task.num_classes)
+                model = build_student(
+                    arch, input_shape=self.task.input_shape, num_classes=self.task.num_classes
+                )
             self._layers[arch] = compressible_layers(model)
         return self._layers[arch]
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> CompressionPlan:
-        plan = self.space.suggest(trial, self.layers_for, weight_bits=self.profile.weight_bits,
-                                  activation_bits=self.profile.activation_bits)
+        plan = self.space.suggest(
+            trial,
+            self.layers_for,
+            weight_bits=self.profile.weight_bits,
+            activation_bits=self.profile.activation_bits,
+        )
         if not self.exp.recovery.distillation:
             plan = plan.replace(distill=DistillConfig(enabled=False))
         return plan
@@ -86,20 +99,39 @@ class TrialObjective:
     def build_and_cost(self, plan: CompressionPlan) -> tuple[Compressed, CostReport]:
         """The cheap half of a trial: operators applied, figures predicted, nothing trained."""
         compressed = build(plan, self.task)
-        cost = estimate_cost(compressed.model, self.task.input_shape, self.profile,
-                             layer_bits=compressed.layer_bits,
-                             activation_bits=compressed.activation_bits,
-                             layer_density=compressed.layer_density)
+        cost = estimate_cost(
+            compressed.model,
+            self.task.input_shape,
+            self.profile,
+            layer_bits=compressed.layer_bits,
+            activation_bits=compressed.activation_bits,
+            layer_density=compressed.layer_density,
+        )
         return compressed, cost
 
-    def train(self, compressed: Compressed, plan: CompressionPlan, *, seed: int,
-              epochs: int | None = None) -> torch.nn.Module:
-        """Recovery: `epochs` (default: the experiment's, longer for students from scratch)."""
+    def train(
+        self,
+        compressed: Compressed,
+        plan: CompressionPlan,
+        *,
+        seed: int,
+        epochs: int | None = None,
+    ) -> torch.nn.Module:
+        """Recovery: `epochs` (default: the experiment's; students, from scratch, get their own
+        epochs and learning rate)."""
         rec = self.exp.recovery
+        student = plan.architecture.family != "base"
         if epochs is None:
-            epochs = rec.epochs if plan.architecture.family == "base" else rec.student_epochs
-        return recover(compressed, plan, self.task, epochs=epochs, lr=rec.lr,
-                       batch_size=rec.batch_size, seed=seed)
+            epochs = rec.student_epochs if student else rec.epochs
+        return recover(
+            compressed,
+            plan,
+            self.task,
+            epochs=epochs,
+            lr=rec.student_lr if student else rec.lr,
+            batch_size=rec.batch_size,
+            seed=seed,
+        )
 
     def hopeless(self, study: optuna.Study, before: float) -> bool:
         """Early-stop rule for plans that inherit the base weights (students start at chance).
@@ -108,10 +140,12 @@ class TrialObjective:
         after compression is more than `EARLY_STOP_MARGIN` below the lowest pre-recovery
         accuracy any of those feasible plans started from is stopped before recovery.
         """
-        starts = [t.user_attrs["accuracy_before_recovery"]
-                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if "accuracy_before_recovery" in t.user_attrs
-                  and all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())]
+        starts = [
+            t.user_attrs["accuracy_before_recovery"]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "accuracy_before_recovery" in t.user_attrs
+            and all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())
+        ]
         return len(starts) >= EARLY_STOP_MIN_TRIALS and before < min(starts) - EARLY_STOP_MARGIN
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
@@ -139,7 +173,9 @@ class TrialObjective:
                     for key, value in metrics.items():
                         trial.set_user_attr(key, value)
                     trial.set_user_attr("status", "stopped_early")
-                    raise optuna.TrialPruned(f"{self.primary} {before:.3f} right after compression")
+                    raise optuna.TrialPruned(
+                        f"{self.primary} {before:.3f} right after compression"
+                    )
             model = self.train(compressed, plan, seed=self.exp.seed + trial.number)
             measured = self.task.evaluate(model, "val")
             metrics.update(measured)
@@ -158,8 +194,10 @@ class TrialObjective:
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("status", status)
-        return tuple(float(metrics[o.metric] if metrics.get(o.metric) is not None else 0.0)
-                     for o in self.exp.objectives)
+        return tuple(
+            float(metrics[o.metric] if metrics.get(o.metric) is not None else 0.0)
+            for o in self.exp.objectives
+        )
 
     def save_weights(self, model: torch.nn.Module, number: int, suffix: str = "") -> Path:
         assert self.weights_dir is not None

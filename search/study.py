@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from ._resources import resolve
 from .config import Experiment
 from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
+from .validate import check_space_runs_on
 
 HEARTBEAT_S = 10
 GRACE_S = 30
@@ -37,7 +41,9 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
             engine_kwargs=engine_kwargs,
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
         )
 
 
@@ -92,16 +98,32 @@ def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
         n_done = len(existing.trials)
         stored = [d.name.lower() for d in existing.directions]
         if stored != directions:
-            raise ConfigError(exp.source, "objectives", f"the stored study {exp.name!r} optimises "
-                              f"{stored}; use another name or out folder to start afresh")
+            raise ConfigError(
+                exp.source,
+                "objectives",
+                f"the stored study {exp.name!r} optimises "
+                f"{stored}; use another name or out folder to start afresh",
+            )
     except KeyError:
         if not create:
-            raise ConfigError(exp.source, "storage", f"no study {exp.name!r} in {exp.storage_url}")
+            raise ConfigError(
+                exp.source, "storage", f"no study {exp.name!r} in {exp.storage_url}"
+            ) from None
     # Offset the seed by the trials already stored so a resumed run does not replay the first
     # samples of a seeded sampler.
-    sampler = make_sampler(exp.sampler, seed=exp.seed + n_done, n_objectives=len(directions))
-    return optuna.create_study(study_name=exp.name, storage=storage, directions=directions,
-                               sampler=sampler, load_if_exists=True)
+    seed = exp.seed + n_done
+    if not create:
+        # Workers that join together see the same n_done: mix in host and pid so they do not
+        # all draw the same samples.
+        seed = zlib.crc32(f"{seed} {socket.gethostname()} {os.getpid()}".encode()) % 2**31
+    sampler = make_sampler(exp.sampler, seed=seed, n_objectives=len(directions))
+    return optuna.create_study(
+        study_name=exp.name,
+        storage=storage,
+        directions=directions,
+        sampler=sampler,
+        load_if_exists=True,
+    )
 
 
 class _Progress:
@@ -112,8 +134,14 @@ class _Progress:
 
         done = len(completed(study))
         self.primary, self.total = primary, total
-        self.bar = tqdm(total=total, initial=min(done, total), unit="trial", disable=not enabled,
-                        dynamic_ncols=True, desc="search")
+        self.bar = tqdm(
+            total=total,
+            initial=min(done, total),
+            unit="trial",
+            disable=not enabled,
+            dynamic_ncols=True,
+            desc="search",
+        )
         self.update(study)
 
     def update(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
@@ -124,8 +152,12 @@ class _Progress:
         feasible = [t for t in trials if is_feasible(t)]
         best = max((t.user_attrs.get(self.primary) or 0.0 for t in feasible), default=None)
         skipped = sum(t.user_attrs.get("status") == "over_budget" for t in trials)
-        self.bar.set_postfix(feasible=len(feasible), over_budget=skipped,
-                             best=f"{best:.4f}" if best is not None else "-", refresh=False)
+        self.bar.set_postfix(
+            feasible=len(feasible),
+            over_budget=skipped,
+            best=f"{best:.4f}" if best is not None else "-",
+            refresh=False,
+        )
         self.bar.n = min(len(trials), self.total)
         self.bar.refresh()
 
@@ -137,17 +169,24 @@ def is_feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.user_attrs.get("constraints", {}).values())
 
 
-def run_search(exp: Experiment, *, progress: bool = True, worker: bool = False,
-               log: Callable[[str], None] = print) -> SearchResult:
+def run_search(
+    exp: Experiment,
+    *,
+    progress: bool = True,
+    worker: bool = False,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
     """Run (or resume) the experiment's study until it holds `exp.trials` completed trials.
 
     Args:
         worker: join an existing shared study instead of creating one (`python -m search worker`).
     """
     from .objective import TrialObjective
+    from .parallel import fail_orphaned_trials
     from .tasks import load_task
 
     space, profile = load_space(exp), load_target(exp)  # validate everything before writing
+    check_space_runs_on(space, profile)
     task = load_task(exp, log=log)
     run_dir = exp.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +194,7 @@ def run_search(exp: Experiment, *, progress: bool = True, worker: bool = False,
     study = open_study(exp, create=not worker)
     objective = TrialObjective(exp, task, space, profile, weights_dir=run_dir / "weights")
     _record_study_attrs(study, exp, objective, profile, space)
+    fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
 
     if not worker and not study.trials:
         warm_start(study, objective)
@@ -171,19 +211,29 @@ def run_search(exp: Experiment, *, progress: bool = True, worker: bool = False,
 
     started = time.perf_counter()
     if len(completed(study)) < exp.trials:
-        study.optimize(objective, n_trials=None, callbacks=[stop_when_done], catch=(Exception,),
-                       gc_after_trial=False)
+        study.optimize(
+            objective,
+            n_trials=None,
+            callbacks=[stop_when_done],
+            catch=(Exception,),
+            gc_after_trial=False,
+        )
     bar.close()
     if exp.recovery.refine_top_k > 0 and not worker:
         refine_front(study, objective, log=log)
     trials = completed(study)
     result = SearchResult(
-        study=study, run_dir=run_dir, storage_url=exp.storage_url, completed=len(trials),
+        study=study,
+        run_dir=run_dir,
+        storage_url=exp.storage_url,
+        completed=len(trials),
         over_budget=sum(t.user_attrs.get("status") == "over_budget" for t in trials),
         failed=len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
     )
-    log(f"search: {result.completed} trials complete ({result.over_budget} over budget, not "
-        f"trained; {result.failed} failed) in {time.perf_counter() - started:.0f} s")
+    log(
+        f"search: {result.completed} trials complete ({result.over_budget} over budget, not "
+        f"trained; {result.failed} failed) in {time.perf_counter() - started:.0f} s"
+    )
     return result
 
 
@@ -207,14 +257,24 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
         plan = CompressionPlan.from_dict(t.user_attrs["plan"])
         compressed, _ = objective.build_and_cost(plan)
         student = plan.architecture.family != "base"
-        model = objective.train(compressed, plan, seed=exp.seed + t.number,
-                                epochs=max(epochs, exp.recovery.student_epochs) if student else epochs)
+        model = objective.train(
+            compressed,
+            plan,
+            seed=exp.seed + t.number,
+            epochs=max(epochs, exp.recovery.student_epochs) if student else epochs,
+        )
         metrics = objective.task.evaluate(model, "val")
         path = objective.save_weights(model, t.number, suffix="-refined")
-        refined[str(t.number)] = {**metrics, "epochs": epochs, "weights": str(path),
-                                  "accuracy_drop": objective.baseline.metrics[primary] - metrics[primary]}
-        log(f"refined trial {t.number}: {primary} {t.user_attrs.get(primary):.4f} -> "
-            f"{metrics[primary]:.4f} ({epochs} epochs)")
+        refined[str(t.number)] = {
+            **metrics,
+            "epochs": epochs,
+            "weights": str(path),
+            "accuracy_drop": objective.baseline.metrics[primary] - metrics[primary],
+        }
+        log(
+            f"refined trial {t.number}: {primary} {t.user_attrs.get(primary):.4f} -> "
+            f"{metrics[primary]:.4f} ({epochs} epochs)"
+        )
     study.set_user_attr("refined", refined)
 
 
@@ -232,20 +292,27 @@ def warm_start(study: optuna.Study, objective: Any) -> None:
     from spaces import ArchitectureConfig
 
     space = objective.space
-    offered = space.dim("architecture", "family", "base").values()
+    families = space.dim("architecture", "family", "base").values()
     for name, recipe in RECIPES.items():
         family = recipe.get("family", "base")
-        if family not in offered:
+        if family not in families:
             continue
         arch = ArchitectureConfig(family=family, width=recipe.get("width", 1.0))
-        offered = {"weight_bits": objective.profile.weight_bits,
-                   "activation_bits": objective.profile.activation_bits}
+        offered = {
+            "weight_bits": objective.profile.weight_bits,
+            "activation_bits": objective.profile.activation_bits,
+        }
         params = space.recipe_params(objective.layers_for(arch), offered=offered, **recipe)
         study.enqueue_trial(params, user_attrs={"recipe": name})
 
 
-def _record_study_attrs(study: optuna.Study, exp: Experiment, objective: Any,
-                        profile: HardwareProfile, space: SearchSpace) -> None:
+def _record_study_attrs(
+    study: optuna.Study,
+    exp: Experiment,
+    objective: Any,
+    profile: HardwareProfile,
+    space: SearchSpace,
+) -> None:
     attrs = {
         "experiment": exp.to_dict(),
         "objectives": [[o.metric, o.direction] for o in exp.objectives],

@@ -205,7 +205,9 @@ class CompressionPlan:
             allowed = {f.name for f in fields(kind)}
             bad = set(section) - allowed
             if bad:
-                raise PlanError(f"{name}.{sorted(bad)[0]}", f"unknown key; allowed: {sorted(allowed)}")
+                raise PlanError(
+                    f"{name}.{sorted(bad)[0]}", f"unknown key; allowed: {sorted(allowed)}"
+                )
             try:
                 kwargs[name] = kind(**section)
             except TypeError as exc:
@@ -238,6 +240,8 @@ class CompressionPlan:
             parts.append(f"prune~{mean:.0%} {p.importance}")
         if p.sparsity:
             parts.append(f"sparse {p.sparsity:.0%}")
-        bits = sorted({b for _, b in self.quantize.weight_bits} or {self.quantize.default_weight_bits})
+        bits = sorted(
+            {b for _, b in self.quantize.weight_bits} or {self.quantize.default_weight_bits}
+        )
         parts.append("w" + "/".join(str(b) for b in bits) + f" a{self.quantize.activation_bits}")
         return ", ".join(parts)

@@ -2,7 +2,8 @@
 
 Each entry of a section is one of:
   - a list: a categorical choice (`weight_bits: [4, 8, 32]`)
-  - a mapping `{low, high, step}`: an ordered numeric range (`ratio: {low: 0, high: 0.7, step: 0.1}`)
+  - a mapping `{low, high, step}`: an ordered numeric range
+    (`ratio: {low: 0, high: 0.7, step: 0.1}`)
   - a single value: fixed, not searched (`mode: svd`)
 A section that is absent or `null` switches its operator off.
 """
@@ -55,7 +56,9 @@ class LayerInfo:
 
 class Trial(Protocol):  # the part of optuna.Trial the space uses
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = ...) -> float: ...
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = ...
+    ) -> float: ...
     def suggest_int(self, name: str, low: int, high: int, *, step: int = ...) -> int: ...
 
 
@@ -200,10 +203,18 @@ class SearchSpace:
     def dim(self, section: str, key: str, default: Any) -> Dim:
         return self.sections.get(section, {}).get(key, Dim(choices=(default,)))
 
-    def recipe_params(self, layers: Sequence[LayerInfo], *, family: str = "base",
-                      width: float = 1.0, prune: float = 0.0, importance: str = "l1",
-                      weight_bits: int = 32, activation_bits: int = 32,
-                      offered: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+    def recipe_params(
+        self,
+        layers: Sequence[LayerInfo],
+        *,
+        family: str = "base",
+        width: float = 1.0,
+        prune: float = 0.0,
+        importance: str = "l1",
+        weight_bits: int = 32,
+        activation_bits: int = 32,
+        offered: Mapping[str, Sequence[Any]] | None = None,
+    ) -> dict[str, Any]:
         """Trial parameters for a hand-made recipe, for `study.enqueue_trial` (warm start).
 
         Each value snaps to the nearest one the space offers, so the enqueued trial is a point
@@ -233,18 +244,20 @@ class SearchSpace:
         if family != "base":
             put("arch.width", "architecture", "width", width)
             put("arch.depth", "architecture", "depth", 1)
-        suffix = (lambda _: "student") if family != "base" else (lambda x: x.name)
+        put("act_bits", "quantize", "activation_bits", activation_bits)
+        if family != "base":
+            put("bits.student", "quantize", "weight_bits", weight_bits)
+            return params
         put("lowrank.mode", "lowrank", "mode", "svd")
-        for layer in layers:
-            if layer.factorizable:
-                put(f"rank.{suffix(layer)}", "lowrank", "rank", 1.0)
-            if layer.prunable:
-                put(f"prune.{suffix(layer)}", "prune", "ratio", prune)
-            put(f"bits.{suffix(layer)}", "quantize", "weight_bits", weight_bits)
         put("prune.mode", "prune", "mode", "per_layer")
         put("prune.importance", "prune", "importance", importance)
         put("prune.sparsity", "prune", "sparsity", 0.0)
-        put("act_bits", "quantize", "activation_bits", activation_bits)
+        for layer in layers:
+            if layer.factorizable:
+                put(f"rank.{layer.name}", "lowrank", "rank", 1.0)
+            if layer.prunable:
+                put(f"prune.{layer.name}", "prune", "ratio", prune)
+            put(f"bits.{layer.name}", "quantize", "weight_bits", weight_bits)
         return params
 
     def suggest(
@@ -262,8 +275,10 @@ class SearchSpace:
             layers_for: the compressible layers of the network an architecture choice yields.
             weight_bits / activation_bits: precisions the target runs; others are not offered.
 
-        A student architecture gets one shared prune ratio, rank and bit width for all its
-        layers (`*.student`), so the number of dimensions stays small whatever its depth.
+        A student is already the compact network: its width and depth are its size, and it
+        gets one shared bit width for all its layers (`bits.student`). Low-rank, pruning and
+        sparsity rank the weights of a trained network, so they apply to the user's own
+        (`base`) network only; a student starts from random weights.
         """
         arch = ArchitectureConfig(
             family=self.dim("architecture", "family", "base").suggest(trial, "arch.family"),
@@ -284,7 +299,7 @@ class SearchSpace:
             return {layer.name: dim.suggest(trial, f"{prefix}.{layer.name}") for layer in eligible}
 
         lowrank = LowRankConfig()
-        if "lowrank" in self.sections:
+        if "lowrank" in self.sections and not shared:
             ranks = per_layer(
                 "rank", self.dim("lowrank", "rank", 1.0), [x for x in layers if x.factorizable]
             )
@@ -292,7 +307,7 @@ class SearchSpace:
             lowrank = LowRankConfig(ranks=ranks, mode=mode)
 
         prune = PruneConfig()
-        if "prune" in self.sections:
+        if "prune" in self.sections and not shared:
             mode = self.dim("prune", "mode", "per_layer").suggest(trial, "prune.mode")
             importance = self.dim("prune", "importance", "l1").suggest(trial, "prune.importance")
             sparsity = float(self.dim("prune", "sparsity", 0.0).suggest(trial, "prune.sparsity"))

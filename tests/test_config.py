@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,13 @@ def test_overrides_are_validated(in_tmp):
         ({"name": "x", "storage": "not-a-url"}, "storage"),
         ({"name": "x", "task": "imagenet"}, "task"),
         ({"name": "x", "task": {"model": "m:f"}}, "task.data"),
-        ({"name": "x", "task": {"model": "m", "data": "d:f", "input_shape": [1],
-                                "num_classes": 2}}, "task.model"),
+        (
+            {
+                "name": "x",
+                "task": {"model": "m", "data": "d:f", "input_shape": [1], "num_classes": 2},
+            },
+            "task.model",
+        ),
         ({"name": "x", "device": "tpu"}, "device"),
         ({"name": "bad name!"}, "name"),
     ],
@@ -77,8 +83,10 @@ def test_bad_fields_are_named(tmp_path, in_tmp, data, field):
     assert info.value.file == str(path)
 
 
-@pytest.mark.parametrize(("text", "field"), [("", "<file>"), ("name: [1, 2\n", "line 2"),
-                                             ("- just\n- a list\n", "<top>")])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("", "<file>"), ("name: [1, 2\n", "line 2"), ("- just\n- a list\n", "<top>")],
+)
 def test_malformed_files(tmp_path, text, field):
     with pytest.raises(ConfigError) as info:
         load_experiment(write(tmp_path, text))
@@ -86,17 +94,38 @@ def test_malformed_files(tmp_path, text, field):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(
-    st.sampled_from(["name", "trials", "seed", "budgets", "objectives", "target", "space",
-                     "recovery", "max_accuracy_drop", "sampler", "task", "out", "zzz"]),
-    st.none() | st.booleans() | st.integers(-3, 50) | st.floats() | st.text(max_size=8)
-    | st.lists(st.text(max_size=8), max_size=3)
-    | st.dictionaries(st.text(max_size=10), st.integers(-2, 5) | st.text(max_size=4), max_size=3),
-    max_size=6,
-))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "name",
+                "trials",
+                "seed",
+                "budgets",
+                "objectives",
+                "target",
+                "space",
+                "recovery",
+                "max_accuracy_drop",
+                "sampler",
+                "task",
+                "out",
+                "zzz",
+            ]
+        ),
+        st.none()
+        | st.booleans()
+        | st.integers(-3, 50)
+        | st.floats()
+        | st.text(max_size=8)
+        | st.lists(st.text(max_size=8), max_size=3)
+        | st.dictionaries(
+            st.text(max_size=10), st.integers(-2, 5) | st.text(max_size=4), max_size=3
+        ),
+        max_size=6,
+    )
+)
 def test_experiment_loader_never_crashes(data):
     """Fuzz: a valid Experiment or a ConfigError, never another exception."""
-    try:
+    with contextlib.suppress(ConfigError):
         parse_experiment(data, "fuzz.yaml")
-    except ConfigError:
-        pass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import optuna
 import pytest
 from hypothesis import given, settings
@@ -62,12 +64,22 @@ def test_plan_rejects_bad_values_naming_the_field(data, field):
 def test_joint_space_suggests_per_layer_decisions():
     space = SearchSpace.from_file(REPO / "spaces" / "joint.yaml")
     params = {
-        "arch.family": "base", "lowrank.mode": "svd", "prune.mode": "per_layer",
-        "prune.importance": "l2", "prune.sparsity": 0.0, "act_bits": 8,
-        "distill.alpha": 0.5, "distill.temperature": 2.0,
-        "rank.conv1": 0.5, "rank.conv2": 1.0, "rank.fc": 1.0,
-        "prune.conv1": 0.3, "prune.conv2": 0.0,
-        "bits.conv1": 4, "bits.conv2": 8, "bits.fc": 8,
+        "arch.family": "base",
+        "lowrank.mode": "svd",
+        "prune.mode": "per_layer",
+        "prune.importance": "l2",
+        "prune.sparsity": 0.0,
+        "act_bits": 8,
+        "distill.alpha": 0.5,
+        "distill.temperature": 2.0,
+        "rank.conv1": 0.5,
+        "rank.conv2": 1.0,
+        "rank.fc": 1.0,
+        "prune.conv1": 0.3,
+        "prune.conv2": 0.0,
+        "bits.conv1": 4,
+        "bits.conv2": 8,
+        "bits.fc": 8,
     }
     plan = space.suggest(optuna.trial.FixedTrial(params), layers_for, weight_bits=(4, 8, 32))
     assert plan.prune.ratio("conv1") == pytest.approx(0.3)
@@ -89,12 +101,19 @@ def test_space_offers_only_the_targets_precisions():
     assert seen <= {8, 32} and seen
 
 
-def test_student_layers_share_one_choice():
-    space = SearchSpace.from_dict({"architecture": {"family": ["mobilenetv2"], "width": [0.5]},
-                                   "prune": {"ratio": [0.2]}})
-    plan = space.suggest(optuna.trial.FixedTrial({}), layers_for)
+def test_student_gets_one_shared_bit_width_and_no_weight_ranking_operators():
+    space = SearchSpace.from_dict(
+        {
+            "architecture": {"family": ["mobilenetv2"], "width": [0.5]},
+            "prune": {"ratio": [0.2, 0.4]},
+            "lowrank": {"rank": [0.5]},
+            "quantize": {"weight_bits": [4, 8]},
+        }
+    )
+    plan = space.suggest(optuna.trial.FixedTrial({"bits.student": 4}), layers_for)
     assert plan.architecture == ArchitectureConfig("mobilenetv2", 0.5, 1)
-    assert plan.prune.ratio("s.0") == pytest.approx(0.2)
+    assert plan.quantize.bits("s.0") == 4
+    assert plan.prune.ratios == () and plan.lowrank.ranks == ()
 
 
 @pytest.mark.parametrize(
@@ -116,26 +135,51 @@ def test_space_errors_name_the_field(data, field):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 40) | st.floats(allow_nan=True) | st.text(max_size=6),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
-        st.sampled_from(["prune", "quantize", "ratio", "weight_bits", "low", "high", "step",
-                         "mode", "architecture", "family", "name", "x"]), kids, max_size=4),
-    max_leaves=12,
-))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-5, 40)
+        | st.floats(allow_nan=True)
+        | st.text(max_size=6),
+        lambda kids: (
+            st.lists(kids, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "prune",
+                        "quantize",
+                        "ratio",
+                        "weight_bits",
+                        "low",
+                        "high",
+                        "step",
+                        "mode",
+                        "architecture",
+                        "family",
+                        "name",
+                        "x",
+                    ]
+                ),
+                kids,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    )
+)
 def test_space_loader_never_crashes(data):
     """Fuzz: any YAML-like value gives a valid space or a SpaceError, nothing else."""
-    try:
+    with contextlib.suppress(SpaceError):
         SearchSpace.from_dict(data, source="fuzz.yaml")
-    except SpaceError:
-        pass
 
 
 def test_recipe_params_replay_as_the_recipe():
     """Warm-start recipes are points of the space: suggest() turns them into the recipe's plan."""
     space = SearchSpace.from_file(REPO / "spaces" / "joint.yaml")
-    params = space.recipe_params(LAYERS, weight_bits=8, activation_bits=8, prune=0.5,
-                                 offered={"weight_bits": (8, 16)})
+    params = space.recipe_params(
+        LAYERS, weight_bits=8, activation_bits=8, prune=0.5, offered={"weight_bits": (8, 16)}
+    )
     params |= {"distill.alpha": 0.7, "distill.temperature": 4.0}  # left to the sampler
     plan = space.suggest(optuna.trial.FixedTrial(params), layers_for, weight_bits=(8, 16))
     assert plan.architecture.family == "base"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import hashlib
 import importlib
 import json
@@ -94,7 +93,9 @@ def _factory(exp: Experiment, spec: str, field_name: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigError(exp.source, field_name, f"cannot import {module_name!r}: {exc}") from None
+            raise ConfigError(
+                exp.source, field_name, f"cannot import {module_name!r}: {exc}"
+            ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ConfigError(exp.source, field_name, f"{module_name!r} has no function {func_name!r}")
@@ -107,11 +108,14 @@ def load_state_dict_file(path: Path, *, file: str, field_name: str) -> dict[str,
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0][:160]
-        raise ConfigError(file, field_name, f"{path} is not a plain state_dict; refused to "
-                          f"unpickle it ({first})") from None
+        raise ConfigError(
+            file, field_name, f"{path} is not a plain state_dict; refused to unpickle it ({first})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(file, field_name, f"{path} is not a readable torch file ({first})") from None
+        raise ConfigError(
+            file, field_name, f"{path} is not a readable torch file ({first})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(file, field_name, f"{path} must hold a state_dict (names -> tensors)")
     return state
@@ -123,31 +127,45 @@ def _load_weights(model: nn.Module, path: Path, *, file: str, field_name: str) -
         model.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200]
-        raise ConfigError(file, field_name, f"{path} does not match the model's architecture "
-                          f"({detail})") from None
+        raise ConfigError(
+            file, field_name, f"{path} does not match the model's architecture ({detail})"
+        ) from None
 
 
-def _as_tensors(dataset: Any, name: str, exp: Experiment, shape: tuple[int, ...],
-                num_classes: int | None) -> Split:
+def _as_tensors(
+    dataset: Any, name: str, exp: Experiment, shape: tuple[int, ...], num_classes: int | None
+) -> Split:
     """Materialise a dataset of (x, y) once, checking shapes against the experiment."""
     where = "task.data"
     try:
         n = len(dataset)
         rows = [dataset[i] for i in range(n)]
         xs = torch.stack([torch.as_tensor(r[0], dtype=torch.float32) for r in rows])
-        ys = torch.as_tensor([int(r[1]) for r in rows]) if num_classes else torch.stack(
-            [torch.as_tensor(r[1]) for r in rows])
+        ys = (
+            torch.as_tensor([int(r[1]) for r in rows])
+            if num_classes
+            else torch.stack([torch.as_tensor(r[1]) for r in rows])
+        )
     except Exception as exc:  # any malformed dataset: say what was expected
-        raise ConfigError(exp.source, where, f"the {name} split must be a sized dataset of (x, y) "
-                          f"pairs ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            exp.source,
+            where,
+            f"the {name} split must be a sized dataset of (x, y) "
+            f"pairs ({type(exc).__name__}: {exc})",
+        ) from None
     if n == 0:
         raise ConfigError(exp.source, where, f"the {name} split is empty")
     if tuple(xs.shape[1:]) != shape:
-        raise ConfigError(exp.source, where, f"the {name} split has inputs of shape "
-                          f"{list(xs.shape[1:])}, but input_shape is {list(shape)}")
+        raise ConfigError(
+            exp.source,
+            where,
+            f"the {name} split has inputs of shape "
+            f"{list(xs.shape[1:])}, but input_shape is {list(shape)}",
+        )
     if num_classes and (ys.min() < 0 or ys.max() >= num_classes):
-        raise ConfigError(exp.source, where, f"the {name} split has labels outside "
-                          f"[0, {num_classes - 1}]")
+        raise ConfigError(
+            exp.source, where, f"the {name} split has labels outside [0, {num_classes - 1}]"
+        )
     return xs, ys
 
 
@@ -173,8 +191,9 @@ def load_task(exp: Experiment, *, log: Callable[[str], None] = print) -> Task:
     return Task("digits", (1, 8, 8), 10, train, val, test, model, digest, device)
 
 
-def _load_user_task(exp: Experiment, spec: UserTask, device: str,
-                    log: Callable[[str], None]) -> Task:
+def _load_user_task(
+    exp: Experiment, spec: UserTask, device: str, log: Callable[[str], None]
+) -> Task:
     make_model = _factory(exp, spec.model, "task.model")
     make_data = _factory(exp, spec.data, "task.data")
     evaluate = _factory(exp, spec.evaluate, "task.evaluate") if spec.evaluate else None
@@ -190,20 +209,43 @@ def _load_user_task(exp: Experiment, spec: UserTask, device: str,
     if not (isinstance(splits, (tuple, list)) and len(splits) == 3):
         raise ConfigError(exp.source, "task.data", f"{spec.data} must return (train, val, test)")
     classes = None if evaluate else spec.num_classes
-    train, val, test = (_as_tensors(d, n, exp, spec.input_shape, classes)
-                        for d, n in zip(splits, ("train", "val", "test")))
+    train, val, test = (
+        _as_tensors(d, n, exp, spec.input_shape, classes)
+        for d, n in zip(splits, ("train", "val", "test"))
+    )
     weights = Path(spec.weights) if spec.weights else None
-    settings = {"task": spec.model, "data": spec.data, "epochs": spec.train_epochs,
-                "weights": file_sha256(weights) if weights else None, **BASE_TRAINING}
+    settings = {
+        "task": spec.model,
+        "data": spec.data,
+        "epochs": spec.train_epochs,
+        "weights": file_sha256(weights) if weights else None,
+        **BASE_TRAINING,
+    }
     settings["epochs"] = spec.train_epochs
     model, digest = _cached_base(exp, settings, make, train, log, user_weights=weights)
-    return Task(spec.model, spec.input_shape, spec.num_classes, train, val, test, model, digest,
-                device, user_evaluate=evaluate)
+    return Task(
+        spec.model,
+        spec.input_shape,
+        spec.num_classes,
+        train,
+        val,
+        test,
+        model,
+        digest,
+        device,
+        user_evaluate=evaluate,
+    )
 
 
-def _cached_base(exp: Experiment, settings: dict[str, Any], make: Callable[[], nn.Module],
-                 train: Split, log: Callable[[str], None], *,
-                 user_weights: Path | None) -> tuple[nn.Module, str]:
+def _cached_base(
+    exp: Experiment,
+    settings: dict[str, Any],
+    make: Callable[[], nn.Module],
+    train: Split,
+    log: Callable[[str], None],
+    *,
+    user_weights: Path | None,
+) -> tuple[nn.Module, str]:
     """The trained base model: the user's weights, else a cached copy, else train and cache."""
     model = make()
     if user_weights is not None:
@@ -217,12 +259,16 @@ def _cached_base(exp: Experiment, settings: dict[str, Any], make: Callable[[], n
     log(f"base model: training it ({settings['epochs']} epochs); it is cached for the next run")
     torch.manual_seed(settings["seed"])
     model = make()
-    fit(model, train, epochs=settings["epochs"], lr=settings["lr"],
-        batch_size=settings["batch_size"], seed=settings["seed"])
+    fit(
+        model,
+        train,
+        epochs=settings["epochs"],
+        lr=settings["lr"],
+        batch_size=settings["batch_size"],
+        seed=settings["seed"],
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)  # atomic: concurrent workers never read a half-written file
     return model.cpu().eval(), file_sha256(path)
-
-

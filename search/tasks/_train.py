@@ -67,7 +67,9 @@ def fit(
 def predict(model: nn.Module, x: Tensor, *, batch_size: int = 512, device: str = "cpu") -> Tensor:
     """Logits for every row of `x`, in eval mode, on the CPU."""
     model.to(device).eval()
-    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [
+        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(outs)
 
 
@@ -83,7 +85,9 @@ def classification_metrics(logits: Tensor, targets: Tensor, num_classes: int) ->
     recall = true_pos / support.clamp(min=1)
     precision = true_pos / predicted.clamp(min=1)
     denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(denom))
+    f1 = torch.where(
+        denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(denom)
+    )
     return {
         "accuracy": float((pred == targets).double().mean()),
         "recall": float(recall[present].mean()),
