@@ -1,0 +1,50 @@
+"""Hardware profiles, the analytic cost model, host measurement and calibration.
+
+Example::
+
+    from search.hardware import estimate_cost, load_profile
+
+    cost = estimate_cost(model, (1, 8, 8), load_profile("mcu"), activation_bits=8)
+    print(cost.latency_ms, cost.peak_activation_bytes)
+"""
+
+from ._calibrate import calibrate_from_measurements, calibrate_host, cost_summary
+from ._cost import CostReport, LayerCost, constraint_values, estimate_cost
+from ._measure import (
+    Measurement,
+    export_fp32_onnx,
+    measure_latency_ms,
+    measure_model_ms,
+    measure_onnx,
+    with_measured_latency,
+)
+from ._profile import (
+    BUDGET_KEYS,
+    OP_KINDS,
+    HardwareProfile,
+    load_profile,
+    profile_from_dict,
+    write_profile,
+)
+
+__all__ = [
+    "BUDGET_KEYS",
+    "OP_KINDS",
+    "CostReport",
+    "HardwareProfile",
+    "LayerCost",
+    "Measurement",
+    "calibrate_from_measurements",
+    "calibrate_host",
+    "constraint_values",
+    "cost_summary",
+    "estimate_cost",
+    "load_profile",
+    "export_fp32_onnx",
+    "measure_latency_ms",
+    "measure_model_ms",
+    "measure_onnx",
+    "profile_from_dict",
+    "with_measured_latency",
+    "write_profile",
+]

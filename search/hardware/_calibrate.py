@@ -1,0 +1,703 @@
+"""Fit a profile's efficiencies and overheads to measured latencies.
+
+Two sources of measurements share one fit:
+- `calibrate_host` micro-benchmarks this machine with ONNX Runtime (conv, depthwise, linear,
+  element-wise at several sizes) and writes a `host` profile;
+- `calibrate_from_measurements` reads latencies a user measured on their own device
+  (a CSV of ONNX files and milliseconds) and refits a base profile.
+
+The fit keeps the peaks and the bandwidth (theoretical figures, or on the host the best rates
+measured) and solves for the per-kind efficiencies, per-kind layer overheads and the
+per-inference overhead that minimise the squared log error of the predicted latencies.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..errors import ConfigError
+from ._cost import estimate_cost, layer_weight_bytes
+from ._graph import COMPUTE_KINDS, Kernel
+from ._profile import OP_KINDS, HardwareProfile, profile_from_dict, write_profile
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured model: its kernels (as the cost model sees them) and its latency."""
+
+    name: str
+    kernels: tuple[Kernel, ...]
+    measured_ms: float
+    layer_bits: Mapping[str, int] = field(default_factory=dict)
+    activation_bits: int = 32
+    layer_density: Mapping[str, float] = field(default_factory=dict)
+    batch_scale: float = 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# The fit
+# ------------------------------------------------------------------------------------------------
+
+
+def _terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per op kind: compute seconds at efficiency 1, bytes moved, and an unaligned-conv mask."""
+    act = sample.activation_bits / 8
+    rows: dict[str, tuple[list[float], list[float], list[int]]] = {
+        k: ([], [], []) for k in OP_KINDS
+    }
+    s = sample.batch_scale
+    block = profile.channel_block
+    for k in sample.kernels:
+        if k.kind in COMPUTE_KINDS:
+            bits = int(sample.layer_bits.get(k.layer or "", 32))
+            density = float(sample.layer_density.get(k.layer or "", 1.0))
+            wbytes = layer_weight_bytes(k, bits, density)
+            precision = profile.compute_precision(bits, sample.activation_bits)
+            macs = k.macs * s * (density if profile.sparse_support else 1.0)
+            rows[k.kind][0].append(macs / profile.peak_macs_per_s[precision])
+            rows[k.kind][1].append((k.in_elems + k.out_elems) * act * s + wbytes)
+            # 0 aligned, 1 unaligned dense conv, 2 unaligned grouped/depthwise conv
+            off = k.kind != "linear" and not profile.aligned(
+                k.in_channels, k.out_channels, k.groups
+            )
+            rows[k.kind][2].append(0 if not off else (1 if k.groups <= 1 else 2))
+        elif k.residual and profile.fused_add and (block <= 1 or k.out_channels % block == 0):
+            continue
+        else:
+            rows["elementwise"][0].append(0.0)
+            rows["elementwise"][1].append((k.in_elems + k.out_elems) * act * s)
+            rows["elementwise"][2].append(0)
+    return {
+        k: (np.asarray(c), np.asarray(m), np.asarray(u, dtype=int))
+        for k, (c, m, u) in rows.items()
+    }
+
+
+def _predict(
+    terms: dict[str, tuple[np.ndarray, ...]],
+    inv_eff: Mapping[str, float],
+    over_s: Mapping[str, float],
+    model_s: float,
+    bandwidth: float,
+    inv_unaligned: tuple[float, float] = (1.0, 1.0),
+) -> float:
+    total = model_s
+    for kind, (c, b, unaligned) in terms.items():
+        if not len(c):
+            continue
+        if kind == "elementwise":
+            total += float(b.sum()) / bandwidth * inv_eff[kind]
+        else:
+            factor = np.choose(unaligned, (1.0, inv_unaligned[0], inv_unaligned[1]))
+            scale = inv_eff[kind] * factor
+            total += float(np.maximum(c * scale, b / bandwidth).sum())
+        total += len(c) * over_s[kind]
+    return total
+
+
+def fit_profile(
+    samples: Sequence[Sample],
+    base: HardwareProfile,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    sources: Sequence[str] | None = None,
+    fit_overheads: bool = True,
+    fit_bandwidth: bool = False,
+    prior_weight: float = 0.05,
+) -> HardwareProfile:
+    """Refit `base`'s efficiencies and overheads to `samples` (least squares on log latency).
+
+    The peaks stay; the bandwidth too unless `fit_bandwidth` (then it is the rate that weights
+    and activations actually stream at, which cache-resident micro-benchmarks overstate).
+    A weak prior (`prior_weight`) pulls each parameter towards the base value, so a kind that
+    few samples exercise keeps a sensible figure instead of drifting.
+    """
+    from scipy.optimize import least_squares
+
+    if not samples:
+        raise ValueError("fit_profile needs at least one measured sample")
+    terms = [_terms(s, base) for s in samples]
+    measured = np.asarray([s.measured_ms * 1e-3 for s in samples])
+    kinds = list(OP_KINDS)
+    nk = len(kinds)
+    used = {k for t in terms for k in kinds if len(t[k][0])}
+
+    un_dense = any(bool((t[k][2] == 1).any()) for t in terms for k in kinds)
+    un_grouped = any(bool((t[k][2] == 2).any()) for t in terms for k in kinds)
+    # Parameters: log(1/efficiency) per kind, log(overhead_us + 1e-3) per kind and per model,
+    # log(bandwidth), log(1/unaligned_efficiency) for dense and grouped convs.
+    x0 = [math.log(1.0 / base.efficiency[k]) for k in kinds]
+    x0 += [math.log(base.layer_overhead_us[k] + 1e-3) for k in kinds]
+    x0 += [math.log(base.model_overhead_us + 1e-3), math.log(base.bandwidth_bytes_per_s)]
+    x0 += [math.log(1.0 / base.unaligned_efficiency[k]) for k in ("conv", "dwconv")]
+    x0_arr = np.asarray(x0)
+    free = np.ones(len(x0), dtype=bool)
+    if not fit_overheads:
+        free[nk : 2 * nk + 1] = False
+    if not fit_bandwidth:
+        free[-3] = False
+    if not un_dense:
+        free[-2] = False
+    if not un_grouped:
+        free[-1] = False
+
+    def unpack(
+        x: np.ndarray,
+    ) -> tuple[dict[str, float], dict[str, float], float, float, tuple[float, float]]:
+        inv = {k: math.exp(x[i]) for i, k in enumerate(kinds)}
+        over = {k: max(math.exp(x[nk + i]) - 1e-3, 0.0) * 1e-6 for i, k in enumerate(kinds)}
+        model = max(math.exp(x[2 * nk]) - 1e-3, 0.0) * 1e-6
+        return inv, over, model, math.exp(x[-3]), (math.exp(x[-2]), math.exp(x[-1]))
+
+    def full(z: np.ndarray) -> np.ndarray:
+        x = x0_arr.copy()
+        x[free] = z
+        return x
+
+    def residuals(z: np.ndarray) -> np.ndarray:
+        x = full(z)
+        inv, over, model, bw, inv_un = unpack(x)
+        pred = np.asarray([_predict(t, inv, over, model, bw, inv_un) for t in terms])
+        r = np.log(np.maximum(pred, 1e-12) / measured)
+        return np.concatenate([r, prior_weight * (z - x0_arr[free])])
+
+    lo = np.asarray(
+        [0.0] * nk + [math.log(1e-3)] * (nk + 1) + [x0_arr[-3] - math.log(1e3), 0.0, 0.0]
+    )
+    hi = np.asarray(
+        [math.log(1e6)] * nk
+        + [math.log(1e6)] * (nk + 1)
+        + [x0_arr[-3] + math.log(1e3), math.log(1e3), math.log(1e3)]
+    )
+    z0 = np.clip(x0_arr, lo + 1e-9, hi - 1e-9)[free]
+    result = least_squares(residuals, z0, bounds=(lo[free], hi[free]), loss="soft_l1", f_scale=0.1)
+    inv, over, model, bw, inv_un = unpack(full(result.x))
+    eff = {
+        k: (round(min(1.0, 1.0 / inv[k]), 6) if k in used else base.efficiency[k]) for k in kinds
+    }
+    over_us = {
+        k: (round(over[k] * 1e6, 3) if k in used else base.layer_overhead_us[k]) for k in kinds
+    }
+    data = base.to_dict()
+    data.update(
+        efficiency=eff,
+        layer_overhead_us=over_us,
+        model_overhead_us=round(model * 1e6, 3),
+        bandwidth_bytes_per_s=float(f"{bw:.4g}"),
+        unaligned_efficiency={
+            "conv": round(min(1.0, 1.0 / inv_un[0]), 6),
+            "dwconv": round(min(1.0, 1.0 / inv_un[1]), 6),
+        },
+    )
+    if name is not None:
+        data["name"] = name
+    if description is not None:
+        data["description"] = description
+    if sources is not None:
+        data["sources"] = list(sources)
+    return profile_from_dict(data, file=base.file)
+
+
+def prediction_errors(samples: Sequence[Sample], profile: HardwareProfile) -> list[float]:
+    """Relative error (predicted / measured - 1) of `profile` on each sample."""
+    out = []
+    for s in samples:
+        t = _terms(s, profile)
+        inv = {k: 1.0 / profile.efficiency[k] for k in OP_KINDS}
+        over = {k: profile.layer_overhead_us[k] * 1e-6 for k in OP_KINDS}
+        pred = _predict(
+            t,
+            inv,
+            over,
+            profile.model_overhead_us * 1e-6,
+            profile.bandwidth_bytes_per_s,
+            (
+                1.0 / profile.unaligned_efficiency["conv"],
+                1.0 / profile.unaligned_efficiency["dwconv"],
+            ),
+        )
+        out.append(pred / (s.measured_ms * 1e-3) - 1.0)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements a user brings: a CSV of ONNX files and latencies
+# ------------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("onnx", "latency_ms")
+CSV_OPTIONAL = ("batch",)
+
+
+def read_measurements(csv_path: str | Path) -> list[Sample]:
+    """Parse a measurements CSV: `onnx,latency_ms[,batch]`, paths relative to the CSV."""
+    from ._onnx import onnx_kernels
+
+    path = Path(csv_path)
+    file = str(path)
+    if not path.is_file():
+        raise ConfigError(file, "<file>", "no measurements CSV at this path")
+    with path.open(newline="") as fh:
+        lines = [line for line in fh if line.strip() and not line.lstrip().startswith("#")]
+    reader = csv.DictReader(lines)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(
+            file, "header", f"needs columns {list(CSV_COLUMNS)} (optional {list(CSV_OPTIONAL)})"
+        )
+    extra = [h for h in header if h not in CSV_COLUMNS + CSV_OPTIONAL]
+    if extra:
+        raise ConfigError(
+            file, "header", f"unknown columns {extra}; allowed: {list(CSV_COLUMNS + CSV_OPTIONAL)}"
+        )
+    samples: list[Sample] = []
+    for i, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
+        onnx_file = Path(row["onnx"])
+        if not onnx_file.is_absolute():
+            onnx_file = path.parent / onnx_file
+        if not onnx_file.is_file():
+            raise ConfigError(file, f"row {i}: onnx", f"no ONNX file at {onnx_file}")
+        try:
+            ms = float(row["latency_ms"])
+        except ValueError:
+            raise ConfigError(file, f"row {i}: latency_ms", "must be a number > 0") from None
+        if not ms > 0 or math.isinf(ms):
+            raise ConfigError(file, f"row {i}: latency_ms", "must be a number > 0")
+        batch = 1
+        if row.get("batch"):
+            try:
+                batch = int(row["batch"])
+            except ValueError:
+                raise ConfigError(file, f"row {i}: batch", "must be an integer >= 1") from None
+            if batch < 1:
+                raise ConfigError(file, f"row {i}: batch", "must be an integer >= 1")
+        try:
+            ok = onnx_kernels(onnx_file, batch=batch)
+        except Exception as exc:  # noqa: BLE001 - any unreadable model is the user's input
+            raise ConfigError(file, f"row {i}: onnx", f"cannot read {onnx_file}: {exc}") from None
+        samples.append(
+            Sample(
+                name=str(onnx_file),
+                kernels=ok.kernels,
+                measured_ms=ms,
+                layer_bits=ok.layer_bits,
+                activation_bits=ok.activation_bits,
+            )
+        )
+    if not samples:
+        raise ConfigError(file, "rows", "no measurements (one row per ONNX file is needed)")
+    return samples
+
+
+def calibrate_from_measurements(
+    csv_path: str | Path,
+    base_profile: HardwareProfile | str | Path,
+    *,
+    name: str | None = None,
+    out_path: str | Path | None = None,
+) -> HardwareProfile:
+    """Fit `base_profile` to latencies measured on a real device (`profiles calibrate`).
+
+    The CSV has a header `onnx,latency_ms` (optionally `batch`) and one row per model:
+    the ONNX file (relative to the CSV) and its measured median latency in milliseconds.
+    Peaks and bandwidth stay those of the base profile (a HardwareProfile, or a built-in name or
+    YAML path); efficiencies and overheads are fitted. Writes the result to `out_path` if given.
+    """
+    if not isinstance(base_profile, HardwareProfile):
+        from ._profile import load_profile
+
+        base_profile = load_profile(base_profile, file="<command line>", field="--base")
+    samples = read_measurements(csv_path)
+    profile = fit_profile(
+        samples,
+        base_profile,
+        name=name or base_profile.name,
+        sources=[
+            *base_profile.sources,
+            f"efficiency and overheads fitted to {len(samples)} measurements in "
+            f"{Path(csv_path).name}",
+        ],
+    )
+    if out_path is not None:
+        write_profile(
+            profile, out_path, header=f"fitted from {csv_path} on {time.strftime('%Y-%m-%d')}"
+        )
+    return profile
+
+
+# ------------------------------------------------------------------------------------------------
+# Host calibration: micro-benchmarks with ONNX Runtime
+# ------------------------------------------------------------------------------------------------
+
+
+def _onnx_model(
+    nodes: list[Any],
+    inputs: list[tuple[str, list[int]]],
+    output: tuple[str, list[int]],
+    inits: list[Any],
+) -> Any:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        "micro",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _micro_suite(quick: bool) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(name, kind, model builder) for each micro-benchmark."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    def conv(
+        cin: int, cout: int, hw: int, k: int, stride: int, groups: int = 1
+    ) -> Callable[[], Any]:
+        def build() -> Any:
+            out_hw = (hw + 2 * (k // 2) - k) // stride + 1
+            node = helper.make_node(
+                "Conv",
+                ["x", "w", "b"],
+                ["y"],
+                kernel_shape=[k, k],
+                pads=[k // 2] * 4,
+                strides=[stride, stride],
+                group=groups,
+            )
+            inits = [
+                numpy_helper.from_array(w(cout, cin // groups, k, k), "w"),
+                numpy_helper.from_array(w(cout), "b"),
+            ]
+            return _onnx_model(
+                [node], [("x", [1, cin, hw, hw])], ("y", [1, cout, out_hw, out_hw]), inits
+            )
+
+        return build
+
+    def gemm(m: int, k: int, n: int) -> Callable[[], Any]:
+        def build() -> Any:
+            node = helper.make_node("Gemm", ["x", "w", "b"], ["y"])
+            inits = [numpy_helper.from_array(w(k, n), "w"), numpy_helper.from_array(w(n), "b")]
+            return _onnx_model([node], [("x", [m, k])], ("y", [m, n]), inits)
+
+        return build
+
+    def eltwise(op: str, c: int, hw: int) -> Callable[[], Any]:
+        def build() -> Any:
+            shape = [1, c, hw, hw]
+            if op == "Add":
+                return _onnx_model(
+                    [helper.make_node("Add", ["x", "z"], ["y"])],
+                    [("x", shape), ("z", shape)],
+                    ("y", shape),
+                    [],
+                )
+            if op == "Concat":
+                return _onnx_model(
+                    [helper.make_node("Concat", ["x", "z"], ["y"], axis=1)],
+                    [("x", shape), ("z", shape)],
+                    ("y", [1, 2 * c, hw, hw]),
+                    [],
+                )
+            if op == "MaxPool":
+                out = (hw + 2 - 3) // 2 + 1
+                node = helper.make_node(
+                    "MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]
+                )
+                return _onnx_model([node], [("x", shape)], ("y", [1, c, out, out]), [])
+            if op == "GlobalAveragePool":
+                node = helper.make_node("GlobalAveragePool", ["x"], ["y"])
+                return _onnx_model([node], [("x", shape)], ("y", [1, c, 1, 1]), [])
+            if op == "SiLU":
+                nodes = [
+                    helper.make_node("Sigmoid", ["x"], ["s"]),
+                    helper.make_node("Mul", ["x", "s"], ["y"]),
+                ]
+                return _onnx_model(nodes, [("x", shape)], ("y", shape), [])
+            raise ValueError(op)
+
+        return build
+
+    suite: list[tuple[str, str, Callable[[], Any]]] = []
+    convs = [
+        (3, 32, 112, 3, 2),
+        (16, 16, 56, 3, 1),
+        (32, 32, 56, 3, 1),
+        (64, 64, 28, 3, 1),
+        (128, 128, 14, 3, 1),
+        (256, 256, 7, 3, 1),
+        (64, 128, 28, 3, 2),
+        (32, 192, 56, 1, 1),
+        (64, 256, 28, 1, 1),
+        (256, 64, 28, 1, 1),
+        (512, 512, 7, 1, 1),
+        (960, 160, 7, 1, 1),
+        # Small layers pin down the per-layer overhead.
+        (16, 16, 14, 1, 1),
+        (32, 32, 7, 3, 1),
+        (64, 64, 7, 1, 1),
+        # Channels off the vector width (a pruned layer) take the slow path.
+        (60, 60, 28, 3, 1),
+        (100, 100, 14, 1, 1),
+        (24, 40, 56, 1, 1),
+    ]
+    dws = [
+        (32, 112, 3, 1),
+        (96, 112, 3, 2),
+        (144, 56, 3, 1),
+        (192, 28, 3, 1),
+        (384, 14, 3, 1),
+        (960, 7, 3, 1),
+        (240, 28, 5, 1),
+        (64, 7, 3, 1),
+        (32, 14, 3, 1),
+        (90, 28, 3, 1),
+    ]
+    gemms = [
+        (1, 512, 1000),
+        (1, 1280, 1000),
+        (1, 4096, 1024),
+        (197, 768, 768),
+        (49, 512, 2048),
+        (1, 4096, 2048),
+        (1, 128, 64),
+    ]
+    elts = [
+        ("Add", 64, 256),  # 16 MB operands: streams from memory, not cache
+        ("Add", 64, 56),
+        ("Add", 256, 14),
+        ("Add", 32, 112),
+        ("Concat", 128, 28),
+        ("MaxPool", 64, 112),
+        ("GlobalAveragePool", 1280, 7),
+        ("SiLU", 96, 56),
+        ("SiLU", 32, 112),
+        ("Add", 16, 7),
+    ]
+    if quick:
+        convs, dws, gemms, elts = convs[1:4], dws[:2], gemms[:2], elts[:3]
+    for ci, co, hw, k, s in convs:
+        suite.append((f"conv{k}x{k}_{ci}x{co}_{hw}_s{s}", "conv", conv(ci, co, hw, k, s)))
+    for c, hw, k, s in dws:
+        suite.append((f"dw{k}x{k}_{c}_{hw}_s{s}", "dwconv", conv(c, c, hw, k, s, groups=c)))
+    for m, k, n in gemms:
+        suite.append((f"gemm_{m}x{k}x{n}", "linear", gemm(m, k, n)))
+    for op, c, hw in elts:
+        suite.append((f"{op.lower()}_{c}_{hw}", "elementwise", eltwise(op, c, hw)))
+    suite.append(("null_add_8", "null", eltwise("Add", 1, 1)))
+    return suite
+
+
+def _host_channel_block() -> int:
+    """ONNX Runtime's NCHWc block on this CPU: 16 channels with AVX-512F, 8 with AVX2."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 1
+    if " avx512f" in flags:
+        return 16
+    if " avx2" in flags:
+        return 8
+    return 1
+
+
+def _host_ram_kb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return 8 * 1024 * 1024.0
+
+
+def calibrate_host(
+    out_path: str | Path | None = None,
+    *,
+    threads: int = 1,
+    quick: bool = False,
+    target_s: float = 0.3,
+    max_iqr: float = 0.10,
+    budget_s: float = 150.0,
+    log: Callable[[str], None] | None = None,
+) -> HardwareProfile:
+    """Micro-benchmark this machine with ONNX Runtime and fit a `host` profile.
+
+    Conv, depthwise, linear and element-wise ops at several sizes, each in its own one-op ONNX
+    model, timed with a fixed thread count, warm-up, the median of many runs, and any attempt
+    with IQR/median above `max_iqr` rejected and repeated. The peak MAC rate and the bandwidth
+    are the best rates measured; efficiencies and overheads are then fitted. Writes the profile
+    to `out_path` when given. `quick` runs a reduced suite (tests). Repeats of noisy
+    measurements stop once 80 % of `budget_s` has passed, so a busy machine still finishes.
+    """
+    import onnx
+
+    from ._measure import measure_onnx
+    from ._onnx import onnx_kernels
+
+    say = log or (lambda _msg: None)
+    started = time.perf_counter()
+    suite = _micro_suite(quick)
+    rows: list[tuple[str, str, Any, float, bool]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kind, build in suite:
+            path = os.path.join(tmp, f"{name}.onnx")
+            onnx.save(build(), path)
+            # Keep the whole calibration under `budget_s`: past 80 % of it, no more repeats.
+            late = time.perf_counter() - started > 0.8 * budget_s
+            m = measure_onnx(
+                path,
+                threads=threads,
+                target_s=target_s,
+                max_iqr=max_iqr,
+                min_runs=15,
+                attempts=1 if late else 4,
+            )
+            kernels = onnx_kernels(path)
+            rows.append((name, kind, kernels, m.median_ms, m.stable))
+            say(
+                f"  {name:28s} {m.median_ms:8.3f} ms  iqr/median {m.iqr_ratio:.3f}"
+                + ("" if m.stable else "  (noisy: kept the least noisy attempt)")
+            )
+    null_ms = next(ms for name, kind, _, ms, _ in rows if kind == "null")
+    # The best rates seen stand for the peak and the bandwidth (efficiency 1.0 = the best op).
+    # Only ops that take well over the per-inference overhead say anything about a rate.
+    big = [(kind, ok, ms - null_ms) for _, kind, ok, ms, _ in rows if ms > 10 * null_ms]
+    peak = max(
+        (
+            sum(k.macs for k in ok.kernels) / (t * 1e-3)
+            for kind, ok, t in big
+            if kind in ("conv", "linear")
+        ),
+        default=1e10,
+    )
+    bw = max(
+        (
+            sum((k.in_elems + k.out_elems) * 4 for k in ok.kernels) / (t * 1e-3)
+            for kind, ok, t in big
+            if kind == "elementwise"
+        ),
+        default=1e10,
+    )
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    cpu = platform.processor() or platform.machine()
+    base = profile_from_dict(
+        {
+            "name": "host",
+            "description": f"this machine ({cpu}, {os.cpu_count()} cores), ONNX Runtime CPU, "
+            f"{threads} thread(s); calibrated {stamp}",
+            "sources": [
+                f"measured by `profiles calibrate-host` on {stamp}: {len(rows)} ONNX Runtime "
+                f"micro-benchmarks, median of many runs, IQR/median <= {max_iqr}",
+                "peak_macs_per_s: the best conv/GEMM rate measured; bandwidth: the best "
+                "element-wise rate measured (so efficiency 1.0 = the best op seen)",
+                "memory.ram_kb: MemTotal from /proc/meminfo",
+                "channel_block: ONNX Runtime's NCHWc block for the CPU flags in /proc/cpuinfo "
+                "(16 with AVX-512F, 8 with AVX2); unaligned_efficiency fitted",
+            ],
+            "peak_macs_per_s": {32: float(f"{peak:.4g}")},
+            "native_precisions": [32],
+            "fallback_precision": 32,
+            "bandwidth_bytes_per_s": float(f"{bw:.4g}"),
+            "efficiency": {"conv": 0.5, "dwconv": 0.2, "linear": 0.7, "elementwise": 0.7},
+            "layer_overhead_us": {"conv": 5, "dwconv": 5, "linear": 5, "elementwise": 3},
+            "model_overhead_us": max(null_ms * 1e3, 1.0),
+            "threads": threads,
+            "batch": 1,
+            "memory": {"ram_kb": _host_ram_kb()},
+            "weights_in": "ram",
+            "runtime_flash_kb": 0,
+            "budgets": {"latency_ms": 100.0, "memory_kb": min(1048576.0, _host_ram_kb())},
+            # ONNX Runtime's NCHWc transformer folds a residual Add (+ReLU) into the conv, and
+            # runs convs whose channels are multiples of its block on its fast kernels.
+            "fused_add": True,
+            "channel_block": _host_channel_block(),
+            "unaligned_efficiency": {"conv": 0.7, "dwconv": 0.3},
+        },
+        file=str(out_path or "<host>"),
+    )
+    samples = [
+        Sample(name=name, kernels=ok.kernels, measured_ms=ms, layer_bits=ok.layer_bits)
+        for name, kind, ok, ms, _ in rows
+    ]
+    profile = fit_profile(samples, base, prior_weight=0.01, fit_bandwidth=True)
+    say(f"calibrated in {time.perf_counter() - started:.0f} s")
+    if out_path is not None:
+        write_profile(
+            profile,
+            out_path,
+            header=f"written by `python -m search profiles "
+            f"calibrate-host` on {stamp}; every figure measured on this machine",
+        )
+    return profile
+
+
+# ------------------------------------------------------------------------------------------------
+# The `cost` command
+# ------------------------------------------------------------------------------------------------
+
+
+def cost_summary(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    profile: HardwareProfile,
+    measure: bool = False,
+    *,
+    layer_bits: Mapping[str, int] | None = None,
+    activation_bits: int = 32,
+    layer_density: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """What `python -m search cost` prints: the predicted figures (and the measured latency).
+
+    Returns a flat JSON-ready dict: profile, input_shape, params, macs, weight_bytes,
+    peak_activation_bytes, memory_bytes, flash_bytes, latency_ms (predicted), traced, notes,
+    and with `measure=True` measured_latency_ms (fp32 ONNX Runtime on this machine, with the
+    profile's thread count) and measured_iqr_ratio.
+    """
+    cost = estimate_cost(
+        model,
+        input_shape,
+        profile,
+        layer_bits=layer_bits,
+        activation_bits=activation_bits,
+        layer_density=layer_density,
+    )
+    out: dict[str, Any] = {"profile": profile.name, "input_shape": list(input_shape)}
+    out.update(cost.metrics())
+    out["traced"] = cost.traced
+    out["notes"] = list(cost.notes)
+    if measure:
+        from ._measure import export_fp32_onnx, measure_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_fp32_onnx(
+                model, input_shape, Path(tmp) / "model.onnx", batch=profile.batch
+            )
+            m = measure_onnx(path, threads=profile.threads, batch=profile.batch)
+        out["measured_latency_ms"] = m.median_ms
+        out["measured_iqr_ratio"] = round(m.iqr_ratio, 4)
+        out["measured_stable"] = m.stable
+    return out

@@ -1,0 +1,250 @@
+"""The analytic cost model: MACs, bytes, peak activation memory, flash and roofline latency."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ._graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
+from ._profile import BUDGET_KEYS, HardwareProfile
+
+_SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized layer
+_BIAS_BYTES = 4  # biases stay 32 bit (int32 accumulators or fp32)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One kernel's row in a cost report."""
+
+    name: str
+    kind: str
+    precision: int
+    macs: int
+    bytes_moved: int
+    weight_bytes: int
+    compute_ms: float
+    memory_ms: float
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """What a plan costs on a profile. Bytes are bytes; latency at the profile's batch."""
+
+    params: int
+    macs: int
+    weight_bytes: int
+    peak_activation_bytes: int
+    memory_bytes: int
+    flash_bytes: int
+    latency_ms: float
+    layers: tuple[LayerCost, ...] = ()
+    traced: bool = True
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def metrics(self) -> dict[str, float]:
+        """The scalars, as stored in each trial's user attributes."""
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "weight_bytes": self.weight_bytes,
+            "peak_activation_bytes": self.peak_activation_bytes,
+            "memory_bytes": self.memory_bytes,
+            "flash_bytes": self.flash_bytes,
+            "latency_ms": self.latency_ms,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.metrics())
+        out["traced"] = self.traced
+        out["notes"] = list(self.notes)
+        out["layers"] = [asdict(row) for row in self.layers]
+        return out
+
+
+def layer_weight_bytes(kernel: Kernel, bits: int, density: float) -> int:
+    """Stored bytes of one layer's weights at `bits`, with `density` of them non-zero.
+
+    Quantized weights (< 32 bit) carry one fp32 scale per output channel. An unstructured-sparse
+    layer is stored as a one-bit-per-weight mask plus the surviving weights, or dense where that
+    is smaller (a runtime would not pick the bigger format).
+    """
+    n = kernel.weight_numel
+    if n == 0:
+        return kernel.bias_numel * _BIAS_BYTES
+    dense_bits = n * bits
+    stored_bits = dense_bits
+    if density < 1.0:
+        stored_bits = min(dense_bits, n + math.ceil(n * density) * bits)
+    scales = kernel.out_channels * _SCALE_BYTES if bits < 32 else 0
+    return math.ceil(stored_bits / 8) + scales + kernel.bias_numel * _BIAS_BYTES
+
+
+def price_kernels(
+    kernels: Sequence[Kernel],
+    profile: HardwareProfile,
+    *,
+    layer_bits: Mapping[str, int],
+    activation_bits: int,
+    layer_density: Mapping[str, float],
+    batch_scale: float = 1.0,
+) -> tuple[list[LayerCost], int]:
+    """Per-kernel roofline times; returns the rows and the total weight bytes."""
+    act_bytes = activation_bits / 8
+    bw = profile.bandwidth_bytes_per_s
+    rows: list[LayerCost] = []
+    total_weight = 0
+    for k in kernels:
+        if k.kind in COMPUTE_KINDS:
+            bits = int(layer_bits.get(k.layer, 32)) if k.layer else 32
+            density = float(layer_density.get(k.layer, 1.0)) if k.layer else 1.0
+            wbytes = layer_weight_bytes(k, bits, density)
+            total_weight += wbytes
+            precision = profile.compute_precision(bits, activation_bits)
+            macs = k.macs * batch_scale
+            if profile.sparse_support and density < 1.0:
+                macs *= density  # only a sparse-aware runtime skips the zeros
+            moved = (k.in_elems + k.out_elems) * act_bytes * batch_scale + wbytes
+            eff = profile.efficiency[k.kind]
+            if k.kind != "linear":
+                # Channels off the vector width run on the runtime's slow path.
+                eff *= profile.unaligned_factor(k.in_channels, k.out_channels, k.groups)
+            compute_s = macs / (profile.peak_macs_per_s[precision] * eff)
+            memory_s = moved / bw
+            t = max(compute_s, memory_s) + profile.layer_overhead_us[k.kind] * 1e-6
+        elif k.residual and profile.fused_add and _fusable(k, profile):
+            # Folded into the conv that produces one operand: no pass of its own.
+            precision, macs, wbytes, moved = activation_bits, 0, 0, 0
+            compute_s = memory_s = t = 0.0
+        else:
+            precision = activation_bits
+            macs = 0
+            wbytes = 0
+            moved = (k.in_elems + k.out_elems) * act_bytes * batch_scale
+            compute_s = 0.0
+            memory_s = moved / (bw * profile.efficiency["elementwise"])
+            t = memory_s + profile.layer_overhead_us["elementwise"] * 1e-6
+        rows.append(
+            LayerCost(
+                name=k.name,
+                kind=k.kind,
+                precision=precision,
+                macs=int(round(k.macs * batch_scale)),
+                bytes_moved=int(round(moved)),
+                weight_bytes=wbytes,
+                compute_ms=compute_s * 1e3,
+                memory_ms=memory_s * 1e3,
+                latency_ms=t * 1e3,
+            )
+        )
+    return rows, total_weight
+
+
+def _fusable(k: Kernel, profile: HardwareProfile) -> bool:
+    """A residual add folds into its conv only where that conv runs the fast (aligned) path."""
+    return profile.channel_block <= 1 or k.out_channels % profile.channel_block == 0
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(x) for x in input_shape)
+    if not shape or any(x <= 0 for x in shape):
+        raise ValueError(
+            f"input_shape must be positive sizes without the batch, got {input_shape}"
+        )
+    return shape
+
+
+def estimate_cost(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    profile: HardwareProfile,
+    *,
+    layer_bits: Mapping[str, int] | None = None,
+    activation_bits: int = 32,
+    layer_density: Mapping[str, float] | None = None,
+) -> CostReport:
+    """Predict what `model` costs on `profile` for one inference at the profile's batch.
+
+    Args:
+        model: the network as deployed (fake quant, parametrizations and low-rank pairs are fine).
+        input_shape: one sample's shape without the batch, e.g. (1, 8, 8).
+        profile: the target.
+        layer_bits: conv/linear module name -> weight bits (default 32).
+        activation_bits: bits of every activation tensor.
+        layer_density: module name -> fraction of non-zero weights (unstructured sparsity).
+
+    Example::
+
+        cost = estimate_cost(net, (1, 8, 8), load_profile("mcu"), activation_bits=8)
+        cost.peak_activation_bytes, cost.latency_ms
+    """
+    layer_bits = dict(layer_bits or {})
+    layer_density = dict(layer_density or {})
+    shape = _check_shape(input_shape)
+    summary: GraphSummary = summarize(model, (profile.batch, *shape))
+    rows, weight_bytes = price_kernels(
+        summary.kernels,
+        profile,
+        layer_bits=layer_bits,
+        activation_bits=activation_bits,
+        layer_density=layer_density,
+    )
+    # Norm parameters that were not folded into a conv, and the biases folding adds, stay fp32.
+    weight_bytes += (summary.other_param_numel + summary.folded_bias_numel) * 4
+    act_bytes = activation_bits / 8
+    peak_elems = (
+        summary.peak_elems_dw_in_place if profile.depthwise_in_place else summary.peak_elems
+    )
+    peak = int(math.ceil(peak_elems * act_bytes))
+    memory = peak + (weight_bytes if profile.weights_in == "ram" else 0)
+    flash = weight_bytes + int(profile.runtime_flash_kb * 1024)
+    latency = sum(r.latency_ms for r in rows) + profile.model_overhead_us * 1e-3
+    return CostReport(
+        params=summary.params,
+        macs=sum(k.macs for k in summary.kernels),
+        weight_bytes=weight_bytes,
+        peak_activation_bytes=peak,
+        memory_bytes=memory,
+        flash_bytes=flash,
+        latency_ms=latency,
+        layers=tuple(rows),
+        traced=summary.traced,
+        notes=summary.notes,
+    )
+
+
+def constraint_values(
+    cost: CostReport,
+    budgets: Mapping[str, float],
+    *,
+    profile: HardwareProfile | None = None,
+) -> dict[str, float]:
+    """`value / budget - 1` per budget key (<= 0 is feasible), in BUDGET_KEYS order.
+
+    With `profile`, a budget above the board's own limit (SRAM, RAM, flash) is cut to that
+    limit, so no plan that cannot run on the device is ever feasible.
+    """
+    value = {
+        "latency_ms": cost.latency_ms,
+        "memory_kb": cost.memory_bytes / 1024,
+        "flash_kb": cost.flash_bytes / 1024,
+    }
+    limits = profile.hard_limits() if profile is not None else {}
+    out: dict[str, float] = {}
+    for key in BUDGET_KEYS:
+        if key not in budgets and key not in limits:
+            continue
+        budget = float(budgets.get(key, math.inf))
+        if key in limits:
+            budget = min(budget, limits[key])
+        if budget <= 0:
+            raise ValueError(f"budget {key} must be > 0, got {budget}")
+        out[key] = value[key] / budget - 1.0
+    for key in budgets:
+        if key not in BUDGET_KEYS:
+            raise ValueError(f"unknown budget {key!r}; allowed: {list(BUDGET_KEYS)}")
+    return out

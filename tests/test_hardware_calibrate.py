@@ -1,0 +1,223 @@
+"""Calibration: the fit recovers a known profile; the CSV format; measurement hygiene."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from search.errors import ConfigError
+from search.hardware import (
+    calibrate_from_measurements,
+    cost_summary,
+    estimate_cost,
+    load_profile,
+    measure_latency_ms,
+    profile_from_dict,
+)
+from search.hardware._calibrate import Sample, fit_profile, prediction_errors
+from search.hardware._graph import summarize
+from search.hardware._measure import export_fp32_onnx, time_callable
+from search.hardware._onnx import onnx_kernels
+
+TRUE = profile_from_dict(
+    {
+        "name": "dev",
+        "sources": ["test"],
+        "peak_macs_per_s": {32: 1e9},
+        "native_precisions": [32],
+        "fallback_precision": 32,
+        "bandwidth_bytes_per_s": 1e9,
+        "efficiency": {"conv": 0.4, "dwconv": 0.1, "linear": 0.6, "elementwise": 0.5},
+        "layer_overhead_us": {"conv": 5, "dwconv": 3, "linear": 2, "elementwise": 1},
+        "model_overhead_us": 20,
+        "memory": {"ram_kb": 1024},
+    }
+)
+START = TRUE.with_updates(
+    efficiency={"conv": 0.9, "dwconv": 0.9, "linear": 0.9, "elementwise": 0.9},
+    layer_overhead_us={"conv": 1, "dwconv": 1, "linear": 1, "elementwise": 1},
+    model_overhead_us=1.0,
+)
+
+
+def _net(width: int, depth: int, k: int) -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(3, width, k, padding=k // 2), nn.ReLU()]
+    for _ in range(depth):
+        layers += [
+            nn.Conv2d(width, width, 3, padding=1, groups=width),
+            nn.Conv2d(width, width, 1),
+            nn.MaxPool2d(1),
+        ]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
+    return nn.Sequential(*layers)
+
+
+def _samples(profile, sizes=((4, 1, 3), (8, 2, 3), (16, 1, 5), (32, 3, 3), (8, 4, 1), (24, 2, 3))):
+    out = []
+    for i, (width, depth, k) in enumerate(sizes):
+        for res in (8, 16):
+            net = _net(width, depth, k)
+            truth = estimate_cost(net, (3, res, res), profile).latency_ms
+            summary = summarize(net, (1, 3, res, res))
+            out.append(Sample(f"net{i}@{res}", summary.kernels, truth))
+    return out
+
+
+def test_fit_recovers_a_known_profile() -> None:
+    samples = _samples(TRUE)
+    fitted = fit_profile(samples, START, prior_weight=1e-4)
+    assert max(abs(e) for e in prediction_errors(samples, fitted)) < 0.02
+    assert fitted.efficiency["conv"] == pytest.approx(0.4, rel=0.15)
+    assert fitted.efficiency["dwconv"] == pytest.approx(0.1, rel=0.15)
+    assert fitted.peak_macs_per_s == TRUE.peak_macs_per_s  # peaks are not refitted
+    # The start profile is clearly wrong on the same samples.
+    assert max(abs(e) for e in prediction_errors(samples, START)) > 0.3
+
+
+def _write_csv(
+    tmp_path: Path, rows: list[tuple[str, str]], header: str = "onnx,latency_ms"
+) -> Path:
+    path = tmp_path / "measured.csv"
+    path.write_text(header + "\n" + "\n".join(f"{a},{b}" for a, b in rows) + "\n")
+    return path
+
+
+def test_calibrate_from_a_measurements_csv(tmp_path: Path) -> None:
+    rows = []
+    for i, (width, depth, k) in enumerate(((4, 1, 3), (16, 2, 3), (32, 1, 5), (8, 3, 1))):
+        net = _net(width, depth, k)
+        onnx_path = export_fp32_onnx(net, (3, 16, 16), tmp_path / f"m{i}.onnx")
+        kernels = onnx_kernels(onnx_path)
+        # The fx and ONNX views of the same model agree on the work.
+        assert sum(x.macs for x in kernels.kernels) == estimate_cost(net, (3, 16, 16), TRUE).macs
+        truth = Sample("x", kernels.kernels, 1.0)
+        ms = (1 + prediction_errors([truth], TRUE)[0]) * 1.0
+        rows.append((onnx_path.name, f"{ms:.6f}"))
+    csv_path = _write_csv(tmp_path, rows)
+    csv_path.write_text("# measured on the dev board\n" + csv_path.read_text())
+    fitted = calibrate_from_measurements(
+        csv_path, START, name="myboard", out_path=tmp_path / "p.yaml"
+    )
+    assert fitted.name == "myboard"
+    assert any("measured.csv" in s for s in fitted.sources)
+    assert load_profile(str(tmp_path / "p.yaml")) == fitted
+    samples = [Sample(r[0], onnx_kernels(tmp_path / r[0]).kernels, float(r[1])) for r in rows]
+    assert max(abs(e) for e in prediction_errors(samples, fitted)) < 0.05
+
+
+def test_base_profile_by_name(tmp_path: Path) -> None:
+    path = export_fp32_onnx(_net(8, 1, 3), (3, 16, 16), tmp_path / "m.onnx")
+    csv_path = _write_csv(tmp_path, [(path.name, "2.5")])
+    fitted = calibrate_from_measurements(csv_path, "phone")
+    assert (
+        fitted.name == "phone" and fitted.peak_macs_per_s == load_profile("phone").peak_macs_per_s
+    )
+    with pytest.raises(ConfigError) as info:
+        calibrate_from_measurements(csv_path, "toaster")
+    assert info.value.field == "--base"
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "field", "words"),
+    [
+        ("onnx,ms", [("a.onnx", "1")], "header", "needs columns"),
+        ("onnx,latency_ms,device", [("a.onnx", "1,x")], "header", "unknown columns"),
+        ("onnx,latency_ms", [("missing.onnx", "1")], "row 2: onnx", "no ONNX file"),
+        ("onnx,latency_ms", [("m.onnx", "fast")], "row 2: latency_ms", "> 0"),
+        ("onnx,latency_ms", [("m.onnx", "-3")], "row 2: latency_ms", "> 0"),
+        ("onnx,latency_ms", [], "rows", "no measurements"),
+    ],
+)
+def test_bad_measurements_csv(tmp_path: Path, header, rows, field, words) -> None:
+    export_fp32_onnx(_net(4, 1, 3), (3, 8, 8), tmp_path / "m.onnx")
+    csv_path = _write_csv(tmp_path, rows, header)
+    with pytest.raises(ConfigError) as info:
+        calibrate_from_measurements(csv_path, START)
+    assert info.value.file == str(csv_path)
+    assert info.value.field == field
+    assert words in info.value.message
+
+
+def test_noisy_measurements_are_repeated_then_flagged() -> None:
+    waits = itertools.cycle([0.0005, 0.0005, 0.003, 0.003])
+
+    def noisy() -> None:
+        time.sleep(next(waits))
+
+    m = time_callable(noisy, warmup=1, min_runs=8, max_runs=8, target_s=0.0, attempts=3)
+    assert m.attempts == 3 and not m.stable and m.iqr_ratio > 0.10
+
+    def steady() -> None:
+        sum(range(2000))
+
+    m = time_callable(steady, warmup=2, min_runs=30, max_runs=30, target_s=0.0, attempts=10)
+    assert m.median_ms > 0 and m.attempts <= 10
+
+
+def test_measure_latency_ms_runs_an_onnx_file(tmp_path: Path) -> None:
+    path = export_fp32_onnx(_net(4, 1, 3), (3, 8, 8), tmp_path / "m.onnx")
+    ms = measure_latency_ms(path, threads=1, target_s=0.05, min_runs=5, attempts=2)
+    assert 0 < ms < 1000
+
+
+def test_cost_summary_prints_the_cost_command_fields(tmp_path: Path) -> None:
+    out = cost_summary(_net(8, 1, 3), (3, 16, 16), load_profile("phone"))
+    for key in ("params", "macs", "weight_bytes", "peak_activation_bytes", "latency_ms"):
+        assert out[key] > 0
+    assert out["profile"] == "phone" and "measured_latency_ms" not in out
+
+
+@pytest.mark.slow
+def test_cost_summary_measures_on_the_host() -> None:
+    out = cost_summary(_net(8, 1, 3), (3, 16, 16), load_profile("phone"), measure=True)
+    assert out["measured_latency_ms"] > 0
+
+
+@pytest.mark.slow
+def test_calibrate_host_quick_writes_a_loadable_profile(tmp_path: Path) -> None:
+    from search.hardware import calibrate_host
+
+    torch.set_num_threads(1)
+    profile = calibrate_host(tmp_path / "host.yaml", quick=True, target_s=0.05)
+    assert profile.name == "host"
+    assert load_profile(str(tmp_path / "host.yaml")) == profile
+    assert 0 < profile.efficiency["conv"] <= 1
+
+
+def test_onnx_and_fx_views_agree_on_a_residual_block(tmp_path: Path) -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(8, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.b = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.b(torch.relu(self.bn(self.a(x))))
+            return torch.relu(y + x)
+
+    net = Block().eval()
+    fx_kernels = summarize(net, (1, 8, 8, 8)).kernels
+    onnx_view = onnx_kernels(export_fp32_onnx(net, (8, 8, 8), tmp_path / "b.onnx")).kernels
+    for view in (fx_kernels, onnx_view):
+        assert [k.kind for k in view] == ["conv", "conv", "elementwise", "elementwise"]
+        assert [k.residual for k in view] == [False, False, True, True]
+    assert [(k.macs, k.in_elems, k.out_elems) for k in fx_kernels] == [
+        (k.macs, k.in_elems, k.out_elems) for k in onnx_view
+    ]
+
+
+@pytest.mark.slow
+def test_with_measured_latency_replaces_the_prediction(tmp_path: Path) -> None:
+    from search.hardware import with_measured_latency
+
+    net = _net(4, 1, 3)
+    cost = estimate_cost(net, (3, 8, 8), load_profile("phone"))
+    measured = with_measured_latency(cost, net, (3, 8, 8))
+    assert measured.latency_ms != cost.latency_ms and measured.macs == cost.macs
+    assert "measured" in measured.notes[-1]
