@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     show = psub.add_parser("show")
     show.add_argument("name")
     cal = psub.add_parser("calibrate-host", help="measure this machine, write a host profile")
-    cal.add_argument("--out", default=None)
+    cal.add_argument("--out", default=None, help="default hardware_profiles/host.yaml")
     fit = psub.add_parser("calibrate", help="fit a profile to latencies measured on a device")
     fit.add_argument("--measurements", required=True, help="CSV: onnx,latency_ms")
     fit.add_argument("--base", required=True, help="profile to start from")
@@ -242,14 +242,20 @@ def _profiles(args: argparse.Namespace) -> int:
         profile = hardware.load_profile(args.name, file="<command line>", field="name")
         print(yaml.safe_dump(profile.to_dict(), sort_keys=False), end="")
     elif args.action == "calibrate-host":
-        profile_path = hardware.calibrate_host(out=Path(args.out) if args.out else None)
-        print(f"wrote {profile_path}")
+        out = Path(args.out) if args.out else _default_host_profile()
+        hardware.calibrate_host(out, log=print)
+        print(f"wrote {out}")
     else:
-        profile_path = hardware.calibrate_from_measurements(
-            Path(args.measurements), base=args.base, out=Path(args.out)
-        )
-        print(f"wrote {profile_path}")
+        out = Path(args.out)
+        hardware.calibrate_from_measurements(Path(args.measurements), args.base, out_path=out)
+        print(f"wrote {out}")
     return 0
+
+
+def _default_host_profile() -> Path:
+    """hardware_profiles/host.yaml in a checkout (so `target: host` finds it), else ./host.yaml."""
+    folder = Path("hardware_profiles")
+    return folder / "host.yaml" if folder.is_dir() else Path("host.yaml")
 
 
 _COMMANDS = {

@@ -88,6 +88,7 @@ class Experiment:
     storage: str | None = None
     out: str | None = None
     device: str = "cpu"
+    latency: str = "predicted"  # or "measured": ONNX Runtime on this machine (host target only)
     recovery: Recovery = field(default_factory=Recovery)
 
     @property
@@ -288,6 +289,7 @@ _TOP_KEYS = (
     "storage",
     "out",
     "device",
+    "latency",
     "recovery",
 )
 
@@ -355,6 +357,11 @@ def parse_experiment(data: Any, source: str) -> Experiment:
         kwargs["storage"] = _storage(file, "storage", data["storage"])
     if data.get("out") is not None:
         kwargs["out"] = _out_path(file, "out", data["out"])
+    if "latency" in data:
+        kwargs["latency"] = _choice(file, "latency", data["latency"], ("predicted", "measured"))
+        if kwargs["latency"] == "measured" and Path(target).stem != "host":
+            raise ConfigError(file, "latency", "measured latency needs `target: host` (this "
+                              "machine); other targets use the profile's prediction")
     if "device" in data:
         kwargs["device"] = _choice(file, "device", data["device"], ("cpu", "cuda"))
     if data.get("recovery") is not None:

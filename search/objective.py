@@ -6,6 +6,7 @@ cost and constraint values and is never trained.
 
 from __future__ import annotations
 
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -19,9 +20,15 @@ from optuna.trial import TrialState
 
 from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo, SearchSpace
 
-from .compress import Compressed, build_student, compressible_layers
+from .compress import Compressed, build_student, compressible_layers, export_onnx
 from .config import Experiment
-from .hardware import CostReport, HardwareProfile, constraint_values, estimate_cost
+from .hardware import (
+    CostReport,
+    HardwareProfile,
+    constraint_values,
+    estimate_cost,
+    with_measured_latency,
+)
 from .pipeline import build, recover
 from .tasks import Task
 
@@ -59,7 +66,7 @@ class TrialObjective:
         self._layers: dict[ArchitectureConfig, list[LayerInfo]] = {}
         base_cost = estimate_cost(task.base_model, task.input_shape, profile)
         self.baseline = Baseline(task.evaluate(task.base_model, "val"), base_cost)
-        self.constraint_names = [*constraint_values(base_cost, self.budgets)]
+        self.constraint_names = [*constraint_values(base_cost, self.budgets, profile=profile)]
         if exp.max_accuracy_drop is not None:
             self.constraint_names.append(ACCURACY_DROP)
 
@@ -154,7 +161,9 @@ class TrialObjective:
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("plan_text", plan.describe())
         compressed, cost = self.build_and_cost(plan)
-        constraints = constraint_values(cost, self.budgets)
+        if self.exp.latency == "measured":
+            cost = self.measured(compressed, cost)
+        constraints = constraint_values(cost, self.budgets, profile=self.profile)
         metrics: dict[str, Any] = dict(cost.metrics())
         trial.set_user_attr("skipped_layers", dict(compressed.skipped))
         trial.set_user_attr("build_s", round(time.perf_counter() - t0, 4))
