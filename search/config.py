@@ -360,8 +360,12 @@ def parse_experiment(data: Any, source: str) -> Experiment:
     if "latency" in data:
         kwargs["latency"] = _choice(file, "latency", data["latency"], ("predicted", "measured"))
         if kwargs["latency"] == "measured" and Path(target).stem != "host":
-            raise ConfigError(file, "latency", "measured latency needs `target: host` (this "
-                              "machine); other targets use the profile's prediction")
+            raise ConfigError(
+                file,
+                "latency",
+                "measured latency needs `target: host` (this "
+                "machine); other targets use the profile's prediction",
+            )
     if "device" in data:
         kwargs["device"] = _choice(file, "device", data["device"], ("cpu", "cuda"))
     if data.get("recovery") is not None:

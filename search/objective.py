@@ -6,7 +6,6 @@ cost and constraint values and is never trained.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -20,14 +19,13 @@ from optuna.trial import TrialState
 
 from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo, SearchSpace
 
-from .compress import Compressed, build_student, compressible_layers, export_onnx
+from .compress import Compressed, build_student, compressible_layers
 from .config import Experiment
 from .hardware import (
     CostReport,
     HardwareProfile,
     constraint_values,
     estimate_cost,
-    with_measured_latency,
 )
 from .pipeline import build, recover
 from .tasks import Task

@@ -192,6 +192,14 @@ def run_search(
     run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures get our own one-line message
     study = open_study(exp, create=not worker)
+    stored = study.user_attrs.get("profile", {}).get("name")
+    if stored and stored != profile.name:
+        raise ConfigError(
+            exp.source,
+            "target",
+            f"the stored study {exp.name!r} was searched for "
+            f"{stored!r}, not {profile.name!r}; give --out for a separate run",
+        )
     objective = TrialObjective(exp, task, space, profile, weights_dir=run_dir / "weights")
     _record_study_attrs(study, exp, objective, profile, space)
     fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat

@@ -55,6 +55,10 @@ def test_search_export_apply(in_tmp: Path, capsys: pytest.CaptureFixture[str]):
     assert len(complete) == 6
     assert [t.number for t in complete][:4] == [0, 1, 2, 3]
 
+    # The same study cannot silently change target.
+    assert main(["run", str(exp), "--no-progress", "--target", "phone"]) == 2
+    assert "searched for 'mcu'" in capsys.readouterr().err
+
     # Export the knee and rebuild it from the base model.
     assert main(["export", str(run_dir), "--pick", "knee"]) == 0
     winner = yaml.safe_load((run_dir / "winner" / "winner.yaml").read_text())
