@@ -1,0 +1,310 @@
+"""Several worker processes on one study, on this machine (`python -m search run --jobs N`).
+
+The parent validates the experiment, builds the task once (so the base model is trained and
+cached before any worker starts; workers load it from the run's cache), creates the study and
+enqueues the warm-start recipes, then starts N - 1 worker processes and works as the N-th
+itself. Every process runs `run_search` on the same RDB study: Optuna hands each trial to
+exactly one process, heartbeats mark the trial of a dead worker as failed and it is retried
+once by another.
+
+Each worker gets `cores // N` torch threads (at least 1), so workers x threads <= cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Experiment
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # the study module imports torch and optuna; the lock must stay light
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from .study import SearchResult
+
+__all__ = ["audit_trials", "fail_orphaned_trials", "run_jobs", "run_lock", "threads_per_worker"]
+
+_JOIN_TIMEOUT_S = 30
+
+
+def threads_per_worker(jobs: int, cores: int | None = None) -> int:
+    """Torch threads for each of `jobs` processes so that jobs x threads <= cores."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, jobs))
+
+
+def _public_url(url: str) -> str:
+    """The storage URL with any password masked, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: show it as given, it holds no password
+        return url
+
+
+@contextlib.contextmanager
+def run_lock(exp: Experiment) -> Iterator[None]:
+    """Refuse a second `run` of the same study on this machine while the first is running.
+
+    Two `run` commands started together would both create the study and both enqueue the
+    warm-start recipes; the second is told to join as a worker instead. The lock is an
+    `flock` the kernel drops when the process dies, so a killed run never blocks its resume.
+    It lives in the temp folder, keyed by storage URL and study name, so nothing is written
+    in the run folder before the experiment has been validated.
+
+    Raises:
+        ConfigError: another process holds the lock (exit status 2 from the CLI).
+    """
+    key = hashlib.sha256(f"{exp.storage_url}\n{exp.name}".encode()).hexdigest()[:20]
+    path = Path(tempfile.gettempdir()) / f"compress-search-{key}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            url = _public_url(exp.storage_url)
+            raise ConfigError(
+                exp.source,
+                "name",
+                f"study {exp.name!r} in {url} is already being run by process {holder} on this "
+                f"machine; wait for it, or join it with: python -m search worker {exp.source} "
+                f"--storage {url}",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def fail_orphaned_trials(study: optuna.Study, storage_url: str, *, grace_s: float) -> list[int]:
+    """Fail (and retry once) RUNNING trials whose process died before its first heartbeat.
+
+    Optuna's heartbeat check skips a RUNNING trial that has no heartbeat row at all: a process
+    killed between creating a trial and writing its first heartbeat (a few milliseconds) leaves
+    it RUNNING forever, never retried. Such a trial older than `grace_s` is dead: a live one
+    records its heartbeat at once. Call this when a run starts (resume).
+
+    Returns:
+        The numbers of the trials it failed.
+    """
+    import optuna
+    import sqlalchemy
+    from optuna.trial import TrialState
+
+    now = datetime.now()  # datetime_start is the writer's naive local time
+    old = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and now - t.datetime_start > timedelta(seconds=grace_s)
+    ]
+    if not old:
+        return []
+    storage = optuna.storages.RDBStorage(
+        storage_url, skip_table_creation=True, skip_compatibility_check=True
+    )
+    try:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        ids = {storage.get_trial_id_from_study_id_trial_number(study_id, n): n for n in old}
+        with storage.engine.connect() as conn:
+            beating = {
+                row[0]
+                for row in conn.execute(
+                    sqlalchemy.text(
+                        "SELECT trial_id FROM trial_heartbeats WHERE trial_id IN "
+                        f"({', '.join(str(int(i)) for i in ids)})"
+                    )
+                )
+            }
+        failed = []
+        for trial_id, number in ids.items():
+            if trial_id in beating:
+                continue  # Optuna's own stale check handles it
+            try:
+                if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    failed.append(number)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process failed it first
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+            retry(study, storage.get_trial(trial_id))
+        return failed
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def audit_trials(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    """What crashes and sharing did to a study: retried, duplicated and stuck trials.
+
+    A duplicate is a COMPLETE trial that re-ran a trial which itself completed, or a second
+    COMPLETE retry of the same killed trial. The same parameters twice is not a duplicate by
+    itself: a sampler may propose a point again.
+
+    Returns:
+        complete, failed, running, waiting (counts); retried (numbers of COMPLETE retries of a
+        killed trial); duplicates (numbers); numbers_unique (bool).
+    """
+    from optuna.trial import TrialState
+
+    by_number = {t.number: t for t in trials}
+    origins: dict[int, list[int]] = {}
+    duplicates: set[int] = set()
+    for t in trials:
+        origin = t.system_attrs.get("failed_trial")
+        if t.state != TrialState.COMPLETE or origin is None:
+            continue
+        origins.setdefault(origin, []).append(t.number)
+        if origin in by_number and by_number[origin].state == TrialState.COMPLETE:
+            duplicates.add(t.number)
+    for numbers in origins.values():
+        duplicates.update(sorted(numbers)[1:])
+    return {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "waiting": sum(t.state == TrialState.WAITING for t in trials),
+        "retried": sorted(n for ns in origins.values() for n in ns),
+        "duplicates": sorted(duplicates),
+        "numbers_unique": len(by_number) == len(trials),
+    }
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the parent dies, so `kill -9` of a run stops
+    all its workers (their running trials are then failed by heartbeat and retried)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+def _worker(exp: Experiment, threads: int, parent: int) -> None:
+    """Body of one worker process: join the study and search until it holds enough trials."""
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent stops its workers itself, without
+    # a traceback from each of them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only allowed before any inter-op work
+        torch.set_num_interop_threads(1)
+    from .study import run_search
+
+    try:
+        run_search(exp, progress=False, worker=True, log=lambda _line: None)
+    except ConfigError:
+        sys.exit(2)  # the parent meets the same bad input and reports it once
+
+
+def run_jobs(
+    exp: Experiment,
+    *,
+    jobs: int,
+    threads: int | None = None,
+    progress: bool = True,
+    worker: bool = False,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
+    """Run (or resume) the experiment's study with `jobs` processes on this machine.
+
+    Stops when the study holds `exp.trials` completed trials. Each process finishes the trial
+    it has started, so with N processes the study can end with up to N - 1 more.
+
+    Args:
+        jobs: processes, this one included (1 runs in this process only).
+        threads: torch threads per process (default `cores // jobs`).
+        progress: progress bar (in this process; it counts every worker's trials).
+        worker: join an existing study (`python -m search worker --jobs N`): never create it
+            nor enqueue the warm-start recipes.
+    """
+    from .objective import TrialObjective
+    from .study import load_space, load_target, open_study, run_search, warm_start
+    from .tasks import load_task
+    from .validate import check_space_runs_on
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError("<command line>", "--jobs", f"must be an integer >= 1, got {jobs!r}")
+    threads = threads or threads_per_worker(jobs)
+    import torch
+
+    torch.set_num_threads(threads)
+    if jobs == 1:
+        return run_search(exp, progress=progress, worker=worker, log=log)
+
+    # Validate everything and build the task here, before any folder or process exists: the
+    # base model is trained (or loaded) once and cached in the run folder for the workers.
+    space, profile = load_space(exp), load_target(exp)
+    check_space_runs_on(space, profile)
+    task = load_task(exp, log=log)
+    exp.run_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(exp, create=not worker)
+    stored = study.user_attrs.get("profile", {}).get("name")
+    if stored and stored != profile.name:  # run_search refuses it too, but after the spawn
+        raise ConfigError(
+            exp.source,
+            "target",
+            f"the stored study {exp.name!r} was searched "
+            f"for {stored!r}, not {profile.name!r}; give --out for a separate run",
+        )
+    if not worker and not study.trials:  # the recipes go in once, before any worker asks
+        warm_start(study, TrialObjective(exp, task, space, profile))
+    del task
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch
+    workers = [
+        ctx.Process(target=_worker, args=(exp, threads, os.getpid()), name=f"search-worker-{k}")
+        for k in range(1, jobs)
+    ]
+    for proc in workers:
+        proc.start()
+    log(f"search: {jobs} processes on study {exp.name!r}, {threads} torch thread(s) each")
+    try:
+        result = run_search(exp, progress=progress, worker=worker, log=log)
+        for proc in workers:
+            proc.join()  # each finishes the trial it holds; none starts another
+    finally:
+        for proc in workers:
+            if proc.is_alive():  # an error or Ctrl-C here: stop the others too
+                proc.terminate()
+                proc.join(_JOIN_TIMEOUT_S)
+                if proc.is_alive():
+                    proc.kill()
+    for proc in workers:
+        if proc.exitcode not in (0, None):
+            log(f"search: worker {proc.name} exited with status {proc.exitcode}")
+    # Counts again: the workers' last trials finished after this process stopped.
+    return _recount(result)
+
+
+def _recount(result: SearchResult) -> SearchResult:
+    from optuna.trial import TrialState
+
+    from .study import completed
+
+    trials = completed(result.study)
+    result.completed = len(trials)
+    result.over_budget = sum(t.user_attrs.get("status") == "over_budget" for t in trials)
+    result.failed = len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    return result

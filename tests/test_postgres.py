@@ -1,0 +1,115 @@
+"""Many workers on one study in a real PostgreSQL server (tests._postgres starts it)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+
+from search.parallel import audit_trials
+from tests._tiny import cli_command, cli_env, run_cli, write_tiny_experiment
+
+pytest_plugins = ["tests._postgres"]
+pytestmark = pytest.mark.postgres
+
+TRIALS = 6
+
+
+def _overlapping(trials: list[FrozenTrial]) -> bool:
+    """Did two trials run at the same time (so two processes shared the work)?"""
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
+                   if t.datetime_start and t.datetime_complete)
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def _check_shared(url: str, name: str = "tiny") -> list[FrozenTrial]:
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    report = audit_trials(trials)
+    # Each process finishes the trial it holds when the target is reached: at most one extra.
+    assert TRIALS <= report["complete"] <= TRIALS + 1, report
+    assert report["duplicates"] == [] and report["numbers_unique"], report
+    assert report["running"] == 0 and report["failed"] == 0, report
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert _overlapping(complete), "the two processes never ran trials at the same time"
+    return trials
+
+
+def test_server_is_real_local_and_throwaway(postgres_url: str) -> None:
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as conn:
+        version = conn.execute(sqlalchemy.text("SELECT version()")).scalar_one()
+        address = conn.execute(sqlalchemy.text("SELECT inet_server_addr()::text")).scalar_one()
+        data = conn.execute(sqlalchemy.text("SHOW data_directory")).scalar_one()
+    engine.dispose()
+    assert version.startswith("PostgreSQL")
+    assert address.split("/")[0] == "127.0.0.1"
+    assert Path(data).is_relative_to(tempfile.gettempdir())
+    assert postgres_url.startswith("postgresql+psycopg2://postgres@127.0.0.1:")
+
+
+def test_optuna_storage_round_trip(postgres_url: str) -> None:
+    from search.study import make_storage
+
+    study = optuna.create_study(study_name="s", storage=make_storage(postgres_url),
+                                directions=["maximize", "minimize"])
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("n", 1, 4)), n_trials=3)
+    again = optuna.load_study(study_name="s", storage=postgres_url)
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 3
+
+
+@pytest.mark.slow
+def test_run_with_two_jobs_shares_the_study(tmp_path: Path, postgres_url: str) -> None:
+    exp = write_tiny_experiment(tmp_path, trials=TRIALS)
+    done = run_cli("run", str(exp), "--storage", postgres_url, "--jobs", "2", "--out", "run",
+                   "--no-progress", cwd=tmp_path, env=cli_env(TINY_TRIAL_SLEEP="0.5"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = _check_shared(postgres_url)
+    csv_rows = (tmp_path / "run" / "trials.csv").read_text().count("\n") - 1
+    assert csv_rows == len(trials)
+    assert not (tmp_path / "run" / "study.db").exists()  # the study lives in PostgreSQL
+
+
+@pytest.mark.slow
+def test_worker_joins_a_running_search(tmp_path: Path, postgres_url: str) -> None:
+    """`python -m search worker` on a second process shares a `run`'s study."""
+    exp = write_tiny_experiment(tmp_path, trials=TRIALS)
+    env = cli_env(TINY_TRIAL_SLEEP="0.5")
+    common = [str(exp), "--storage", postgres_url, "--out", "run", "--no-progress"]
+    first = subprocess.Popen(cli_command("run", *common), cwd=tmp_path, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar():
+                        break
+            except sqlalchemy.exc.DBAPIError:
+                pass  # tables not created yet
+            time.sleep(0.2)
+        second = run_cli("worker", *common, cwd=tmp_path, env=env)
+        out, err = first.communicate(timeout=300)
+    finally:
+        engine.dispose()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    _check_shared(postgres_url)
+
+
+def test_worker_needs_an_existing_study(tmp_path: Path, postgres_url: str) -> None:
+    exp = write_tiny_experiment(tmp_path, trials=TRIALS)
+    done = run_cli("worker", str(exp), "--storage", postgres_url, "--out", "run",
+                   "--no-progress", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {exp}: storage: no study 'tiny'")
