@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--out", help="run folder (default experiments/runs/NAME)")
         cmd.add_argument("--seed", type=int)
         cmd.add_argument("--jobs", type=int, default=1, help="worker processes on this machine")
+        cmd.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="torch threads per process (jobs x threads <= cores; default 1)",
+        )
         cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     experiment_args(sub.add_parser("run", help="run or resume a search"))
@@ -46,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="where to write (default: the run folder)")
 
     exp = sub.add_parser("export", help="export a winner: winner.yaml, model.onnx, card.md")
-    exp.add_argument("run_dir")
+    exp.add_argument("run_dir", nargs="?", help="run folder (or --storage and --study)")
+    exp.add_argument("--storage", help="SQLAlchemy URL of a shared study")
+    exp.add_argument("--study", help="study name (with --storage)")
     group = exp.add_mutually_exclusive_group()
     group.add_argument(
         "--pick", default="knee", choices=["knee", "max-accuracy", "min-latency", "min-size"]
@@ -103,6 +111,15 @@ def _experiment(args: argparse.Namespace):
         raise ConfigError("<command line>", "--trials", f"must be >= 1, got {args.trials}")
     if args.jobs < 1:
         raise ConfigError("<command line>", "--jobs", f"must be >= 1, got {args.jobs}")
+    cores = os.cpu_count() or 1
+    if args.threads < 1 or args.jobs * args.threads > max(cores, args.jobs):
+        # Small models train fastest on one thread per process: use --jobs for more cores.
+        raise ConfigError(
+            "<command line>",
+            "--threads",
+            f"jobs x threads must be <= {cores} "
+            f"cores and threads >= 1, got {args.jobs} x {args.threads}",
+        )
     return exp.with_overrides(
         trials=args.trials, seed=args.seed, out=args.out, target=args.target, storage=args.storage
     )
@@ -117,21 +134,21 @@ def _run(args: argparse.Namespace, *, worker: bool = False) -> int:
     with contextlib.nullcontext() if worker else run_lock(exp):
         from .study import run_search
 
-        _set_threads(args.jobs)
+        import torch
+
+        torch.set_num_threads(args.threads)
         if args.jobs > 1:
-            result = run_jobs(exp, jobs=args.jobs, progress=not args.no_progress, worker=worker)
+            result = run_jobs(
+                exp,
+                jobs=args.jobs,
+                threads=args.threads,
+                progress=not args.no_progress,
+                worker=worker,
+            )
         else:
             result = run_search(exp, progress=not args.no_progress, worker=worker)
         _write_outputs(result.storage_url, exp.name, result.run_dir, summary=True)
     return 0
-
-
-def _set_threads(jobs: int) -> None:
-    """workers x threads <= cores."""
-    import torch
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    torch.set_num_threads(threads)
 
 
 def _write_outputs(storage_url: str, study_name: str, run_dir: Path, *, summary: bool) -> None:
@@ -166,8 +183,14 @@ def _report(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export_winner
 
+    if not args.run_dir and not (args.storage and args.study):
+        raise ConfigError(
+            "<command line>", "run_dir", "give a run folder or --storage and --study"
+        )
     result = export_winner(
-        Path(args.run_dir),
+        Path(args.run_dir) if args.run_dir else None,
+        storage=args.storage,
+        study=args.study,
         pick=args.pick or "knee",
         trial=args.trial,
         out=Path(args.out) if args.out else None,
