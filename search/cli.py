@@ -132,9 +132,9 @@ def _run(args: argparse.Namespace, *, worker: bool = False) -> int:
     # A second `run` of the same study is refused (it would race to create the study);
     # `worker` is the way to join one.
     with contextlib.nullcontext() if worker else run_lock(exp):
-        from .study import run_search
-
         import torch
+
+        from .study import run_search
 
         torch.set_num_threads(args.threads)
         if args.jobs > 1:
