@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -187,19 +188,26 @@ def run_search(
 
     space, profile = load_space(exp), load_target(exp)  # validate everything before writing
     check_space_runs_on(space, profile)
-    task = load_task(exp, log=log)
     run_dir = exp.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures get our own one-line message
-    study = open_study(exp, create=not worker)
-    stored = study.user_attrs.get("profile", {}).get("name")
-    if stored and stored != profile.name:
-        raise ConfigError(
-            exp.source,
-            "target",
-            f"the stored study {exp.name!r} was searched for "
-            f"{stored!r}, not {profile.name!r}; give --out for a separate run",
-        )
+    # The outermost folder this run would create: removed again if the input is refused.
+    fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
+    try:
+        task = load_task(exp, log=log)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures get our own message
+        study = open_study(exp, create=not worker)
+        stored = study.user_attrs.get("profile", {}).get("name")
+        if stored and stored != profile.name:
+            raise ConfigError(
+                exp.source,
+                "target",
+                f"the stored study {exp.name!r} was searched for "
+                f"{stored!r}, not {profile.name!r}; give --out for a separate run",
+            )
+    except ConfigError:
+        if fresh is not None:  # bad input leaves no half-written run folder behind
+            shutil.rmtree(fresh, ignore_errors=True)
+        raise
     objective = TrialObjective(exp, task, space, profile, weights_dir=run_dir / "weights")
     _record_study_attrs(study, exp, objective, profile, space)
     fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
