@@ -300,8 +300,8 @@ def derive(result: dict[str, Any]) -> None:
 
 def markdown(result: dict[str, Any]) -> str:
     tp, crash = result["throughput"], result["crash"]
-    names = {"1w-2t": "1 process, 2 torch threads (the CLI's default for --jobs 1)",
-             "1w-1t": "1 process, 1 torch thread",
+    names = {"1w-2t": "1 process, 2 torch threads (the CLI's old default)",
+             "1w-1t": "1 process, 1 torch thread (the CLI's default)",
              "2w-1t": "2 processes (--jobs 2), 1 torch thread each (the CLI's default)"}
     lines = [
         "# Scale: workers on PostgreSQL, and kill-and-resume",
@@ -324,7 +324,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{TARGETS['speedup_2_workers']}): 2 processes against the faster single-process "
         f"setting ({tp['best_single_process']}). End to end "
         f"{tp['speedup_2_workers_end_to_end']}; steady state (from the second worker's first "
-        f"trial) {tp['speedup_2_workers_steady']}; against the CLI's single-process default "
+        f"trial) {tp['speedup_2_workers_steady']}; against 1 process with 2 threads "
         f"{tp['speedup_vs_cli_default_single']}.",
         "",
         "| run (in order) | setting | complete | search s | wall s | CPU s | cores used | "
