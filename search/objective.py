@@ -156,6 +156,8 @@ class TrialObjective:
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         t0 = time.perf_counter()
         plan = self.suggest(trial)
+        trial.set_user_attr("sample_s", round(time.perf_counter() - t0, 4))
+        t0 = time.perf_counter()
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("plan_text", plan.describe())
         compressed, cost = self.build_and_cost(plan)

@@ -15,8 +15,8 @@ from spaces import CompressionPlan
 from .compress import Compressed, calibrate, compress, distillation_loss
 from .tasks import Task, fit
 
-CALIBRATION_ROWS = 256
-TAYLOR_ROWS = 128
+CALIBRATION_ROWS = 256  # activation ranges after recovery
+BUILD_ROWS = 64  # build: graph tracing, Taylor importance, first ranges (cheap first)
 
 
 def build(plan: CompressionPlan, task: Task) -> Compressed:
@@ -27,8 +27,8 @@ def build(plan: CompressionPlan, task: Task) -> Compressed:
         task.base_model,
         input_shape=task.input_shape,
         num_classes=task.num_classes,
-        calib_inputs=x[:CALIBRATION_ROWS],
-        grad_batch=(x[:TAYLOR_ROWS], y[:TAYLOR_ROWS]),
+        calib_inputs=x[:BUILD_ROWS],
+        grad_batch=(x[:BUILD_ROWS], y[:BUILD_ROWS]),
     )
 
 
