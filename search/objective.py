@@ -6,6 +6,7 @@ cost and constraint values and is never trained.
 
 from __future__ import annotations
 
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -19,13 +20,14 @@ from optuna.trial import TrialState
 
 from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo, SearchSpace
 
-from .compress import Compressed, build_student, compressible_layers
+from .compress import Compressed, build_student, compressible_layers, export_onnx
 from .config import Experiment
 from .hardware import (
     CostReport,
     HardwareProfile,
     constraint_values,
     estimate_cost,
+    with_measured_latency,
 )
 from .pipeline import build, recover
 from .tasks import Task
@@ -114,6 +116,22 @@ class TrialObjective:
         )
         return compressed, cost
 
+    def measured(self, compressed: Compressed, cost: CostReport) -> CostReport:
+        """The cost with its latency measured in ONNX Runtime on this machine: the deployed
+        file (int8 QDQ where the plan has 8-bit layers), same hygiene as calibration."""
+        int8 = 8 in compressed.layer_bits.values()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(
+                compressed.model,
+                Path(tmp) / "trial.onnx",
+                input_shape=self.task.input_shape,
+                int8=int8,
+                calib_inputs=self.task.calibration_inputs() if int8 else None,
+            )
+            return with_measured_latency(
+                cost, path, self.task.input_shape, threads=self.profile.threads
+            )
+
     def train(
         self,
         compressed: Compressed,
@@ -162,6 +180,7 @@ class TrialObjective:
         trial.set_user_attr("plan_text", plan.describe())
         compressed, cost = self.build_and_cost(plan)
         if self.exp.latency == "measured":
+            trial.set_user_attr("predicted_latency_ms", cost.latency_ms)
             cost = self.measured(compressed, cost)
         constraints = constraint_values(cost, self.budgets, profile=self.profile)
         metrics: dict[str, Any] = dict(cost.metrics())

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import Engine
 
@@ -137,7 +138,7 @@ def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
     return optuna.create_study(
         study_name=exp.name,
         storage=storage,
-        directions=directions,
+        directions=[StudyDirection[d.upper()] for d in directions],
         sampler=sampler,
         load_if_exists=True,
     )
@@ -311,7 +312,7 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
 
 
 # The usual manual recipes, tried first so the front always holds them or something better.
-RECIPES = {
+RECIPES: dict[str, dict[str, Any]] = {
     "uncompressed": {},
     "int8": {"weight_bits": 8, "activation_bits": 8},
     "int8 + prune 50% L1": {"weight_bits": 8, "activation_bits": 8, "prune": 0.5},

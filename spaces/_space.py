@@ -304,7 +304,7 @@ class SearchSpace:
                 "rank", self.dim("lowrank", "rank", 1.0), [x for x in layers if x.factorizable]
             )
             mode = self.dim("lowrank", "mode", "svd").suggest(trial, "lowrank.mode")
-            lowrank = LowRankConfig(ranks=ranks, mode=mode)
+            lowrank = LowRankConfig(ranks=tuple(ranks.items()), mode=mode)
 
         prune = PruneConfig()
         if "prune" in self.sections and not shared:
@@ -320,7 +320,9 @@ class SearchSpace:
                 )
             else:
                 ratios = per_layer("prune", ratio, [x for x in layers if x.prunable])
-                prune = PruneConfig(ratios=ratios, importance=importance, sparsity=sparsity)
+                prune = PruneConfig(
+                    ratios=tuple(ratios.items()), importance=importance, sparsity=sparsity
+                )
 
         quantize = QuantizeConfig()
         if "quantize" in self.sections:
@@ -331,7 +333,7 @@ class SearchSpace:
             if activation_bits is not None:
                 adim = adim.restricted(activation_bits)
             quantize = QuantizeConfig(
-                weight_bits={k: int(v) for k, v in per_layer("bits", wdim, layers).items()},
+                weight_bits=tuple((k, int(v)) for k, v in per_layer("bits", wdim, layers).items()),
                 activation_bits=int(adim.suggest(trial, "act_bits")),
             )
 

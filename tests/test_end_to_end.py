@@ -68,3 +68,28 @@ def test_search_export_apply(in_tmp: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["apply", str(run_dir / "winner" / "winner.yaml")]) == 0
     applied = capsys.readouterr().out
     assert str(winner["metrics"]["weight_bytes"]) in applied
+
+
+def test_measured_latency_mode_on_the_host(in_tmp: Path):
+    """`latency: measured` replaces the prediction by an ONNX Runtime measurement per plan."""
+    space = in_tmp / "small.yaml"
+    space.write_text(
+        yaml.safe_dump({"prune": {"ratio": [0.0, 0.5]}, "quantize": {"weight_bits": [8, 32]}})
+    )
+    exp = write_experiment(
+        in_tmp,
+        target="host",
+        space=str(space),
+        latency="measured",
+        budgets={"latency_ms": 1000},
+        trials=2,
+        max_accuracy_drop=None,
+    )
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    db = in_tmp / "experiments" / "runs" / "e2e" / "study.db"
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{db}")
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert trial.user_attrs["status"] == "trained"
+        measured = trial.user_attrs["latency_ms"]
+        assert 0 < measured < 1000
+        assert measured != trial.user_attrs["predicted_latency_ms"]  # the prediction is replaced
