@@ -24,15 +24,18 @@ def check_space_runs_on(space: SearchSpace, profile: HardwareProfile) -> None:
     """
     if "quantize" not in space.sections:
         return  # no quantization searched: plans stay at full precision
-    for key, runs in (("weight_bits", profile.weight_bits),
-                      ("activation_bits", profile.activation_bits)):
+    for key, runs in (
+        ("weight_bits", profile.weight_bits),
+        ("activation_bits", profile.activation_bits),
+    ):
         dim = space.sections["quantize"].get(key)
         if dim is None:
             continue
         offered = [int(v) for v in dim.values()]
         if not set(offered) & set(runs):
             raise ConfigError(
-                space.source, f"quantize.{key}",
+                space.source,
+                f"quantize.{key}",
                 f"{offered} has no width the target {profile.name!r} runs; it runs "
                 f"{list(runs)}: add one of them or choose another target",
             )

@@ -62,22 +62,45 @@ class PostgresServer:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            [*self.as_user, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def start(self) -> None:
-        init = self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                         "--auth=trust", "--encoding=UTF8", "--no-sync", "-N")
+        init = self._run(
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+            "-N",
+        )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
         for _attempt in range(3):
             # Small and quick: no fsync (a throw-away server), enough connections for workers.
-            options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                       "-c max_connections=60 -c shared_buffers=16MB")
-            started = self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l",
-                                str(self.log), "-o", options, "-w", "-t", "60", "start",
-                                timeout=90)
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c max_connections=60 -c shared_buffers=16MB"
+            )
+            started = self._run(
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+                timeout=90,
+            )
             if started.returncode == 0:
                 return
             # The free port may have been taken between the probe and the start: try another.
@@ -85,15 +108,18 @@ class PostgresServer:
             if "could not bind" not in log and "already in use" not in log:
                 break
             self.port = _free_port()
-        raise RuntimeError(f"pg_ctl start failed:\n{started.stdout}\n{started.stderr}\n"
-                           f"{self.log.read_text() if self.log.exists() else ''}")
+        raise RuntimeError(
+            f"pg_ctl start failed:\n{started.stdout}\n{started.stderr}\n"
+            f"{self.log.read_text() if self.log.exists() else ''}"
+        )
 
     def create_database(self, name: str) -> str:
         """A fresh empty database; returns its SQLAlchemy URL."""
         import psycopg2
 
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
-                                dbname="postgres")
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
+        )
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -104,8 +130,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.data.is_dir():
-            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                      "-w", "stop")
+            self._run(
+                str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -141,8 +168,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     global _SERVER
     if _SERVER is None:
         if find_binaries() is None:
-            pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found on PATH or in "
-                        "/usr/lib/postgresql/*/bin; install the `postgresql` package")
+            pytest.skip(
+                "PostgreSQL binaries (initdb, pg_ctl) not found on PATH or in "
+                "/usr/lib/postgresql/*/bin; install the `postgresql` package"
+            )
         _SERVER = start_server()
     yield _SERVER
     if _SERVER is not None:

@@ -64,8 +64,13 @@ SPACE = {
 def experiment_dict(name: str = "tiny", *, trials: int = 6, **changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": name,
-        "task": {"model": "tinytask:model", "data": "tinytask:data", "input_shape": [1, 8, 8],
-                 "num_classes": 4, "train_epochs": 3},
+        "task": {
+            "model": "tinytask:model",
+            "data": "tinytask:data",
+            "input_shape": [1, 8, 8],
+            "num_classes": 4,
+            "train_epochs": 3,
+        },
         "target": "mcu",
         "space": "tiny_space.yaml",
         "objectives": ["accuracy", "latency_ms", "weight_bytes"],
@@ -78,15 +83,17 @@ def experiment_dict(name: str = "tiny", *, trials: int = 6, **changes: Any) -> d
     return data
 
 
-def write_tiny_experiment(folder: Path, name: str = "tiny", *, trials: int = 6,
-                          **changes: Any) -> Path:
+def write_tiny_experiment(
+    folder: Path, name: str = "tiny", *, trials: int = 6, **changes: Any
+) -> Path:
     """Write tinytask.py, tiny_space.yaml and NAME.yaml into `folder`; returns NAME.yaml."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tinytask.py").write_text(TASK_PY)
     (folder / "tiny_space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(experiment_dict(name, trials=trials, **changes),
-                                   sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(experiment_dict(name, trials=trials, **changes), sort_keys=False)
+    )
     return path
 
 
@@ -123,8 +130,19 @@ def cli_command(*args: str, fast_heartbeat: bool = False) -> list[str]:
     return [sys.executable, "-c", code, *args]
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, fast_heartbeat: bool = False,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_command(*args, fast_heartbeat=fast_heartbeat), cwd=cwd,
-                          env=env or cli_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def run_cli(
+    *args: str,
+    cwd: Path,
+    timeout: float = 300,
+    fast_heartbeat: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli_command(*args, fast_heartbeat=fast_heartbeat),
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

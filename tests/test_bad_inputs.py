@@ -36,16 +36,35 @@ CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "expected.yaml").is_file
 ERROR = re.compile(r"^error: (?P<file>.+?): (?P<field>[^:]+): (?P<message>.+)$")
 # Cases that fail before the CLI imports torch take a fraction of a second; the others (space,
 # profile and task checks) need the engine's imports: a few seconds each.
-QUICK = {"malformed_yaml", "empty_file", "not_a_mapping", "unknown_key", "unknown_nested_key",
-         "wrong_type_trials", "wrong_type_budget", "zero_budget", "negative_budget",
-         "zero_trials", "negative_trials_cli", "unknown_profile", "unknown_space",
-         "out_escapes", "out_escapes_cli", "missing_weights", "storage_not_a_url",
-         "unknown_objective", "negative_lr"}
+QUICK = {
+    "malformed_yaml",
+    "empty_file",
+    "not_a_mapping",
+    "unknown_key",
+    "unknown_nested_key",
+    "wrong_type_trials",
+    "wrong_type_budget",
+    "zero_budget",
+    "negative_budget",
+    "zero_trials",
+    "negative_trials_cli",
+    "unknown_profile",
+    "unknown_space",
+    "out_escapes",
+    "out_escapes_cli",
+    "missing_weights",
+    "storage_not_a_url",
+    "unknown_objective",
+    "negative_lr",
+}
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_corpus_has_at_least_20_cases() -> None:
@@ -56,13 +75,17 @@ def test_corpus_has_at_least_20_cases() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow) for n in CASES])
+    "name", [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow) for n in CASES]
+)
 def test_bad_input_is_refused_cleanly(name: str, tmp_path: Path) -> None:
     expected = yaml.safe_load((CORPUS / name / "expected.yaml").read_text())
     project = tmp_path / "project"
     case = project / name
-    shutil.copytree(CORPUS / name, case,
-                    ignore=shutil.ignore_patterns("expected.yaml", "__pycache__", "weights.pt"))
+    shutil.copytree(
+        CORPUS / name,
+        case,
+        ignore=shutil.ignore_patterns("expected.yaml", "__pycache__", "weights.pt"),
+    )
     marker = case / expected.get("marker", "PWNED")
     if "weights" in expected:
         make_weights(case, expected["weights"], marker=marker)
@@ -71,9 +94,22 @@ def test_bad_input_is_refused_cleanly(name: str, tmp_path: Path) -> None:
     env = cli_env(PYTHONDONTWRITEBYTECODE="1")
     env.pop("COMPRESS_SEARCH_CACHE", None)  # a cache written into the run folder would show
     proc = subprocess.run(
-        [sys.executable, "-m", "search", "run", f"{name}/experiment.yaml", "--no-progress",
-         *expected.get("args", [])],
-        cwd=project, env=env, capture_output=True, text=True, timeout=180, check=False)
+        [
+            sys.executable,
+            "-m",
+            "search",
+            "run",
+            f"{name}/experiment.yaml",
+            "--no-progress",
+            *expected.get("args", []),
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -109,11 +145,21 @@ def test_hostile_pickles_would_run_code(tmp_path: Path) -> None:
 
 # -- fuzzing the loaders --------------------------------------------------------------------
 
-_SCALARS = (st.none() | st.booleans() | st.integers(-5, 10**9) | st.floats(allow_nan=True)
-            | st.text(max_size=12))
-_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                       | st.dictionaries(st.text(max_size=8) | st.integers(-2, 64), inner,
-                                         max_size=4), max_leaves=12)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**9)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12)
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers(-2, 64), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def _documents(keys: list[str]) -> st.SearchStrategy[str]:
@@ -132,13 +178,34 @@ def _write(text: str, suffix: str = ".yaml") -> Path:
 
 _FUZZ_DIR = tempfile.mkdtemp(prefix="search-fuzz-")
 atexit.register(shutil.rmtree, _FUZZ_DIR, True)
-_FUZZ = settings(max_examples=150, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+_FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @_FUZZ
-@given(_documents(["name", "task", "target", "space", "objectives", "budgets", "trials", "seed",
-                   "sampler", "storage", "out", "device", "recovery", "max_accuracy_drop"]))
+@given(
+    _documents(
+        [
+            "name",
+            "task",
+            "target",
+            "space",
+            "objectives",
+            "budgets",
+            "trials",
+            "seed",
+            "sampler",
+            "storage",
+            "out",
+            "device",
+            "recovery",
+            "max_accuracy_drop",
+        ]
+    )
+)
 def test_fuzz_experiment_loader(text: str) -> None:
     path = _write(text)
     try:
@@ -150,11 +217,30 @@ def test_fuzz_experiment_loader(text: str) -> None:
 
 
 @_FUZZ
-@given(_documents(["name", "description", "sources", "peak_macs_per_s", "native_precisions",
-                   "fallback_precision", "bandwidth_bytes_per_s", "efficiency",
-                   "layer_overhead_us", "model_overhead_us", "threads", "batch", "memory",
-                   "weights_in", "runtime_flash_kb", "budgets", "sparse_support",
-                   "depthwise_in_place"]))
+@given(
+    _documents(
+        [
+            "name",
+            "description",
+            "sources",
+            "peak_macs_per_s",
+            "native_precisions",
+            "fallback_precision",
+            "bandwidth_bytes_per_s",
+            "efficiency",
+            "layer_overhead_us",
+            "model_overhead_us",
+            "threads",
+            "batch",
+            "memory",
+            "weights_in",
+            "runtime_flash_kb",
+            "budgets",
+            "sparse_support",
+            "depthwise_in_place",
+        ]
+    )
+)
 def test_fuzz_profile_loader(text: str) -> None:
     path = _write(text)
     try:
@@ -166,8 +252,9 @@ def test_fuzz_profile_loader(text: str) -> None:
 
 
 @_FUZZ
-@given(_documents(["name", "description", "architecture", "lowrank", "prune", "quantize",
-                   "distill"]))
+@given(
+    _documents(["name", "description", "architecture", "lowrank", "prune", "quantize", "distill"])
+)
 def test_fuzz_space_loader(text: str) -> None:
     path = _write(text)
     try:
@@ -183,8 +270,9 @@ def test_space_bits_against_target() -> None:
     from search.validate import check_space_runs_on
 
     mcu = load_profile("mcu")  # runs 8, 16 and 32 bits
-    partial = SearchSpace.from_dict({"quantize": {"weight_bits": [4, 8], "activation_bits": [8]}},
-                                    source="partial.yaml")
+    partial = SearchSpace.from_dict(
+        {"quantize": {"weight_bits": [4, 8], "activation_bits": [8]}}, source="partial.yaml"
+    )
     check_space_runs_on(partial, mcu)
     check_space_runs_on(SearchSpace.from_dict({"prune": {"ratio": [0.5]}}), mcu)  # no quantize
     low = SearchSpace.from_dict({"quantize": {"weight_bits": 4}}, source="space.yaml")

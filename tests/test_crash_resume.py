@@ -44,14 +44,16 @@ def _states(engine: sqlalchemy.Engine) -> dict[int, str]:
     return {int(n): str(s).rsplit(".", 1)[-1] for n, s in rows}
 
 
-def _kill_during_a_trial(cmd: list[str], cwd: Path, engine: sqlalchemy.Engine,
-                         done_before: int, env: dict[str, str]) -> tuple[list[int], int]:
+def _kill_during_a_trial(
+    cmd: list[str], cwd: Path, engine: sqlalchemy.Engine, done_before: int, env: dict[str, str]
+) -> tuple[list[int], int]:
     """Start a run, wait for one more completed trial and a new trial running, SIGKILL it.
 
     Returns the trials that were running when it was killed, and the completed count then.
     """
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
@@ -93,8 +95,12 @@ def _crash_campaign(folder: Path, storage: str | None) -> None:
         running, done = _kill_during_a_trial(cmd, folder, engine, done, env)
         killed += running
         study = study or optuna.load_study(study_name="tiny", storage=url)
-        snapshots.append({t.number: tuple(t.values) for t in study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE,))})
+        snapshots.append(
+            {
+                t.number: tuple(t.values)
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            }
+        )
         time.sleep(FAST_GRACE_S + 0.5)  # the killed trial's heartbeat is now stale
     assert killed, "no kill landed during a trial"
     assert snapshots[-1], "no trial completed between the kills"
@@ -119,8 +125,9 @@ def _crash_campaign(folder: Path, storage: str | None) -> None:
     # with the parameters it had drawn before it died (the retry draws any it had not).
     for number in killed:
         assert by_number[number].state == TrialState.FAIL, number
-    retries = {t.system_attrs["failed_trial"]: t for t in trials
-               if "failed_trial" in t.system_attrs}
+    retries = {
+        t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs
+    }
     assert set(killed) <= set(retries), (killed, sorted(retries))
     for origin, retry in retries.items():
         assert by_number[origin].params.items() <= retry.params.items()
@@ -146,8 +153,17 @@ def test_second_run_at_once_is_refused(tmp_path: Path) -> None:
     exp = write_tiny_experiment(tmp_path, trials=3)
     args = ["run", str(exp), "--out", "run", "--no-progress"]
     env = cli_env(TINY_TRIAL_SLEEP="0.1")
-    procs = [subprocess.Popen(cli_command(*args), cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cli_command(*args),
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 2], (codes, [o[1][-2000:] for o in outs])
@@ -156,8 +172,9 @@ def test_second_run_at_once_is_refused(tmp_path: Path) -> None:
     assert len(errors) == 1, refused
     assert errors[0].startswith(f"error: {exp}: name: ")
     assert "already being run" in errors[0] and "python -m search worker" in errors[0]
-    trials = optuna.load_study(study_name="tiny",
-                               storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}").trials
+    trials = optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    ).trials
     report = audit_trials(trials)
     assert report["complete"] == 3 and report["duplicates"] == [], report
 
@@ -168,24 +185,34 @@ def test_run_lock_is_released_when_its_holder_is_killed(tmp_path: Path) -> None:
     from search.errors import ConfigError
     from search.parallel import run_lock
 
-    exp = parse_experiment({"name": "locky", "target": "mcu", "out": "run"},
-                           str(tmp_path / "locky.yaml"))
+    exp = parse_experiment(
+        {"name": "locky", "target": "mcu", "out": "run"}, str(tmp_path / "locky.yaml")
+    )
     with run_lock(exp):
         with pytest.raises(ConfigError) as info, run_lock(exp):
             pass
         assert info.value.field == "name" and str(os.getpid()) in info.value.message
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time\n"
-            "from search.config import parse_experiment\n"
-            "from search.parallel import run_lock\n"
-            f"exp = parse_experiment({{'name': 'locky', 'target': 'mcu', 'out': 'run'}}, "
-            f"{str(tmp_path / 'locky.yaml')!r})\n"
-            "with run_lock(exp):\n"
-            "    print('locked', flush=True)\n"
-            "    time.sleep(60)\n")],
-        cwd=os.getcwd(), env=cli_env(), stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\n"
+                "from search.config import parse_experiment\n"
+                "from search.parallel import run_lock\n"
+                f"exp = parse_experiment({{'name': 'locky', 'target': 'mcu', 'out': 'run'}}, "
+                f"{str(tmp_path / 'locky.yaml')!r})\n"
+                "with run_lock(exp):\n"
+                "    print('locked', flush=True)\n"
+                "    time.sleep(60)\n"
+            ),
+        ],
+        cwd=os.getcwd(),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=f"process {holder.pid}"), run_lock(exp):

@@ -23,8 +23,11 @@ TRIALS = 6
 
 def _overlapping(trials: list[FrozenTrial]) -> bool:
     """Did two trials run at the same time (so two processes shared the work)?"""
-    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials
-                   if t.datetime_start and t.datetime_complete)
+    spans = sorted(
+        (t.datetime_start, t.datetime_complete)
+        for t in trials
+        if t.datetime_start and t.datetime_complete
+    )
     return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
 
 
@@ -56,8 +59,9 @@ def test_server_is_real_local_and_throwaway(postgres_url: str) -> None:
 def test_optuna_storage_round_trip(postgres_url: str) -> None:
     from search.study import make_storage
 
-    study = optuna.create_study(study_name="s", storage=make_storage(postgres_url),
-                                directions=["maximize", "minimize"])
+    study = optuna.create_study(
+        study_name="s", storage=make_storage(postgres_url), directions=["maximize", "minimize"]
+    )
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("n", 1, 4)), n_trials=3)
     again = optuna.load_study(study_name="s", storage=postgres_url)
     assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 3
@@ -66,8 +70,19 @@ def test_optuna_storage_round_trip(postgres_url: str) -> None:
 @pytest.mark.slow
 def test_run_with_two_jobs_shares_the_study(tmp_path: Path, postgres_url: str) -> None:
     exp = write_tiny_experiment(tmp_path, trials=TRIALS)
-    done = run_cli("run", str(exp), "--storage", postgres_url, "--jobs", "2", "--out", "run",
-                   "--no-progress", cwd=tmp_path, env=cli_env(TINY_TRIAL_SLEEP="0.5"))
+    done = run_cli(
+        "run",
+        str(exp),
+        "--storage",
+        postgres_url,
+        "--jobs",
+        "2",
+        "--out",
+        "run",
+        "--no-progress",
+        cwd=tmp_path,
+        env=cli_env(TINY_TRIAL_SLEEP="0.5"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     trials = _check_shared(postgres_url)
     csv_rows = (tmp_path / "run" / "trials.csv").read_text().count("\n") - 1
@@ -81,8 +96,14 @@ def test_worker_joins_a_running_search(tmp_path: Path, postgres_url: str) -> Non
     exp = write_tiny_experiment(tmp_path, trials=TRIALS)
     env = cli_env(TINY_TRIAL_SLEEP="0.5")
     common = [str(exp), "--storage", postgres_url, "--out", "run", "--no-progress"]
-    first = subprocess.Popen(cli_command("run", *common), cwd=tmp_path, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        cli_command("run", *common),
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     engine = sqlalchemy.create_engine(postgres_url)
     try:
         deadline = time.monotonic() + 240
@@ -108,8 +129,16 @@ def test_worker_joins_a_running_search(tmp_path: Path, postgres_url: str) -> Non
 
 def test_worker_needs_an_existing_study(tmp_path: Path, postgres_url: str) -> None:
     exp = write_tiny_experiment(tmp_path, trials=TRIALS)
-    done = run_cli("worker", str(exp), "--storage", postgres_url, "--out", "run",
-                   "--no-progress", cwd=tmp_path)
+    done = run_cli(
+        "worker",
+        str(exp),
+        "--storage",
+        postgres_url,
+        "--out",
+        "run",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {exp}: storage: no study 'tiny'")

@@ -39,24 +39,45 @@ MAX_DROP = 0.1
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
 
-def trial(acc: float | None, lat: float, size: int, budgets: dict[str, float], *,
-          recipe: str | None = None, seconds: float = 2.0, train_s: float | None = 1.5,
-          plan: CompressionPlan | None = None, weights: str | None = None
-          ) -> optuna.trial.FrozenTrial:
+def trial(
+    acc: float | None,
+    lat: float,
+    size: int,
+    budgets: dict[str, float],
+    *,
+    recipe: str | None = None,
+    seconds: float = 2.0,
+    train_s: float | None = 1.5,
+    plan: CompressionPlan | None = None,
+    weights: str | None = None,
+) -> optuna.trial.FrozenTrial:
     """One COMPLETE trial as search/objective.py records it (acc None: over budget)."""
     trained = acc is not None
-    cost = {"params": size // 4, "macs": size * 10, "weight_bytes": size,
-            "peak_activation_bytes": 512, "memory_bytes": 512, "flash_bytes": size,
-            "latency_ms": lat}
+    cost = {
+        "params": size // 4,
+        "macs": size * 10,
+        "weight_bytes": size,
+        "peak_activation_bytes": 512,
+        "memory_bytes": 512,
+        "flash_bytes": size,
+        "latency_ms": lat,
+    }
     constraints = {"latency_ms": lat / budgets["latency_ms"] - 1}
     drop = BASE["accuracy"] - (acc or 0.0)
     constraints["accuracy_drop"] = drop - MAX_DROP
     plan = plan or CompressionPlan(prune=PruneConfig(ratios={"conv1": 0.5}))
     attrs: dict[str, Any] = {
-        **cost, "plan": plan.to_dict(), "plan_text": plan.describe(),
-        "status": "trained" if trained else "over_budget", "accuracy": acc,
-        "recall": acc, "f1": acc, "accuracy_drop": drop, "constraints": constraints,
-        "skipped_layers": {}, "build_s": 0.05,
+        **cost,
+        "plan": plan.to_dict(),
+        "plan_text": plan.describe(),
+        "status": "trained" if trained else "over_budget",
+        "accuracy": acc,
+        "recall": acc,
+        "f1": acc,
+        "accuracy_drop": drop,
+        "constraints": constraints,
+        "skipped_layers": {},
+        "build_s": 0.05,
     }
     if trained:
         attrs["train_s"] = train_s
@@ -70,14 +91,26 @@ def trial(acc: float | None, lat: float, size: int, budgets: dict[str, float], *
     return t
 
 
-def study(path: Path, name: str, budgets: dict[str, float], rows: list[dict[str, Any]],
-          refined: dict[str, Any] | None = None) -> str:
+def study(
+    path: Path,
+    name: str,
+    budgets: dict[str, float],
+    rows: list[dict[str, Any]],
+    refined: dict[str, Any] | None = None,
+) -> str:
     url = f"sqlite:///{path}"
     s = optuna.create_study(study_name=name, storage=url, directions=[d for _, d in OBJECTIVES])
-    for key, value in {"objectives": OBJECTIVES, "constraints": [*budgets, "accuracy_drop"],
-                       "budgets": budgets, "max_accuracy_drop": MAX_DROP, "base_metrics": BASE,
-                       "primary_metric": "accuracy", "task": "digits", "space": name,
-                       "refined": refined or {}}.items():
+    for key, value in {
+        "objectives": OBJECTIVES,
+        "constraints": [*budgets, "accuracy_drop"],
+        "budgets": budgets,
+        "max_accuracy_drop": MAX_DROP,
+        "base_metrics": BASE,
+        "primary_metric": "accuracy",
+        "task": "digits",
+        "space": name,
+        "refined": refined or {},
+    }.items():
         s.set_user_attr(key, value)
     for r in rows:
         s.add_trial(trial(budgets=budgets, **r))
@@ -90,21 +123,40 @@ FINAL = {"latency_ms": 5.0}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("sq")
-    joint = study(d / "joint.db", "joint", FINAL, [
-        {"acc": 0.88, "lat": 4.0, "size": 500, "recipe": "int8", "weights": "w0.pt"},
-        {"acc": 0.85, "lat": 2.0, "size": 200, "weights": "w1.pt"},
-        {"acc": None, "lat": 9.0, "size": 900, "seconds": 0.08},  # over budget
-    ], refined={"1": {"accuracy": 0.87, "epochs": 8, "weights": "w1-refined.pt"}})
+    joint = study(
+        d / "joint.db",
+        "joint",
+        FINAL,
+        [
+            {"acc": 0.88, "lat": 4.0, "size": 500, "recipe": "int8", "weights": "w0.pt"},
+            {"acc": 0.85, "lat": 2.0, "size": 200, "weights": "w1.pt"},
+            {"acc": None, "lat": 9.0, "size": 900, "seconds": 0.08},  # over budget
+        ],
+        refined={"1": {"accuracy": 0.87, "epochs": 8, "weights": "w1-refined.pt"}},
+    )
     # Stage 1 runs under a loose latency budget: its 6 ms plan is feasible there, not finally.
-    stage1 = study(d / "s1.db", "s1", {"latency_ms": 100.0}, [
-        {"acc": 0.89, "lat": 6.0, "size": 800},
-        {"acc": 0.86, "lat": 4.5, "size": 700},
-    ])
-    stage2 = study(d / "s2.db", "s2", FINAL, [
-        {"acc": 0.86, "lat": 3.0, "size": 300},
-    ])
-    return {"joint": load_run(joint, "joint"), "s1": load_run(stage1, "s1"),
-            "s2": load_run(stage2, "s2")}
+    stage1 = study(
+        d / "s1.db",
+        "s1",
+        {"latency_ms": 100.0},
+        [
+            {"acc": 0.89, "lat": 6.0, "size": 800},
+            {"acc": 0.86, "lat": 4.5, "size": 700},
+        ],
+    )
+    stage2 = study(
+        d / "s2.db",
+        "s2",
+        FINAL,
+        [
+            {"acc": 0.86, "lat": 3.0, "size": 300},
+        ],
+    )
+    return {
+        "joint": load_run(joint, "joint"),
+        "s1": load_run(stage1, "s1"),
+        "s2": load_run(stage2, "s2"),
+    }
 
 
 def norm(acc: float, lat: float, size: float) -> tuple[float, float, float]:
@@ -125,10 +177,12 @@ def test_joint_hypervolume_is_the_projects_definition(runs: dict[str, Any]) -> N
     assert runs["joint"].hypervolume == pytest.approx(expected)
     # Leaving out the warm-start recipe trial keeps only what the sampler found.
     assert sq.without_recipes(runs["joint"]).hypervolume == pytest.approx(
-        hypervolume([norm(0.85, 2.0, 200)], (1, 1, 1)))
+        hypervolume([norm(0.85, 2.0, 200)], (1, 1, 1))
+    )
     # The recipes alone: the hypervolume every warm-started run starts from.
     assert sq.without_recipes(runs["joint"], only=True).hypervolume == pytest.approx(
-        hypervolume([norm(0.88, 4.0, 500)], (1, 1, 1)))
+        hypervolume([norm(0.88, 4.0, 500)], (1, 1, 1))
+    )
 
 
 def test_sequential_trials_are_rescored_against_the_final_budget(runs: dict[str, Any]) -> None:
@@ -184,15 +238,16 @@ def test_trial_times_split_overhead_from_recovery(runs: dict[str, Any]) -> None:
 
 def test_stage_two_objective_keeps_stage_one_prune_and_searches_bits() -> None:
     space = SearchSpace.from_dict(sq.QUANT_SPACE)
-    layers = [LayerInfo("conv1", "conv", 1, 8, (3, 3)),
-              LayerInfo("fc", "linear", 8, 10, prunable=False)]
+    layers = [
+        LayerInfo("conv1", "conv", 1, 8, (3, 3)),
+        LayerInfo("fc", "linear", 8, 10, prunable=False),
+    ]
     fixed = CompressionPlan(prune=PruneConfig(ratios={"conv1": 0.4}, importance="taylor"))
     obj = sq.StageTwoObjective.__new__(sq.StageTwoObjective)  # no task: suggest needs none
     obj.space, obj.fixed, obj._layers = space, fixed, {ArchitectureConfig(): layers}
     obj.profile = SimpleNamespace(weight_bits=(8, 16, 32), activation_bits=(8, 32))
     obj.exp = SimpleNamespace(recovery=SimpleNamespace(distillation=True))
-    plan = obj.suggest(optuna.trial.FixedTrial(
-        {"bits.conv1": 8, "bits.fc": 16, "act_bits": 8}))
+    plan = obj.suggest(optuna.trial.FixedTrial({"bits.conv1": 8, "bits.fc": 16, "act_bits": 8}))
     assert plan.prune == fixed.prune
     assert plan.quantize.bits("conv1") == 8 and plan.quantize.bits("fc") == 16
     assert plan.quantize.activation_bits == 8
@@ -201,8 +256,11 @@ def test_stage_two_objective_keeps_stage_one_prune_and_searches_bits() -> None:
 def test_pareto_svg_is_well_formed_and_draws_every_point() -> None:
     point = {"val_accuracy": 0.97, "latency_ms": 3.0, "weight_bytes": 20000.0}
     svg = sq.pareto_svg(
-        "mcu", {"joint (auto)": [point, {**point, "latency_ms": 6.0}], "random": [point]},
-        {"int8_ptq": {**point, "latency_ms": 30.0}}, latency_budget=15.0, accuracy_floor=0.96,
+        "mcu",
+        {"joint (auto)": [point, {**point, "latency_ms": 6.0}], "random": [point]},
+        {"int8_ptq": {**point, "latency_ms": 30.0}},
+        latency_budget=15.0,
+        accuracy_floor=0.96,
     )
     root = ET.fromstring(svg)
     ns = "{http://www.w3.org/2000/svg}"
@@ -213,10 +271,10 @@ def test_pareto_svg_is_well_formed_and_draws_every_point() -> None:
 
 
 def test_front_points_report_the_refined_figures_beside_the_search_ones(
-        runs: dict[str, Any]) -> None:
+    runs: dict[str, Any],
+) -> None:
     held_out = {"w0.pt": 0.86, "w1.pt": 0.83, "w1-refined.pt": 0.86}
-    rows = {r["trial"]: r for r in sq.front_points(runs["joint"],
-                                                   lambda plan, w: held_out.get(w))}
+    rows = {r["trial"]: r for r in sq.front_points(runs["joint"], lambda plan, w: held_out.get(w))}
     assert rows[1]["test_accuracy"] == 0.83 and rows[1]["test_accuracy_refined"] == 0.86
     assert rows[1]["val_accuracy_reported"] == 0.87
     assert rows[1]["test_accuracy_reported"] == 0.86
@@ -226,8 +284,10 @@ def test_front_points_report_the_refined_figures_beside_the_search_ones(
 
 
 def test_dominance_margin_in_accuracy_among_cheaper_points() -> None:
-    front = [{"test_accuracy": 0.97, "latency_ms": 2.0, "weight_bytes": 100},
-             {"test_accuracy": 0.99, "latency_ms": 9.0, "weight_bytes": 100}]
+    front = [
+        {"test_accuracy": 0.97, "latency_ms": 2.0, "weight_bytes": 100},
+        {"test_accuracy": 0.99, "latency_ms": 9.0, "weight_bytes": 100},
+    ]
     q = {"test_accuracy": 0.98, "latency_ms": 5.0, "weight_bytes": 200}
     assert sq.dominance_margin(front, q) == pytest.approx(-0.01)  # only the 2 ms point counts
     assert not sq.weakly_dominates_any(front, q)

@@ -60,8 +60,11 @@ SPACE = {
     "name": "scale",
     "description": "The benchmark's space: per-layer low-rank, pruning and bits on the base CNN.",
     "lowrank": {"rank": {"low": 0.25, "high": 1.0, "step": 0.25}, "mode": ["svd"]},
-    "prune": {"mode": ["per_layer"], "ratio": {"low": 0.0, "high": 0.5, "step": 0.1},
-              "importance": ["l1", "l2"]},
+    "prune": {
+        "mode": ["per_layer"],
+        "ratio": {"low": 0.0, "high": 0.5, "step": 0.1},
+        "importance": ["l1", "l2"],
+    },
     "quantize": {"weight_bits": [8, 16, 32], "activation_bits": [8, 32]},
 }
 
@@ -89,9 +92,11 @@ def cli(*args: str, threads: int | None = None) -> list[str]:
     per process instead of the CLI's cores // jobs."""
     if threads is None:
         return [sys.executable, "-m", "search", *args]
-    code = ("import sys, torch\nimport search.cli as cli\n"
-            f"cli._set_threads = lambda jobs: torch.set_num_threads({int(threads)})\n"
-            "raise SystemExit(cli.main())\n")
+    code = (
+        "import sys, torch\nimport search.cli as cli\n"
+        f"cli._set_threads = lambda jobs: torch.set_num_threads({int(threads)})\n"
+        "raise SystemExit(cli.main())\n"
+    )
     return [sys.executable, "-c", code, *args]
 
 
@@ -106,8 +111,10 @@ def states(url: str, name: str) -> dict[int, str]:
     import sqlalchemy
 
     engine = states.engines.setdefault(url, sqlalchemy.create_engine(url))  # type: ignore[attr-defined]
-    query = sqlalchemy.text("SELECT t.number, t.state FROM trials t JOIN studies s "
-                            "ON s.study_id = t.study_id WHERE s.study_name = :name")
+    query = sqlalchemy.text(
+        "SELECT t.number, t.state FROM trials t JOIN studies s "
+        "ON s.study_id = t.study_id WHERE s.study_name = :name"
+    )
     try:
         with engine.connect() as conn:
             rows = conn.execute(query, {"name": name}).all()
@@ -125,27 +132,56 @@ def children_cpu_s() -> float:
 
 
 # -- 1. throughput ------------------------------------------------------------------------------
-def throughput_run(project: Path, env: dict[str, str], url: str, jobs: int, name: str,
-                   trials: int, *, threads: int | None = None) -> dict[str, Any]:
+def throughput_run(
+    project: Path,
+    env: dict[str, str],
+    url: str,
+    jobs: int,
+    name: str,
+    trials: int,
+    *,
+    threads: int | None = None,
+) -> dict[str, Any]:
     exp = write_experiment(project, name, trials)
     cpu0, t0 = children_cpu_s(), time.perf_counter()
-    done = subprocess.run(cli("run", str(exp), "--storage", url, "--jobs", str(jobs), "--out",
-                              f"runs/{name}", "--no-progress", threads=threads),
-                          cwd=project, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        cli(
+            "run",
+            str(exp),
+            "--storage",
+            url,
+            "--jobs",
+            str(jobs),
+            "--out",
+            f"runs/{name}",
+            "--no-progress",
+            threads=threads,
+        ),
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     trials_ = load_trials(url, name)
     finished = [t for t in trials_ if t.datetime_start and t.datetime_complete]
     complete = [t for t in trials_ if t.state.name == "COMPLETE"]
-    window = (max(t.datetime_complete for t in finished)
-              - min(t.datetime_start for t in finished)).total_seconds()
+    window = (
+        max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
+    ).total_seconds()
     steady = two_worker_window(trials_) if jobs == 2 else (len(complete), window)
     return {
-        "study": name, "jobs": jobs, "threads": threads or threads_per_worker(jobs),
+        "study": name,
+        "jobs": jobs,
+        "threads": threads or threads_per_worker(jobs),
         "complete": len(complete),
         "trials_per_min_steady": round(steady[0] / steady[1] * 60, 3) if steady else None,
-        "finished": len(finished), "window_s": round(window, 2), "wall_s": round(wall, 2),
+        "finished": len(finished),
+        "window_s": round(window, 2),
+        "wall_s": round(wall, 2),
         "cpu_s": round(children_cpu_s() - cpu0, 2),
         "trials_per_min": round(len(complete) / window * 60, 3),
         "trials_per_min_end_to_end": round(len(complete) / wall * 60, 3),
@@ -188,8 +224,11 @@ def _survivors(pgid: int, wait_s: float = 10.0) -> list[str]:
 def two_worker_window(trials: list[Any]) -> tuple[int, float] | None:
     """Completed trials and seconds from the moment two trials first ran at once (the second
     worker's first trial) to the last trial's end: the steady state of a 2-worker search."""
-    spans = sorted((t.datetime_start, t.datetime_complete, t.state.name) for t in trials
-                   if t.datetime_start and t.datetime_complete)
+    spans = sorted(
+        (t.datetime_start, t.datetime_complete, t.state.name)
+        for t in trials
+        if t.datetime_start and t.datetime_complete
+    )
     start = next((b[0] for a, b in zip(spans, spans[1:]) if b[0] < a[1]), None)
     if start is None:
         return None
@@ -199,20 +238,35 @@ def two_worker_window(trials: list[Any]) -> tuple[int, float] | None:
 
 
 # -- 2. kill and resume -------------------------------------------------------------------------
-def kill_campaign(project: Path, env: dict[str, str], url: str, trials: int, kills: int,
-                  rng: random.Random, log: Any) -> dict[str, Any]:
+def kill_campaign(
+    project: Path,
+    env: dict[str, str],
+    url: str,
+    trials: int,
+    kills: int,
+    rng: random.Random,
+    log: Any,
+) -> dict[str, Any]:
     name = "scale-crash"
     exp = write_experiment(project, name, trials)
-    args = cli("run", str(exp), "--storage", url, "--jobs", "2", "--out", f"runs/{name}",
-               "--no-progress")
+    args = cli(
+        "run", str(exp), "--storage", url, "--jobs", "2", "--out", f"runs/{name}", "--no-progress"
+    )
     thresholds = [round(trials * (i + 1) / (kills + 2)) for i in range(kills)]
     snapshots: dict[int, tuple[float, ...]] = {}
     killed_running: list[int] = []
     orphans = 0
     t0 = time.perf_counter()
     for k, threshold in enumerate(thresholds):
-        proc = subprocess.Popen(args, cwd=project, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         while True:
             now = states(url, name)
             complete = sum(s == "COMPLETE" for s in now.values())
@@ -232,31 +286,49 @@ def kill_campaign(project: Path, env: dict[str, str], url: str, trials: int, kil
         for t in load_trials(url, name):
             if t.state.name == "COMPLETE":
                 snapshots[t.number] = tuple(t.values)
-        log(f"  kill {k + 1}: {sum(s == 'COMPLETE' for s in now.values())} complete, "
-            f"trials {running} running when killed")
-    final = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True,
-                           check=False)
+        log(
+            f"  kill {k + 1}: {sum(s == 'COMPLETE' for s in now.values())} complete, "
+            f"trials {running} running when killed"
+        )
+    final = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, check=False)
     if final.returncode != 0:
         raise RuntimeError(f"resume failed:\n{final.stderr[-3000:]}")
     wall = time.perf_counter() - t0
     end = load_trials(url, name)
     by_number = {t.number: t for t in end}
     report = audit_trials(end)
-    lost = [n for n, values in snapshots.items()
-            if by_number[n].state.name != "COMPLETE" or tuple(by_number[n].values) != values]
+    lost = [
+        n
+        for n, values in snapshots.items()
+        if by_number[n].state.name != "COMPLETE" or tuple(by_number[n].values) != values
+    ]
     shortfall = max(0, trials - report["complete"])
-    retried_killed = sorted({t.system_attrs["failed_trial"] for t in end
-                             if "failed_trial" in t.system_attrs
-                             and t.system_attrs["failed_trial"] in killed_running})
+    retried_killed = sorted(
+        {
+            t.system_attrs["failed_trial"]
+            for t in end
+            if "failed_trial" in t.system_attrs
+            and t.system_attrs["failed_trial"] in killed_running
+        }
+    )
     return {
-        "study": name, "trials_requested": trials, "kills": kills, "kill_after_complete":
-        thresholds, "killed_running_trials": killed_running, "orphan_workers": orphans,
-        "complete": report["complete"], "extra_complete": max(0, report["complete"] - trials),
-        "failed": report["failed"], "stuck_running": report["running"],
-        "waiting": report["waiting"], "retried_complete": report["retried"],
-        "killed_trials_retried": retried_killed, "lost_trials": len(lost) + shortfall,
+        "study": name,
+        "trials_requested": trials,
+        "kills": kills,
+        "kill_after_complete": thresholds,
+        "killed_running_trials": killed_running,
+        "orphan_workers": orphans,
+        "complete": report["complete"],
+        "extra_complete": max(0, report["complete"] - trials),
+        "failed": report["failed"],
+        "stuck_running": report["running"],
+        "waiting": report["waiting"],
+        "retried_complete": report["retried"],
+        "killed_trials_retried": retried_killed,
+        "lost_trials": len(lost) + shortfall,
         "lost_detail": {"changed_or_missing": lost, "shortfall": shortfall},
-        "duplicate_trials": len(report["duplicates"]), "duplicates": report["duplicates"],
+        "duplicate_trials": len(report["duplicates"]),
+        "duplicates": report["duplicates"],
         "wall_s": round(wall, 1),
     }
 
@@ -275,8 +347,9 @@ def derive(result: dict[str, Any]) -> None:
     labels = list(tp["trials_per_min"])
     by = {label: [r for r in tp["runs"] if r["config"] == label] for label in labels}
     tp["cores_used"] = {label: _median(rs, "cores_used") for label, rs in by.items()}
-    tp["trials_per_cpu_min"] = {label: _median(rs, "trials_per_cpu_min")
-                                for label, rs in by.items()}
+    tp["trials_per_cpu_min"] = {
+        label: _median(rs, "trials_per_cpu_min") for label, rs in by.items()
+    }
     best, two = tp["best_single_process"], "2w-1t"
     notes = [
         f"CPU obtained (CPU seconds of the process tree / wall seconds): {tp['cores_used']}. "
@@ -294,15 +367,18 @@ def derive(result: dict[str, Any]) -> None:
             f"One process with 2 torch threads (the CLI's cores // jobs) ran "
             f"{round(rate['1w-1t'] / rate['1w-2t'], 1)}x slower than with 1 thread and used "
             f"{round(per_cpu['1w-1t'] / per_cpu['1w-2t'], 1)}x the CPU per trial: on small "
-            "models and a busy machine the second thread waits for a core instead of working.")
+            "models and a busy machine the second thread waits for a core instead of working."
+        )
     result["notes"] = notes
 
 
 def markdown(result: dict[str, Any]) -> str:
     tp, crash = result["throughput"], result["crash"]
-    names = {"1w-2t": "1 process, 2 torch threads (the CLI's old default)",
-             "1w-1t": "1 process, 1 torch thread (the CLI's default)",
-             "2w-1t": "2 processes (--jobs 2), 1 torch thread each (the CLI's default)"}
+    names = {
+        "1w-2t": "1 process, 2 torch threads (the CLI's old default)",
+        "1w-1t": "1 process, 1 torch thread (the CLI's default)",
+        "2w-1t": "2 processes (--jobs 2), 1 torch thread each (the CLI's default)",
+    }
     lines = [
         "# Scale: workers on PostgreSQL, and kill-and-resume",
         "",
@@ -316,8 +392,10 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for label, name in names.items():
-        lines.append(f"| {name} | {tp['trials_per_min'][label]} | "
-                     f"{tp['trials_per_min_end_to_end'][label]} |")
+        lines.append(
+            f"| {name} | {tp['trials_per_min'][label]} | "
+            f"{tp['trials_per_min_end_to_end'][label]} |"
+        )
     lines += [
         "",
         f"**speedup_2_workers = {result['speedup_2_workers']}** (target >= "
@@ -332,9 +410,11 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in tp["runs"]:
-        lines.append(f"| {r['study']} | {r['config']} | {r['complete']} | {r['window_s']} | "
-                     f"{r['wall_s']} | {r['cpu_s']} | {r['cores_used']} | "
-                     f"{r['trials_per_min']} | {r['trials_per_min_steady']} |")
+        lines.append(
+            f"| {r['study']} | {r['config']} | {r['complete']} | {r['window_s']} | "
+            f"{r['wall_s']} | {r['cpu_s']} | {r['cores_used']} | "
+            f"{r['trials_per_min']} | {r['trials_per_min_steady']} |"
+        )
     lines += [
         "",
         f"Kill and resume: a {crash['trials_requested']}-trial `run --jobs 2` search, "
@@ -369,8 +449,11 @@ def main() -> None:
     parser.add_argument("--storage", help="PostgreSQL URL (default: a throw-away server)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--render", action="store_true",
-                        help="only re-render scale.md (and derived figures) from scale.json")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-render scale.md (and derived figures) from scale.json",
+    )
     args = parser.parse_args()
     if args.render:
         result = json.loads((args.out / "scale.json").read_text())
@@ -401,12 +484,21 @@ def main() -> None:
     env["COMPRESS_SEARCH_CACHE"] = str(work / "cache")  # the base model trains once
     env["PYTHONWARNINGS"] = "ignore"
     result: dict[str, Any] = {
-        "machine": {"cores": os.cpu_count(), "load_avg_before": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "optuna": optuna.__version__},
+        "machine": {
+            "cores": os.cpu_count(),
+            "load_avg_before": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "optuna": optuna.__version__,
+        },
         "command": " ".join(["python experiments/benchmarks/scale.py", *sys.argv[1:]]),
-        "workload": {"task": "digits", "target": "mcu", "space": SPACE,
-                     "recovery_epochs": RECOVERY_EPOCHS, "trials_per_run": args.trials},
+        "workload": {
+            "task": "digits",
+            "target": "mcu",
+            "space": SPACE,
+            "recovery_epochs": RECOVERY_EPOCHS,
+            "trials_per_run": args.trials,
+        },
     }
     try:
         log("warm-up: training the digits base model once (cached for every run)")
@@ -415,20 +507,25 @@ def main() -> None:
         runs: list[dict[str, Any]] = []
         order = [c for r in range(args.rounds) for c in (CONFIGS if r % 2 == 0 else CONFIGS[::-1])]
         for i, (label, jobs, threads) in enumerate(order):
-            run = throughput_run(project, env, url, jobs, f"scale-{label}-{i}", args.trials,
-                                 threads=threads)
+            run = throughput_run(
+                project, env, url, jobs, f"scale-{label}-{i}", args.trials, threads=threads
+            )
             run["config"] = label
             runs.append(run)
-            log(f"  {run['study']}: {run['complete']} trials, {run['trials_per_min']} /min "
+            log(
+                f"  {run['study']}: {run['complete']} trials, {run['trials_per_min']} /min "
                 f"(search), {run['trials_per_min_end_to_end']} /min end to end, "
-                f"load {run['load_avg_after']}")
+                f"load {run['load_avg_after']}"
+            )
         by = {label: [r for r in runs if r["config"] == label] for label, _j, _t in CONFIGS}
         tpm = {label: _median(rs, "trials_per_min") for label, rs in by.items()}
         e2e = {label: _median(rs, "trials_per_min_end_to_end") for label, rs in by.items()}
         best_one = max(("1w-2t", "1w-1t"), key=lambda k: tpm[k])
         result["throughput"] = {
-            "configs": {label: {"workers": j, "threads_per_worker": t or threads_per_worker(j)}
-                        for label, j, t in CONFIGS},
+            "configs": {
+                label: {"workers": j, "threads_per_worker": t or threads_per_worker(j)}
+                for label, j, t in CONFIGS
+            },
             "runs": runs,
             "trials_per_min": tpm,
             "trials_per_min_end_to_end": e2e,
@@ -437,21 +534,23 @@ def main() -> None:
             "speedup_vs_cli_default_single": round(tpm["2w-1t"] / tpm["1w-2t"], 3),
             "speedup_2_workers_end_to_end": round(e2e["2w-1t"] / e2e[best_one], 3),
             "speedup_2_workers_steady": round(
-                _median(by["2w-1t"], "trials_per_min_steady") / tpm[best_one], 3),
+                _median(by["2w-1t"], "trials_per_min_steady") / tpm[best_one], 3
+            ),
         }
         # Against the faster of the two single-process settings: the gain from a second
         # worker, not from leaving the CLI's thread default.
         result["speedup_2_workers"] = round(tpm["2w-1t"] / tpm[best_one], 3)
-        log(f"speedup_2_workers = {result['speedup_2_workers']} (vs {best_one}); trials/min "
-            f"{tpm}")
+        log(f"speedup_2_workers = {result['speedup_2_workers']} (vs {best_one}); trials/min {tpm}")
 
         log(f"kill and resume: {args.campaign_trials} trials, {args.kills} SIGKILLs")
         crash = kill_campaign(project, env, url, args.campaign_trials, args.kills, rng, log)
         result["crash"] = crash
         result["lost_trials"] = crash["lost_trials"]
         result["duplicate_trials"] = crash["duplicate_trials"]
-        log(f"lost_trials = {crash['lost_trials']}, duplicate_trials = "
-            f"{crash['duplicate_trials']}, complete = {crash['complete']}")
+        log(
+            f"lost_trials = {crash['lost_trials']}, duplicate_trials = "
+            f"{crash['duplicate_trials']}, complete = {crash['complete']}"
+        )
     finally:
         for engine in states.engines.values():  # type: ignore[attr-defined]
             engine.dispose()
@@ -461,8 +560,11 @@ def main() -> None:
 
     result["machine"]["load_avg_after"] = round(os.getloadavg()[0], 2)
     result["target"] = TARGETS
-    result["meets_target"] = (result["speedup_2_workers"] >= TARGETS["speedup_2_workers"]
-                              and result["lost_trials"] == 0 and result["duplicate_trials"] == 0)
+    result["meets_target"] = (
+        result["speedup_2_workers"] >= TARGETS["speedup_2_workers"]
+        and result["lost_trials"] == 0
+        and result["duplicate_trials"] == 0
+    )
     derive(result)
     write(result, args.out)
     log(f"wrote {args.out / 'scale.json'} and {args.out / 'scale.md'}")

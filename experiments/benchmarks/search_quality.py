@@ -86,8 +86,11 @@ GOALS = {
 PRUNE_SPACE = {
     "name": "prune_only",
     "description": "Stage 1 of the sequential baseline: structured pruning only.",
-    "prune": {"mode": "per_layer", "ratio": {"low": 0.0, "high": 0.7, "step": 0.1},
-              "importance": ["l1", "l2", "taylor"]},
+    "prune": {
+        "mode": "per_layer",
+        "ratio": {"low": 0.0, "high": 0.7, "step": 0.1},
+        "importance": ["l1", "l2", "taylor"],
+    },
 }
 QUANT_SPACE = {
     "name": "quantize_only",
@@ -108,16 +111,32 @@ def log(msg: str) -> None:
 
 
 # --- experiments and runs ----------------------------------------------------------------------
-def experiment(name: str, target: str, *, out: Path, sampler: str = "auto", seed: int = 0,
-               trials: int = TRIALS, space: str = "joint",
-               budgets: Mapping[str, float] | None = None, refine: bool = False) -> Experiment:
+def experiment(
+    name: str,
+    target: str,
+    *,
+    out: Path,
+    sampler: str = "auto",
+    seed: int = 0,
+    trials: int = TRIALS,
+    space: str = "joint",
+    budgets: Mapping[str, float] | None = None,
+    refine: bool = False,
+) -> Experiment:
     """An experiment as a user would write it, validated by the real parser."""
     data = {
-        "name": name, "task": "digits", "target": target, "space": space,
+        "name": name,
+        "task": "digits",
+        "target": target,
+        "space": space,
         "objectives": OBJECTIVES,
         "budgets": dict(TARGETS[target] if budgets is None else budgets),
-        "max_accuracy_drop": MAX_DROP, "trials": trials, "seed": seed, "sampler": sampler,
-        "out": str(out), "recovery": {**RECOVERY, **(REFINE if refine else {})},
+        "max_accuracy_drop": MAX_DROP,
+        "trials": trials,
+        "seed": seed,
+        "sampler": sampler,
+        "out": str(out),
+        "recovery": {**RECOVERY, **(REFINE if refine else {})},
     }
     return parse_experiment(data, str(Path(__file__).resolve()))
 
@@ -131,8 +150,11 @@ class StageTwoObjective(TrialObjective):
 
     def suggest(self, trial: Any) -> CompressionPlan:
         plan = super().suggest(trial)
-        return plan.replace(architecture=self.fixed.architecture, lowrank=self.fixed.lowrank,
-                            prune=self.fixed.prune)
+        return plan.replace(
+            architecture=self.fixed.architecture,
+            lowrank=self.fixed.lowrank,
+            prune=self.fixed.prune,
+        )
 
 
 def drive(exp: Experiment, objective_cls: type = TrialObjective, **kwargs: Any) -> None:
@@ -159,8 +181,9 @@ def drive(exp: Experiment, objective_cls: type = TrialObjective, **kwargs: Any) 
     exp.run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(exp)
-    objective = objective_cls(exp, task, space, profile, weights_dir=exp.run_dir / "weights",
-                              **kwargs)
+    objective = objective_cls(
+        exp, task, space, profile, weights_dir=exp.run_dir / "weights", **kwargs
+    )
     _record_study_attrs(study, exp, objective, profile, space)
     if not study.trials:
         warm_start(study, objective)
@@ -199,24 +222,42 @@ def _unit(spec: dict[str, Any]) -> dict[str, Any]:
     kind, work = spec["kind"], Path(spec["workdir"])
     out: dict[str, Any] = {"id": spec["id"], "kind": kind}
     if kind == "search":
-        exp = experiment(spec["id"], spec["target"], out=work / spec["id"],
-                         sampler=spec["sampler"], seed=spec["seed"], trials=spec["trials"],
-                         refine=spec.get("refine", False))
+        exp = experiment(
+            spec["id"],
+            spec["target"],
+            out=work / spec["id"],
+            sampler=spec["sampler"],
+            seed=spec["seed"],
+            trials=spec["trials"],
+            refine=spec.get("refine", False),
+        )
         from search.study import run_search
 
         run_search(exp, progress=False, log=lambda m: None)
         out["runs"] = [[exp.storage_url, exp.name]]
     elif kind == "sequential":
         n1 = spec["trials"] // 2
-        s1 = experiment(spec["id"] + "-prune", spec["target"], out=work / (spec["id"] + "-prune"),
-                        seed=spec["seed"], trials=n1, space=spec["prune_space"], budgets={})
+        s1 = experiment(
+            spec["id"] + "-prune",
+            spec["target"],
+            out=work / (spec["id"] + "-prune"),
+            seed=spec["seed"],
+            trials=n1,
+            space=spec["prune_space"],
+            budgets={},
+        )
         # Stage 1 ignores the latency budget: it can only be met after quantization, which is
         # stage 2's job. The sequential front is re-scored against the final budgets anyway.
         drive(s1)
         fixed = stage_one_pick(load_run(s1.storage_url, s1.name))
-        s2 = experiment(spec["id"] + "-quant", spec["target"], out=work / (spec["id"] + "-quant"),
-                        seed=spec["seed"], trials=spec["trials"] - n1,
-                        space=spec["quant_space"])
+        s2 = experiment(
+            spec["id"] + "-quant",
+            spec["target"],
+            out=work / (spec["id"] + "-quant"),
+            seed=spec["seed"],
+            trials=spec["trials"] - n1,
+            space=spec["quant_space"],
+        )
         drive(s2, StageTwoObjective, fixed=fixed)
         out["runs"] = [[s1.storage_url, s1.name], [s2.storage_url, s2.name]]
         out["stage_one_pick"] = fixed.describe()
@@ -259,17 +300,25 @@ def build_baselines(targets: Sequence[str], out: Path) -> dict[str, Any]:
         "fp32_base": (CompressionPlan(), None),
         "int8_ptq": (CompressionPlan(quantize=int8), None),  # calibrated only
         "int8_prune50_l1_ft": (CompressionPlan(prune=pruned(0.5), quantize=int8), 0),
-        "student_w0.5_kd": (CompressionPlan(architecture=ArchitectureConfig("mobilenetv2", 0.5)),
-                            1),
+        "student_w0.5_kd": (
+            CompressionPlan(architecture=ArchitectureConfig("mobilenetv2", 0.5)),
+            1,
+        ),
     }
 
     def costs_of(plan: CompressionPlan) -> dict[str, Any]:
         compressed = build(plan, task)
-        return {t: estimate_cost(compressed.model, task.input_shape, load_profile(t),
-                                 layer_bits=compressed.layer_bits,
-                                 activation_bits=compressed.activation_bits,
-                                 layer_density=compressed.layer_density).metrics()
-                for t in targets}
+        return {
+            t: estimate_cost(
+                compressed.model,
+                task.input_shape,
+                load_profile(t),
+                layer_bits=compressed.layer_bits,
+                activation_bits=compressed.activation_bits,
+                layer_density=compressed.layer_density,
+            ).metrics()
+            for t in targets
+        }
 
     rows: dict[str, Any] = {}
     for name, (plan, which) in recipes.items():
@@ -282,15 +331,18 @@ def build_baselines(targets: Sequence[str], out: Path) -> dict[str, Any]:
             compressed = build(plan, task)
             # The learning rate `TrialObjective.train` uses: students have their own.
             lr = rec.student_lr if plan.architecture.family != "base" else rec.lr
-            model = recover(compressed, plan, task, epochs=n, lr=lr,
-                            batch_size=rec.batch_size, seed=0)
+            model = recover(
+                compressed, plan, task, epochs=n, lr=lr, batch_size=rec.batch_size, seed=0
+            )
             rows[name][budget] = {
                 "recovery_epochs": n,
                 "val_accuracy": task.evaluate(model, "val")["accuracy"],
                 "test_accuracy": task.evaluate(model, "test")["accuracy"],
             }
-    rows["latency_floor"] = {"plan": CompressionPlan(prune=pruned(0.7), quantize=int8).describe(),
-                             "cost": costs_of(CompressionPlan(prune=pruned(0.7), quantize=int8))}
+    rows["latency_floor"] = {
+        "plan": CompressionPlan(prune=pruned(0.7), quantize=int8).describe(),
+        "cost": costs_of(CompressionPlan(prune=pruned(0.7), quantize=int8)),
+    }
     return rows
 
 
@@ -307,35 +359,53 @@ def median(values: Iterable[float]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def weakly_dominates(p: Mapping[str, float], q: Mapping[str, float], *,
-                     accuracy: str = "test_accuracy") -> bool:
+def weakly_dominates(
+    p: Mapping[str, float], q: Mapping[str, float], *, accuracy: str = "test_accuracy"
+) -> bool:
     """`p` has <= latency, <= weight bytes and >= accuracy than `q`."""
-    return (p["latency_ms"] <= q["latency_ms"] and p["weight_bytes"] <= q["weight_bytes"]
-            and p[accuracy] >= q[accuracy])
+    return (
+        p["latency_ms"] <= q["latency_ms"]
+        and p["weight_bytes"] <= q["weight_bytes"]
+        and p[accuracy] >= q[accuracy]
+    )
 
 
-def weakly_dominates_any(points: Sequence[Mapping[str, Any]], q: Mapping[str, Any], *,
-                         accuracy: str = "test_accuracy") -> bool:
-    return any(weakly_dominates(p, q, accuracy=accuracy) for p in points
-               if p.get(accuracy) is not None)
+def weakly_dominates_any(
+    points: Sequence[Mapping[str, Any]], q: Mapping[str, Any], *, accuracy: str = "test_accuracy"
+) -> bool:
+    return any(
+        weakly_dominates(p, q, accuracy=accuracy) for p in points if p.get(accuracy) is not None
+    )
 
 
-def best_speedup(int8_latency: float, points: Sequence[Mapping[str, float]], base_acc: float, *,
-                 tol: float = POINT, accuracy: str = "test_accuracy") -> float | None:
+def best_speedup(
+    int8_latency: float,
+    points: Sequence[Mapping[str, float]],
+    base_acc: float,
+    *,
+    tol: float = POINT,
+    accuracy: str = "test_accuracy",
+) -> float | None:
     """Largest `int8_latency / latency` among points within `tol` of `base_acc` (None: none)."""
     ok = [p["latency_ms"] for p in points if base_acc - p[accuracy] <= tol + 1e-12]
     return int8_latency / min(ok) if ok else None
 
 
-def smallest_within(points: Sequence[Mapping[str, Any]], base_acc: float, *, tol: float = POINT,
-                    accuracy: str = "test_accuracy") -> Mapping[str, Any] | None:
+def smallest_within(
+    points: Sequence[Mapping[str, Any]],
+    base_acc: float,
+    *,
+    tol: float = POINT,
+    accuracy: str = "test_accuracy",
+) -> Mapping[str, Any] | None:
     """The point with the fewest weight bytes within `tol` of `base_acc` (None: none)."""
     ok = [p for p in points if base_acc - p[accuracy] <= tol + 1e-12]
     return min(ok, key=lambda p: (p["weight_bytes"], p["latency_ms"])) if ok else None
 
 
-def rescore(t: TrialRecord, budgets: Mapping[str, float], max_drop: float, base_acc: float, *,
-            number: int) -> TrialRecord:
+def rescore(
+    t: TrialRecord, budgets: Mapping[str, float], max_drop: float, base_acc: float, *, number: int
+) -> TrialRecord:
     """A trial judged against other budgets (the sequential stage 1 ran without the latency one).
 
     Constraint values come from the same `search.hardware.constraint_values` on the costs the
@@ -345,8 +415,15 @@ def rescore(t: TrialRecord, budgets: Mapping[str, float], max_drop: float, base_
 
     if t.status in ("failed", None) or t.metrics.get("latency_ms") is None:
         return dataclasses.replace(t, number=number)
-    keys = ("params", "macs", "weight_bytes", "peak_activation_bytes", "memory_bytes",
-            "flash_bytes", "latency_ms")
+    keys = (
+        "params",
+        "macs",
+        "weight_bytes",
+        "peak_activation_bytes",
+        "memory_bytes",
+        "flash_bytes",
+        "latency_ms",
+    )
     cost = CostReport(**{k: t.metrics[k] for k in keys})
     constraints = dict(constraint_values(cost, budgets))
     if t.trained:
@@ -355,8 +432,13 @@ def rescore(t: TrialRecord, budgets: Mapping[str, float], max_drop: float, base_
     return dataclasses.replace(t, number=number, constraints=constraints, feasible=feasible)
 
 
-def merged_run(runs: Sequence[RunData], budgets: Mapping[str, float], *,
-               max_drop: float = MAX_DROP, name: str = "sequential") -> RunData:
+def merged_run(
+    runs: Sequence[RunData],
+    budgets: Mapping[str, float],
+    *,
+    max_drop: float = MAX_DROP,
+    name: str = "sequential",
+) -> RunData:
     """Several studies' trials as one run (renumbered), scored against `budgets`.
 
     Front and hypervolume come from `search.pareto.assemble` with the last run's objectives
@@ -370,23 +452,40 @@ def merged_run(runs: Sequence[RunData], budgets: Mapping[str, float], *,
             records.append(rescore(t, budgets, max_drop, base_acc, number=offset + t.number))
         offset += max((t.number for t in run.trials), default=-1) + 1
     names = tuple(dict.fromkeys([*last.constraint_names, "accuracy_drop"]))
-    return assemble(study_name=name, storage=last.storage, objectives=last.objectives,
-                    constraint_names=names, budgets=dict(budgets),
-                    profile=last.profile, base_metrics=last.base_metrics, task=last.task,
-                    space=name, experiment=last.experiment, trials=records,
-                    primary_metric=last.primary_metric)
+    return assemble(
+        study_name=name,
+        storage=last.storage,
+        objectives=last.objectives,
+        constraint_names=names,
+        budgets=dict(budgets),
+        profile=last.profile,
+        base_metrics=last.base_metrics,
+        task=last.task,
+        space=name,
+        experiment=last.experiment,
+        trials=records,
+        primary_metric=last.primary_metric,
+    )
 
 
 def without_recipes(run: RunData, *, only: bool = False) -> RunData:
     """The run without its warm-start recipe trials (what the sampler found by itself), or
     with `only=True` the recipe trials alone (the hypervolume any warm-started run starts at).
     """
-    return assemble(study_name=run.study_name, storage=run.storage, objectives=run.objectives,
-                    constraint_names=run.constraint_names, budgets=run.budgets,
-                    profile=run.profile, base_metrics=run.base_metrics, task=run.task,
-                    space=run.space, experiment=run.experiment,
-                    trials=[t for t in run.trials if bool(t.recipe) == only],
-                    primary_metric=run.primary_metric)
+    return assemble(
+        study_name=run.study_name,
+        storage=run.storage,
+        objectives=run.objectives,
+        constraint_names=run.constraint_names,
+        budgets=run.budgets,
+        profile=run.profile,
+        base_metrics=run.base_metrics,
+        task=run.task,
+        space=run.space,
+        experiment=run.experiment,
+        trials=[t for t in run.trials if bool(t.recipe) == only],
+        primary_metric=run.primary_metric,
+    )
 
 
 def sample_seconds(storage_url: str, study_name: str) -> dict[int, float]:
@@ -394,12 +493,16 @@ def sample_seconds(storage_url: str, study_name: str) -> dict[int, float]:
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    return {t.number: float(t.user_attrs["sample_s"]) for t in study.get_trials(deepcopy=False)
-            if isinstance(t.user_attrs.get("sample_s"), (int, float))}
+    return {
+        t.number: float(t.user_attrs["sample_s"])
+        for t in study.get_trials(deepcopy=False)
+        if isinstance(t.user_attrs.get("sample_s"), (int, float))
+    }
 
 
-def trial_times(run: RunData, sample_s: Mapping[int, float] | None = None
-                ) -> dict[str, list[float]]:
+def trial_times(
+    run: RunData, sample_s: Mapping[int, float] | None = None
+) -> dict[str, list[float]]:
     """Per-trial seconds: the whole trial, recovery+evaluation, and the search's own part.
 
     `overhead` = trial duration (Optuna's start -> complete, so it holds relative sampling,
@@ -407,9 +510,16 @@ def trial_times(run: RunData, sample_s: Mapping[int, float] | None = None
     `outside_build_s` is what is left of it after `sample_s` (suggest) and `build_s` (build
     and cost): relative sampling and the storage writes.
     """
-    out: dict[str, list[float]] = {"trained_s": [], "train_s": [], "overhead_s": [],
-                                   "overhead_frac": [], "rejected_ms": [], "rejected_build_ms": [],
-                                   "outside_build_s": [], "sample_s": []}
+    out: dict[str, list[float]] = {
+        "trained_s": [],
+        "train_s": [],
+        "overhead_s": [],
+        "overhead_frac": [],
+        "rejected_ms": [],
+        "rejected_build_ms": [],
+        "outside_build_s": [],
+        "sample_s": [],
+    }
     for t in run.trials:
         if t.state != "COMPLETE" or t.duration_s is None:
             continue
@@ -434,9 +544,9 @@ def trial_times(run: RunData, sample_s: Mapping[int, float] | None = None
     return out
 
 
-def front_points(run: RunData,
-                 test_accuracy: Callable[[Mapping[str, Any] | None, str | None], float | None]
-                 ) -> list[dict[str, Any]]:
+def front_points(
+    run: RunData, test_accuracy: Callable[[Mapping[str, Any] | None, str | None], float | None]
+) -> list[dict[str, Any]]:
     """The feasible front as rows.
 
     `val_accuracy` is the search's; `test_accuracy` comes from `test_accuracy(plan, weights)`
@@ -448,12 +558,15 @@ def front_points(run: RunData,
     for t in run.front_trials:
         ref = t.refined or {}
         row = {
-            "trial": t.number, "plan": t.plan_text, "recipe": t.recipe,
+            "trial": t.number,
+            "plan": t.plan_text,
+            "recipe": t.recipe,
             "val_accuracy": float(t.value("accuracy") or 0.0),
             "test_accuracy": test_accuracy(t.plan, t.weights),
             "val_accuracy_refined": ref.get("accuracy"),
-            "test_accuracy_refined": test_accuracy(t.plan, ref["weights"]) if ref.get(
-                "weights") else None,
+            "test_accuracy_refined": test_accuracy(t.plan, ref["weights"])
+            if ref.get("weights")
+            else None,
             "refined_epochs": ref.get("epochs"),
             "latency_ms": float(t.value("latency_ms") or 0.0),
             "weight_bytes": float(t.value("weight_bytes") or 0.0),
@@ -461,23 +574,30 @@ def front_points(run: RunData,
             "flash_bytes": float(t.value("flash_bytes") or 0.0),
         }
         refined = row["test_accuracy_refined"] is not None
-        row["val_accuracy_reported"] = row["val_accuracy_refined"] if refined else row[
-            "val_accuracy"]
-        row["test_accuracy_reported"] = row["test_accuracy_refined"] if refined else row[
-            "test_accuracy"]
+        row["val_accuracy_reported"] = (
+            row["val_accuracy_refined"] if refined else row["val_accuracy"]
+        )
+        row["test_accuracy_reported"] = (
+            row["test_accuracy_refined"] if refined else row["test_accuracy"]
+        )
         rows.append(row)
     return rows
 
 
-def dominance_margin(points: Sequence[Mapping[str, Any]], q: Mapping[str, Any], *,
-                     accuracy: str = "test_accuracy") -> float | None:
+def dominance_margin(
+    points: Sequence[Mapping[str, Any]], q: Mapping[str, Any], *, accuracy: str = "test_accuracy"
+) -> float | None:
     """Best `accuracy` lead over `q` among points no slower and no bigger than it.
 
     >= 0: `q` is weakly dominated; < 0: short by that much; None: no point is as cheap.
     """
-    leads = [p[accuracy] - q[accuracy] for p in points
-             if p.get(accuracy) is not None and p["latency_ms"] <= q["latency_ms"]
-             and p["weight_bytes"] <= q["weight_bytes"]]
+    leads = [
+        p[accuracy] - q[accuracy]
+        for p in points
+        if p.get(accuracy) is not None
+        and p["latency_ms"] <= q["latency_ms"]
+        and p["weight_bytes"] <= q["weight_bytes"]
+    ]
     return max(leads) if leads else None
 
 
@@ -485,9 +605,14 @@ def search_wall_s(run: RunData) -> float | None:
     """First trial start to last trial end: the search alone (no refine stage, no set-up)."""
     from datetime import datetime, timedelta
 
-    spans = [(datetime.fromisoformat(t.datetime_start),
-              datetime.fromisoformat(t.datetime_start) + timedelta(seconds=t.duration_s))
-             for t in run.trials if t.datetime_start and t.duration_s is not None]
+    spans = [
+        (
+            datetime.fromisoformat(t.datetime_start),
+            datetime.fromisoformat(t.datetime_start) + timedelta(seconds=t.duration_s),
+        )
+        for t in run.trials
+        if t.datetime_start and t.duration_s is not None
+    ]
     if not spans:
         return None
     return (max(e for _, e in spans) - min(b for b, _ in spans)).total_seconds()
@@ -497,9 +622,15 @@ def fits_board(point: Mapping[str, float]) -> dict[str, bool]:
     """MCU board check with the cost model's own rule (`constraint_values`, kB = 1024 B)."""
     from search.hardware import CostReport, constraint_values
 
-    cost = CostReport(params=0, macs=0, weight_bytes=int(point["weight_bytes"]),
-                      peak_activation_bytes=0, memory_bytes=int(point["memory_bytes"]),
-                      flash_bytes=int(point["flash_bytes"]), latency_ms=0.0)
+    cost = CostReport(
+        params=0,
+        macs=0,
+        weight_bytes=int(point["weight_bytes"]),
+        peak_activation_bytes=0,
+        memory_bytes=int(point["memory_bytes"]),
+        flash_bytes=int(point["flash_bytes"]),
+        latency_ms=0.0,
+    )
     c = constraint_values(cost, MCU_BOARD)
     return {"fits_sram_320kB": c["memory_kb"] <= 0, "fits_flash_1MB": c["flash_kb"] <= 0}
 
@@ -514,9 +645,12 @@ _SERIES_STYLE = {
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
     for mantissas in ((1, 2, 3, 5), tuple(range(1, 10))):  # finer when the range is narrow
-        ticks = [m * 10.0**e
-                 for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-                 for m in mantissas if lo <= m * 10.0**e <= hi]
+        ticks = [
+            m * 10.0**e
+            for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for m in mantissas
+            if lo <= m * 10.0**e <= hi
+        ]
         if len(ticks) >= 3:
             break
     return ticks or [lo, hi]
@@ -527,14 +661,20 @@ def _marker(kind: str, x: float, y: float, color: str, r: float = 4.0) -> str:
         pts = f"{x:.1f},{y - r:.1f} {x - r:.1f},{y + r:.1f} {x + r:.1f},{y + r:.1f}"
         return f'<polygon points="{pts}" fill="none" stroke="{color}" stroke-width="1.4"/>'
     if kind == "square":
-        return (f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r:.1f}" height="{2 * r:.1f}" '
-                f'fill="none" stroke="{color}" stroke-width="1.4"/>')
+        return (
+            f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r:.1f}" height="{2 * r:.1f}" '
+            f'fill="none" stroke="{color}" stroke-width="1.4"/>'
+        )
     if kind == "cross":
-        return (f'<path d="M{x - r - 1:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y + r + 1:.1f}'
-                f'M{x - r - 1:.1f},{y + r + 1:.1f}L{x + r + 1:.1f},{y - r - 1:.1f}" '
-                f'stroke="{color}" stroke-width="2.2"/>')
-    return (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{color}" fill-opacity="0.55" '
-            f'stroke="{color}"/>')
+        return (
+            f'<path d="M{x - r - 1:.1f},{y - r - 1:.1f}L{x + r + 1:.1f},{y + r + 1:.1f}'
+            f'M{x - r - 1:.1f},{y + r + 1:.1f}L{x + r + 1:.1f},{y - r - 1:.1f}" '
+            f'stroke="{color}" stroke-width="2.2"/>'
+        )
+    return (
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{color}" fill-opacity="0.55" '
+        f'stroke="{color}"/>'
+    )
 
 
 def _fmt_tick(v: float, unit: str) -> str:
@@ -543,27 +683,41 @@ def _fmt_tick(v: float, unit: str) -> str:
     return f"{v:g}"
 
 
-def pareto_svg(title: str, series: Mapping[str, Sequence[Mapping[str, float]]],
-               baselines: Mapping[str, Mapping[str, float]], *, latency_budget: float | None,
-               accuracy_floor: float | None, accuracy: str = "val_accuracy") -> str:
+def pareto_svg(
+    title: str,
+    series: Mapping[str, Sequence[Mapping[str, float]]],
+    baselines: Mapping[str, Mapping[str, float]],
+    *,
+    latency_budget: float | None,
+    accuracy_floor: float | None,
+    accuracy: str = "val_accuracy",
+) -> str:
     """Two panels (accuracy vs predicted latency, accuracy vs weight bytes), log x axes."""
     W, H, pad_l, pad_r, pad_t, pad_b, gap = 980, 450, 60, 20, 40, 70, 70
     pw = (W - pad_l - pad_r - gap) / 2
     ph = H - pad_t - pad_b - 70  # room for the legend under the panels
     pts = [p for s in series.values() for p in s] + list(baselines.values())
     if not pts:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="60"><text x="10" ' \
-               f'y="30">{escape(title)}: nothing to plot</text></svg>'
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="60"><text x="10" '
+            f'y="30">{escape(title)}: nothing to plot</text></svg>'
+        )
     accs = [p[accuracy] for p in pts]
     y_lo = min(accs + ([accuracy_floor] if accuracy_floor else [])) - 0.01
     y_hi = min(1.0, max(accs) + 0.01)
     y_lo = min(y_lo, y_hi - 0.02)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-           f'font-family="sans-serif" font-size="11">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14">{escape(title)}</text>']
-    for k, (key, label, unit) in enumerate((("latency_ms", "predicted latency (ms, log)", "ms"),
-                                            ("weight_bytes", "weight bytes (log)", "bytes"))):
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+        f'font-family="sans-serif" font-size="11">',
+        f'<rect width="{W}" height="{H}" fill="white"/>',
+        f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+    for k, (key, label, unit) in enumerate(
+        (
+            ("latency_ms", "predicted latency (ms, log)", "ms"),
+            ("weight_bytes", "weight bytes (log)", "bytes"),
+        )
+    ):
         x0 = pad_l + k * (pw + gap)
         xs = [p[key] for p in pts if p[key] > 0]
         if key == "latency_ms" and latency_budget:
@@ -576,39 +730,54 @@ def pareto_svg(title: str, series: Mapping[str, Sequence[Mapping[str, float]]],
         def sy(v: float) -> float:
             return pad_t + ph * (1 - (v - y_lo) / (y_hi - y_lo))
 
-        out.append(f'<rect x="{x0}" y="{pad_t}" width="{pw:.1f}" height="{ph}" fill="none" '
-                   f'stroke="#888"/>')
+        out.append(
+            f'<rect x="{x0}" y="{pad_t}" width="{pw:.1f}" height="{ph}" fill="none" '
+            f'stroke="#888"/>'
+        )
         scale = 1024.0 if unit == "bytes" else 1.0  # byte ticks at round kB values
         for t in (scale * v for v in _log_ticks(lo / scale, hi / scale)):
-            out.append(f'<line x1="{sx(t):.1f}" y1="{pad_t + ph}" x2="{sx(t):.1f}" '
-                       f'y2="{pad_t + ph + 4}" stroke="#888"/>'
-                       f'<text x="{sx(t):.1f}" y="{pad_t + ph + 16}" text-anchor="middle">'
-                       f'{_fmt_tick(t, unit)}</text>')
+            out.append(
+                f'<line x1="{sx(t):.1f}" y1="{pad_t + ph}" x2="{sx(t):.1f}" '
+                f'y2="{pad_t + ph + 4}" stroke="#888"/>'
+                f'<text x="{sx(t):.1f}" y="{pad_t + ph + 16}" text-anchor="middle">'
+                f"{_fmt_tick(t, unit)}</text>"
+            )
         step = 0.01 if y_hi - y_lo <= 0.12 else 0.05
         v = math.ceil(y_lo / step) * step
         while v <= y_hi + 1e-9:
-            out.append(f'<line x1="{x0}" y1="{sy(v):.1f}" x2="{x0 + pw:.1f}" y2="{sy(v):.1f}" '
-                       f'stroke="#eee"/><text x="{x0 - 4}" y="{sy(v) + 4:.1f}" '
-                       f'text-anchor="end">{v:.2f}</text>')
+            out.append(
+                f'<line x1="{x0}" y1="{sy(v):.1f}" x2="{x0 + pw:.1f}" y2="{sy(v):.1f}" '
+                f'stroke="#eee"/><text x="{x0 - 4}" y="{sy(v) + 4:.1f}" '
+                f'text-anchor="end">{v:.2f}</text>'
+            )
             v += step
-        out.append(f'<text x="{x0 + pw / 2:.1f}" y="{pad_t + ph + 34}" text-anchor="middle">'
-                   f'{label}</text>')
-        out.append(f'<text x="{x0 - 42}" y="{pad_t + ph / 2:.1f}" text-anchor="middle" '
-                   f'transform="rotate(-90 {x0 - 42} {pad_t + ph / 2:.1f})">'
-                   f'{"val" if accuracy == "val_accuracy" else "test"} accuracy</text>')
+        out.append(
+            f'<text x="{x0 + pw / 2:.1f}" y="{pad_t + ph + 34}" text-anchor="middle">'
+            f"{label}</text>"
+        )
+        out.append(
+            f'<text x="{x0 - 42}" y="{pad_t + ph / 2:.1f}" text-anchor="middle" '
+            f'transform="rotate(-90 {x0 - 42} {pad_t + ph / 2:.1f})">'
+            f"{'val' if accuracy == 'val_accuracy' else 'test'} accuracy</text>"
+        )
         if accuracy_floor and y_lo < accuracy_floor < y_hi:
-            out.append(f'<line x1="{x0}" y1="{sy(accuracy_floor):.1f}" x2="{x0 + pw:.1f}" '
-                       f'y2="{sy(accuracy_floor):.1f}" stroke="#c00" stroke-dasharray="4 3"/>')
+            out.append(
+                f'<line x1="{x0}" y1="{sy(accuracy_floor):.1f}" x2="{x0 + pw:.1f}" '
+                f'y2="{sy(accuracy_floor):.1f}" stroke="#c00" stroke-dasharray="4 3"/>'
+            )
         if key == "latency_ms" and latency_budget:
-            out.append(f'<line x1="{sx(latency_budget):.1f}" y1="{pad_t}" '
-                       f'x2="{sx(latency_budget):.1f}" y2="{pad_t + ph}" stroke="#c00" '
-                       f'stroke-dasharray="4 3"/>')
+            out.append(
+                f'<line x1="{sx(latency_budget):.1f}" y1="{pad_t}" '
+                f'x2="{sx(latency_budget):.1f}" y2="{pad_t + ph}" stroke="#c00" '
+                f'stroke-dasharray="4 3"/>'
+            )
         for name, points in series.items():
             color, kind = _SERIES_STYLE.get(name, ("#555", "circle"))
             for p in points:
                 if p[key] > 0:
-                    out.append(_marker(kind, sx(p[key]), sy(min(max(p[accuracy], y_lo), y_hi)),
-                                       color))
+                    out.append(
+                        _marker(kind, sx(p[key]), sy(min(max(p[accuracy], y_lo), y_hi)), color)
+                    )
         for i, p in enumerate(baselines.values()):
             x, y = sx(p[key]), sy(min(max(p[accuracy], y_lo), y_hi))
             out.append(_marker("cross", x, y, "#000"))
@@ -624,40 +793,74 @@ def pareto_svg(title: str, series: Mapping[str, Sequence[Mapping[str, float]]],
     out.append(_marker("cross", x, ly, "#000"))
     out.append(f'<text x="{x + 10}" y="{ly + 4}">manual baselines:</text>')
     for i, name in enumerate(baselines):
-        out.append(f'<text x="{x + 110 + i * 0}" y="{ly + 4 + 14 * i}">B{i + 1} '
-                   f'{escape(BASELINE_LABELS.get(name, name))}</text>')
-    out.append(f'<text x="{pad_l}" y="{H - 8}" fill="#c00">dashed: latency budget and the '
-               f'{MAX_DROP:.0%} accuracy-drop floor</text>')
+        out.append(
+            f'<text x="{x + 110 + i * 0}" y="{ly + 4 + 14 * i}">B{i + 1} '
+            f"{escape(BASELINE_LABELS.get(name, name))}</text>"
+        )
+    out.append(
+        f'<text x="{pad_l}" y="{H - 8}" fill="#c00">dashed: latency budget and the '
+        f"{MAX_DROP:.0%} accuracy-drop floor</text>"
+    )
     out.append("</svg>")
     return "\n".join(out)
 
 
 # --- the benchmark -----------------------------------------------------------------------------
 def plan_units(args: argparse.Namespace, workdir: Path, cache: Path) -> list[dict[str, Any]]:
-    common = {"workdir": str(workdir), "cache": str(cache), "threads": args.threads,
-              "trials": args.trials}
-    units: list[dict[str, Any]] = [{**common, "id": "baselines", "kind": "baselines",
-                                    "targets": list(args.targets)}]
+    common = {
+        "workdir": str(workdir),
+        "cache": str(cache),
+        "threads": args.threads,
+        "trials": args.trials,
+    }
+    units: list[dict[str, Any]] = [
+        {**common, "id": "baselines", "kind": "baselines", "targets": list(args.targets)}
+    ]
     for target in args.targets:
         for seed in args.seeds:
             for sampler in ("auto", "random"):
-                units.append({**common, "id": f"{target}-{sampler}-s{seed}", "kind": "search",
-                              "target": target, "sampler": sampler, "seed": seed,
-                              "refine": sampler == "auto"})
-            units.append({**common, "id": f"{target}-sequential-s{seed}", "kind": "sequential",
-                          "target": target, "seed": seed,
-                          "prune_space": str(workdir / "spaces" / "prune_only.yaml"),
-                          "quant_space": str(workdir / "spaces" / "quantize_only.yaml")})
+                units.append(
+                    {
+                        **common,
+                        "id": f"{target}-{sampler}-s{seed}",
+                        "kind": "search",
+                        "target": target,
+                        "sampler": sampler,
+                        "seed": seed,
+                        "refine": sampler == "auto",
+                    }
+                )
+            units.append(
+                {
+                    **common,
+                    "id": f"{target}-sequential-s{seed}",
+                    "kind": "sequential",
+                    "target": target,
+                    "seed": seed,
+                    "prune_space": str(workdir / "spaces" / "prune_only.yaml"),
+                    "quant_space": str(workdir / "spaces" / "quantize_only.yaml"),
+                }
+            )
     for target in args.sampler_targets:
         for seed in args.sampler_seeds:
             for sampler in EXTRA_SAMPLERS:
-                units.append({**common, "id": f"{target}-{sampler}-s{seed}", "kind": "search",
-                              "target": target, "sampler": sampler, "seed": seed})
+                units.append(
+                    {
+                        **common,
+                        "id": f"{target}-{sampler}-s{seed}",
+                        "kind": "search",
+                        "target": target,
+                        "sampler": sampler,
+                        "seed": seed,
+                    }
+                )
+
     # Longest first (MCU searches train students; phone plans are mostly rejected or cheap),
     # so two workers finish together.
     def weight(u: dict[str, Any]) -> int:
         return {"baselines": 0}.get(u["kind"], 1 if u.get("target") == "mcu" else 3) + (
-            u["kind"] == "sequential")
+            u["kind"] == "sequential"
+        )
 
     return sorted(units, key=weight)
 
@@ -712,11 +915,18 @@ def analyse(args: argparse.Namespace, done: Mapping[str, Mapping[str, Any]]) -> 
         return [load_run(url, name) for url, name in done[uid]["runs"]]
 
     base_test = baselines["fp32_base"]["search"]["test_accuracy"]
-    res: dict[str, Any] = {k: {} for k in ("hv_ratio_vs_random", "hv_ratio_vs_sequential",
-                                           "hv_ratio_vs_random_sampler_only",
-                                           "hv_ratio_ceiling_vs_random",
-                                           "baselines_dominated", "best_speedup_vs_int8_at_1pt",
-                                           "search_time")}
+    res: dict[str, Any] = {
+        k: {}
+        for k in (
+            "hv_ratio_vs_random",
+            "hv_ratio_vs_sequential",
+            "hv_ratio_vs_random_sampler_only",
+            "hv_ratio_ceiling_vs_random",
+            "baselines_dominated",
+            "best_speedup_vs_int8_at_1pt",
+            "search_time",
+        )
+    }
     detail: dict[str, Any] = {}
     plots: dict[str, Any] = {}
     times: dict[str, dict[str, list[float]]] = {}
@@ -724,86 +934,128 @@ def analyse(args: argparse.Namespace, done: Mapping[str, Mapping[str, Any]]) -> 
     def as_(rows: Sequence[Mapping[str, Any]], which: str) -> list[dict[str, Any]]:
         """Front rows with `val/test_accuracy` taken from the `which` figures."""
         key = "" if which == "search" else f"_{which}"
-        return [{**r, "val_accuracy": r[f"val_accuracy{key}"],
-                 "test_accuracy": r[f"test_accuracy{key}"]} for r in rows
-                if r[f"test_accuracy{key}"] is not None]
+        return [
+            {
+                **r,
+                "val_accuracy": r[f"val_accuracy{key}"],
+                "test_accuracy": r[f"test_accuracy{key}"],
+            }
+            for r in rows
+            if r[f"test_accuracy{key}"] is not None
+        ]
 
     for target in args.targets:
         budgets = TARGETS[target]
         int8_latency = baselines["int8_ptq"]["cost"][target]["latency_ms"]
-        base_rows = {budget: {b: {**baselines[b]["cost"][target], **baselines[b][budget]}
-                              for b in BASELINES} for budget in ("search", "refined")}
+        base_rows = {
+            budget: {
+                b: {**baselines[b]["cost"][target], **baselines[b][budget]} for b in BASELINES
+            }
+            for budget in ("search", "refined")
+        }
         per_seed: list[dict[str, Any]] = []
-        series: dict[str, list[dict[str, Any]]] = {"joint (auto)": [], "random": [],
-                                                   "sequential": []}
+        series: dict[str, list[dict[str, Any]]] = {
+            "joint (auto)": [],
+            "random": [],
+            "sequential": [],
+        }
         for seed in args.seeds:
             auto = runs_of(f"{target}-auto-s{seed}")[0]
             rnd = runs_of(f"{target}-random-s{seed}")[0]
             seq = merged_run(runs_of(f"{target}-sequential-s{seed}"), budgets)
             for name, run in (("auto", auto), ("random", rnd), ("sequential", seq)):
                 uid = f"{target}-{name}-s{seed}"
-                tt = trial_times(run, None if name == "sequential" else
-                                 sample_seconds(*done[uid]["runs"][0]))
+                tt = trial_times(
+                    run, None if name == "sequential" else sample_seconds(*done[uid]["runs"][0])
+                )
                 for k, v in tt.items():
                     times.setdefault(name, {}).setdefault(k, []).extend(v)
             rows = front_points(auto, scorer)
             series["joint (auto)"] += [{**r, "seed": seed} for r in rows]
             for name, run in (("random", rnd), ("sequential", seq)):
-                series[name] += [{**r, "seed": seed}
-                                 for r in front_points(run, lambda plan, weights: None)]
+                series[name] += [
+                    {**r, "seed": seed} for r in front_points(run, lambda plan, weights: None)
+                ]
             figures: dict[str, Any] = {}
             # reported: the refined front vs baselines trained as long; search: both short.
             for which, budget in (("reported", "refined"), ("search", "search")):
                 front = as_(rows, which)
                 small = smallest_within(front, base_test)
                 figures[which] = {
-                    "dominated_test": {b: weakly_dominates_any(front, q)
-                                       for b, q in base_rows[budget].items()},
-                    "dominated_val": {b: weakly_dominates_any(front, q, accuracy="val_accuracy")
-                                      for b, q in base_rows[budget].items()},
-                    "test_margin": {b: dominance_margin(front, q)
-                                    for b, q in base_rows[budget].items()},
+                    "dominated_test": {
+                        b: weakly_dominates_any(front, q) for b, q in base_rows[budget].items()
+                    },
+                    "dominated_val": {
+                        b: weakly_dominates_any(front, q, accuracy="val_accuracy")
+                        for b, q in base_rows[budget].items()
+                    },
+                    "test_margin": {
+                        b: dominance_margin(front, q) for b, q in base_rows[budget].items()
+                    },
                     "speedup_vs_int8_at_1pt": best_speedup(int8_latency, front, base_test),
                     "smallest_within_1pt": small,
-                    "size_reduction": (baselines["fp32_base"]["cost"][target]["weight_bytes"]
-                                       / small["weight_bytes"]) if small else None,
+                    "size_reduction": (
+                        baselines["fp32_base"]["cost"][target]["weight_bytes"]
+                        / small["weight_bytes"]
+                    )
+                    if small
+                    else None,
                 }
-            per_seed.append({
-                "seed": seed,
-                "hv": {"auto": auto.hypervolume, "random": rnd.hypervolume,
-                       "sequential": seq.hypervolume},
-                "counts": {"auto": auto.counts(), "random": rnd.counts(),
-                           "sequential": seq.counts()},
-                "hv_sampler_only": {"auto": without_recipes(auto).hypervolume,
-                                    "random": without_recipes(rnd).hypervolume,
-                                    "sequential": without_recipes(seq).hypervolume},
-                # HV <= 1 and every warm-started run holds the recipes, so no sampler can beat
-                # random by more than 1 / (random's recipes-only HV).
-                "hv_recipes_only": {"auto": without_recipes(auto, only=True).hypervolume,
-                                    "random": without_recipes(rnd, only=True).hypervolume},
-                "hv_ratio_vs_random": ratio(auto.hypervolume, rnd.hypervolume),
-                "hv_ratio_vs_sequential": ratio(auto.hypervolume, seq.hypervolume),
-                **figures["reported"],
-                "search_time": figures["search"],
-                "stage_one_pick": done[f"{target}-sequential-s{seed}"].get("stage_one_pick"),
-                "front": rows,
-            })
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "hv": {
+                        "auto": auto.hypervolume,
+                        "random": rnd.hypervolume,
+                        "sequential": seq.hypervolume,
+                    },
+                    "counts": {
+                        "auto": auto.counts(),
+                        "random": rnd.counts(),
+                        "sequential": seq.counts(),
+                    },
+                    "hv_sampler_only": {
+                        "auto": without_recipes(auto).hypervolume,
+                        "random": without_recipes(rnd).hypervolume,
+                        "sequential": without_recipes(seq).hypervolume,
+                    },
+                    # HV <= 1 and every warm-started run holds the recipes, so no sampler can beat
+                    # random by more than 1 / (random's recipes-only HV).
+                    "hv_recipes_only": {
+                        "auto": without_recipes(auto, only=True).hypervolume,
+                        "random": without_recipes(rnd, only=True).hypervolume,
+                    },
+                    "hv_ratio_vs_random": ratio(auto.hypervolume, rnd.hypervolume),
+                    "hv_ratio_vs_sequential": ratio(auto.hypervolume, seq.hypervolume),
+                    **figures["reported"],
+                    "search_time": figures["search"],
+                    "stage_one_pick": done[f"{target}-sequential-s{seed}"].get("stage_one_pick"),
+                    "front": rows,
+                }
+            )
         res["hv_ratio_vs_random"][target] = median(s["hv_ratio_vs_random"] for s in per_seed)
         res["hv_ratio_ceiling_vs_random"][target] = median(
-            ratio(1.0, s["hv_recipes_only"]["random"]) for s in per_seed)
+            ratio(1.0, s["hv_recipes_only"]["random"]) for s in per_seed
+        )
         res["hv_ratio_vs_random_sampler_only"][target] = median(
-            ratio(s["hv_sampler_only"]["auto"], s["hv_sampler_only"]["random"]) for s in per_seed)
+            ratio(s["hv_sampler_only"]["auto"], s["hv_sampler_only"]["random"]) for s in per_seed
+        )
         res["hv_ratio_vs_sequential"][target] = median(
-            s["hv_ratio_vs_sequential"] for s in per_seed)
+            s["hv_ratio_vs_sequential"] for s in per_seed
+        )
         res["baselines_dominated"][target] = {
-            b: all(s["dominated_test"][b] for s in per_seed) for b in BASELINES}
+            b: all(s["dominated_test"][b] for s in per_seed) for b in BASELINES
+        }
         res["best_speedup_vs_int8_at_1pt"][target] = median(
-            s["speedup_vs_int8_at_1pt"] for s in per_seed)
+            s["speedup_vs_int8_at_1pt"] for s in per_seed
+        )
         res["search_time"][target] = {
-            "baselines_dominated": {b: all(s["search_time"]["dominated_test"][b]
-                                           for s in per_seed) for b in BASELINES},
-            "best_speedup_vs_int8_at_1pt": median(s["search_time"]["speedup_vs_int8_at_1pt"]
-                                                  for s in per_seed),
+            "baselines_dominated": {
+                b: all(s["search_time"]["dominated_test"][b] for s in per_seed) for b in BASELINES
+            },
+            "best_speedup_vs_int8_at_1pt": median(
+                s["search_time"]["speedup_vs_int8_at_1pt"] for s in per_seed
+            ),
             "size_reduction": median(s["search_time"]["size_reduction"] for s in per_seed),
         }
         if target == "mcu":
@@ -818,16 +1070,35 @@ def analyse(args: argparse.Namespace, done: Mapping[str, Mapping[str, Any]]) -> 
                 "seeds_with_a_point_within_1pt": len(red),
             }
         floor = baselines["latency_floor"]["cost"][target]["latency_ms"]
-        detail[target] = {"budgets": budgets, "baselines": base_rows, "per_seed": per_seed,
-                          "fp32_base": baselines["fp32_base"]["cost"][target],
-                          "latency_floor": {"plan": baselines["latency_floor"]["plan"],
-                                            "latency_ms": floor,
-                                            "max_speedup_vs_int8": int8_latency / floor}}
+        detail[target] = {
+            "budgets": budgets,
+            "baselines": base_rows,
+            "per_seed": per_seed,
+            "fp32_base": baselines["fp32_base"]["cost"][target],
+            "latency_floor": {
+                "plan": baselines["latency_floor"]["plan"],
+                "latency_ms": floor,
+                "max_speedup_vs_int8": int8_latency / floor,
+            },
+        }
         plots[target] = {"series": series, "baselines": base_rows["search"]}
         detail[target]["fronts_search_time"] = {
-            name: [{k: p[k] for k in ("seed", "trial", "plan", "val_accuracy", "latency_ms",
-                                      "weight_bytes")} for p in pts]
-            for name, pts in series.items()}
+            name: [
+                {
+                    k: p[k]
+                    for k in (
+                        "seed",
+                        "trial",
+                        "plan",
+                        "val_accuracy",
+                        "latency_ms",
+                        "weight_bytes",
+                    )
+                }
+                for p in pts
+            ]
+            for name, pts in series.items()
+        }
 
     # Samplers: auto (= tpe) and random from the main runs, the others from their own runs.
     samplers: dict[str, Any] = {}
@@ -852,7 +1123,9 @@ def analyse(args: argparse.Namespace, done: Mapping[str, Mapping[str, Any]]) -> 
                         times[sampler].setdefault(k, []).extend(v)
             if hvs:
                 rows["tpe (= auto)" if sampler == "auto" else sampler] = {
-                    "hv_per_seed": hvs, "hv_median": median(hvs), "hv_mean": statistics.fmean(hvs),
+                    "hv_per_seed": hvs,
+                    "hv_median": median(hvs),
+                    "hv_mean": statistics.fmean(hvs),
                     "sampling_and_storage_s_median": median(outside),
                     "suggest_s_median": median(suggest),
                     "feasible_per_seed": [c["feasible"] for c in counts],
@@ -876,13 +1149,17 @@ def analyse(args: argparse.Namespace, done: Mapping[str, Mapping[str, Any]]) -> 
         "trained_trial_s_median": median(auto_t.get("trained_s", [])),
         "rejected_plan_ms_definition": "median Optuna duration of over-budget trials of the "
         "auto and random runs (sample, build, cost, record; never trained)",
-        "rejected_build_ms_median": median(auto_t.get("rejected_build_ms", []) + times.get(
-            "random", {}).get("rejected_build_ms", [])),
-        "rejected_plan_ms_p90": (statistics.quantiles(rejected, n=10)[-1]
-                                 if len(rejected) >= 2 else None),
+        "rejected_build_ms_median": median(
+            auto_t.get("rejected_build_ms", [])
+            + times.get("random", {}).get("rejected_build_ms", [])
+        ),
+        "rejected_plan_ms_p90": (
+            statistics.quantiles(rejected, n=10)[-1] if len(rejected) >= 2 else None
+        ),
         "rejected_plans": len(rejected),
         "per_method_overhead_fraction_median": {
-            m: median(v.get("overhead_frac", [])) for m, v in times.items()},
+            m: median(v.get("overhead_frac", [])) for m, v in times.items()
+        },
     }
     res["samplers"] = samplers
     res["detail"] = detail
@@ -898,19 +1175,26 @@ def verdicts(res: Mapping[str, Any]) -> dict[str, Any]:
         if value is None:
             return {"value": None, "goal": goal, "met": False, "note": "no qualifying point"}
         met = value <= goal if at_most else value >= goal
-        return {"value": value, "goal": ("<= " if at_most else ">= ") + f"{goal:g}", "met": met,
-                "shortfall": None if met else (value - goal if at_most else goal - value)}
+        return {
+            "value": value,
+            "goal": ("<= " if at_most else ">= ") + f"{goal:g}",
+            "met": met,
+            "shortfall": None if met else (value - goal if at_most else goal - value),
+        }
 
     for key in ("hv_ratio_vs_random", "hv_ratio_vs_sequential", "best_speedup_vs_int8_at_1pt"):
         out[key] = {t: judge(key, v) for t, v in res[key].items()}
     if "mcu_size_reduction" in res:
         m = res["mcu_size_reduction"]
-        out["mcu_size_reduction"] = {**judge("mcu_size_reduction", m["ratio"]),
-                                     "fits_board": m["fits_sram_320kB"] and m["fits_flash_1MB"]}
+        out["mcu_size_reduction"] = {
+            **judge("mcu_size_reduction", m["ratio"]),
+            "fits_board": m["fits_sram_320kB"] and m["fits_flash_1MB"],
+        }
         out["mcu_size_reduction"]["met"] &= out["mcu_size_reduction"]["fits_board"]
-    out["baselines_dominated"] = {t: {"met": all(v.values()), "not_dominated":
-                                      [b for b, ok in v.items() if not ok]}
-                                  for t, v in res["baselines_dominated"].items()}
+    out["baselines_dominated"] = {
+        t: {"met": all(v.values()), "not_dominated": [b for b, ok in v.items() if not ok]}
+        for t, v in res["baselines_dominated"].items()
+    }
     out["overhead_fraction"] = judge("overhead_fraction", res["overhead_fraction"], at_most=True)
     out["rejected_plan_ms"] = judge("rejected_plan_ms", res["rejected_plan_ms"], at_most=True)
     return out
@@ -986,44 +1270,62 @@ def markdown(doc: Mapping[str, Any], svgs: Mapping[str, str]) -> str:
     ]
     for key in ("hv_ratio_vs_random", "hv_ratio_vs_sequential", "best_speedup_vs_int8_at_1pt"):
         for t, v in ver[key].items():
-            lines.append(f"| `{key}` (median of seeds) | {t} | {_f(v['value'])} | {v['goal']} | "
-                         f"{_f(v['met'])} |")
+            lines.append(
+                f"| `{key}` (median of seeds) | {t} | {_f(v['value'])} | {v['goal']} | "
+                f"{_f(v['met'])} |"
+            )
     if "mcu_size_reduction" in ver:
         m, mr = ver["mcu_size_reduction"], res["mcu_size_reduction"]
-        lines.append(f"| `mcu_size_reduction` (fp32 weight bytes / smallest front point within 1 "
-                     f"point test accuracy, median) | mcu | {_f(m['value'], 1)}x; fits 320 kB "
-                     f"SRAM: {_f(mr['fits_sram_320kB'])}, 1 MB flash: "
-                     f"{_f(mr['fits_flash_1MB'])} | {m['goal']} and fits | {_f(m['met'])} |")
+        lines.append(
+            f"| `mcu_size_reduction` (fp32 weight bytes / smallest front point within 1 "
+            f"point test accuracy, median) | mcu | {_f(m['value'], 1)}x; fits 320 kB "
+            f"SRAM: {_f(mr['fits_sram_320kB'])}, 1 MB flash: "
+            f"{_f(mr['fits_flash_1MB'])} | {m['goal']} and fits | {_f(m['met'])} |"
+        )
     for t, v in ver["baselines_dominated"].items():
         which = ", ".join(f"{b}: {_f(ok)}" for b, ok in res["baselines_dominated"][t].items())
-        lines.append(f"| `baselines_dominated` (test accuracy, in every seed) | {t} | {which} | "
-                     f"all | {_f(v['met'])} |")
+        lines.append(
+            f"| `baselines_dominated` (test accuracy, in every seed) | {t} | {which} | "
+            f"all | {_f(v['met'])} |"
+        )
     for key, unit in (("overhead_fraction", ""), ("rejected_plan_ms", " ms")):
         v = ver[key]
-        lines.append(f"| `{key}` | both | {_f(v['value'], 3)}{unit} | {v['goal']}{unit} | "
-                     f"{_f(v['met'])} |")
+        lines.append(
+            f"| `{key}` | both | {_f(v['value'], 3)}{unit} | {v['goal']}{unit} | {_f(v['met'])} |"
+        )
     for t, v in res["hv_ratio_ceiling_vs_random"].items():
-        lines.append(f"| extra: `hv_ratio_ceiling_vs_random` (1 / random's recipes-only HV: "
-                     f"the most any sampler could reach) | {t} | {_f(v)} | - | - |")
+        lines.append(
+            f"| extra: `hv_ratio_ceiling_vs_random` (1 / random's recipes-only HV: "
+            f"the most any sampler could reach) | {t} | {_f(v)} | - | - |"
+        )
     for t, v in res["hv_ratio_vs_random_sampler_only"].items():
-        lines.append(f"| extra: `hv_ratio_vs_random_sampler_only` (recipe trials left out) | "
-                     f"{t} | {_f(v)} | - | - |")
+        lines.append(
+            f"| extra: `hv_ratio_vs_random_sampler_only` (recipe trials left out) | "
+            f"{t} | {_f(v)} | - | - |"
+        )
     for t, st in res["search_time_figures"].items():
         dom = ", ".join(f"{b}: {_f(ok)}" for b, ok in st["baselines_dominated"].items())
-        lines.append(f"| extra: search-time front (before refine) | {t} | speed-up "
-                     f"{_f(st['best_speedup_vs_int8_at_1pt'])}, size "
-                     f"{_x(st['size_reduction'])}; dominated: {dom} | - | - |")
-    lines += ["", "## Hypervolume per seed", "",
-              "`search.pareto`'s definition: each objective becomes a loss normalised by the "
-              "base model's value (accuracy `1 - a/a_base`, latency `l/l_base`, weight bytes "
-              "`b/b_base`), reference point (1, 1, 1), feasible trained trials only, val "
-              "accuracy. The sequential search's trials (both stages) are re-scored against the "
-              "final budgets. The last column leaves out the 4 warm-start recipe trials (what "
-              "each sampler found by itself).", "",
-              "| target | seed | joint (auto) | random | sequential | auto/random | "
-              "auto/sequential | feasible auto/random/seq | stage-1 pick | without recipes: "
-              "auto / random / seq |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| extra: search-time front (before refine) | {t} | speed-up "
+            f"{_f(st['best_speedup_vs_int8_at_1pt'])}, size "
+            f"{_x(st['size_reduction'])}; dominated: {dom} | - | - |"
+        )
+    lines += [
+        "",
+        "## Hypervolume per seed",
+        "",
+        "`search.pareto`'s definition: each objective becomes a loss normalised by the "
+        "base model's value (accuracy `1 - a/a_base`, latency `l/l_base`, weight bytes "
+        "`b/b_base`), reference point (1, 1, 1), feasible trained trials only, val "
+        "accuracy. The sequential search's trials (both stages) are re-scored against the "
+        "final budgets. The last column leaves out the 4 warm-start recipe trials (what "
+        "each sampler found by itself).",
+        "",
+        "| target | seed | joint (auto) | random | sequential | auto/random | "
+        "auto/sequential | feasible auto/random/seq | stage-1 pick | without recipes: "
+        "auto / random / seq |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t, d in res["detail"].items():
         for s in d["per_seed"]:
             c, h = s["counts"], s["hv_sampler_only"]
@@ -1033,76 +1335,117 @@ def markdown(doc: Mapping[str, Any], svgs: Mapping[str, str]) -> str:
                 f"{_f(s['hv_ratio_vs_sequential'])} | {c['auto']['feasible']}/"
                 f"{c['random']['feasible']}/{c['sequential']['feasible']} | "
                 f"{s['stage_one_pick']} | {h['auto']:.4f} / {h['random']:.4f} / "
-                f"{h['sequential']:.4f} |")
-    lines += ["", "## Manual baselines", "",
-              "| target | baseline | plan | latency ms | weight bytes | val / test acc (search "
-              "budget) | val / test acc (refine budget) | dominated in seeds | best test "
-              "lead of a cheaper front point, per seed |", "|---|---|---|---|---|---|---|---|---|"]
+                f"{h['sequential']:.4f} |"
+            )
+    lines += [
+        "",
+        "## Manual baselines",
+        "",
+        "| target | baseline | plan | latency ms | weight bytes | val / test acc (search "
+        "budget) | val / test acc (refine budget) | dominated in seeds | best test "
+        "lead of a cheaper front point, per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for t, d in res["detail"].items():
         for b in BASELINES:
             srow, rrow = d["baselines"]["search"][b], d["baselines"]["refined"][b]
             n = sum(s["dominated_test"][b] for s in d["per_seed"])
             margins = ", ".join(_pt(s["test_margin"][b]) for s in d["per_seed"])
-            lines.append(f"| {t} | {BASELINE_LABELS[b]} | {doc['baseline_plans'][b]} | "
-                         f"{srow['latency_ms']:.4g} | {srow['weight_bytes']:.0f} | "
-                         f"{srow['val_accuracy']:.4f} / {srow['test_accuracy']:.4f} | "
-                         f"{rrow['val_accuracy']:.4f} / {rrow['test_accuracy']:.4f} | "
-                         f"{n}/{len(d['per_seed'])} | {margins} |")
+            lines.append(
+                f"| {t} | {BASELINE_LABELS[b]} | {doc['baseline_plans'][b]} | "
+                f"{srow['latency_ms']:.4g} | {srow['weight_bytes']:.0f} | "
+                f"{srow['val_accuracy']:.4f} / {srow['test_accuracy']:.4f} | "
+                f"{rrow['val_accuracy']:.4f} / {rrow['test_accuracy']:.4f} | "
+                f"{n}/{len(d['per_seed'])} | {margins} |"
+            )
         fp, fl = d["fp32_base"], d["latency_floor"]
-        lines.append(f"| {t} | fp32 reference | base | {fp['latency_ms']:.4g} | "
-                     f"{fp['weight_bytes']:.0f} | {cfg['base_val_accuracy']:.4f} / "
-                     f"{cfg['base_test_accuracy']:.4f} | - | - | - |")
-        lines.append(f"| {t} | latency floor (cost only) | {fl['plan']} | "
-                     f"{fl['latency_ms']:.4g} | - | - | - | - | at most "
-                     f"{fl['max_speedup_vs_int8']:.2f}x faster than int8 on the base network |")
-    lines += ["", "## Best front points within 1 point of the base test accuracy", "",
-              "Refined front (the reported one); `search-time` is the same before refine.", "",
-              "| target | seed | speed-up vs int8 (search-time) | smallest point within 1 point "
-              "| weight bytes | latency ms | test acc | size reduction (search-time) |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {t} | fp32 reference | base | {fp['latency_ms']:.4g} | "
+            f"{fp['weight_bytes']:.0f} | {cfg['base_val_accuracy']:.4f} / "
+            f"{cfg['base_test_accuracy']:.4f} | - | - | - |"
+        )
+        lines.append(
+            f"| {t} | latency floor (cost only) | {fl['plan']} | "
+            f"{fl['latency_ms']:.4g} | - | - | - | - | at most "
+            f"{fl['max_speedup_vs_int8']:.2f}x faster than int8 on the base network |"
+        )
+    lines += [
+        "",
+        "## Best front points within 1 point of the base test accuracy",
+        "",
+        "Refined front (the reported one); `search-time` is the same before refine.",
+        "",
+        "| target | seed | speed-up vs int8 (search-time) | smallest point within 1 point "
+        "| weight bytes | latency ms | test acc | size reduction (search-time) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for t, d in res["detail"].items():
         for s in d["per_seed"]:
             p, st = s["smallest_within_1pt"], s["search_time"]
-            cells = (f"{p['plan']} | {p['weight_bytes']:.0f} | {p['latency_ms']:.4g} | "
-                     f"{p['test_accuracy']:.4f}") if p else "- | - | - | -"
-            lines.append(f"| {t} | {s['seed']} | {_f(s['speedup_vs_int8_at_1pt'])} "
-                         f"({_f(st['speedup_vs_int8_at_1pt'])}) | {cells} | "
-                         f"{_x(s['size_reduction'])} ({_x(st['size_reduction'])}) |")
-    lines += ["", "## Samplers", "",
-              f"Same experiment, {cfg['trials']} trials, seeds {cfg['sampler_seeds']}; `tpe` is "
-              "`auto` (the same sampler settings). `sampling+storage` is a trained trial's time "
-              "outside suggest/build/cost and recovery (relative sampling and the storage "
-              "writes), median; search wall is the first trial's start to the last one's end.",
-              "", "| target | sampler | HV median | HV per seed | feasible trials per seed | "
-              "sampling+storage s | suggest s | search wall s per seed |",
-              "|---|---|---|---|---|---|---|---|"]
+            cells = (
+                (
+                    f"{p['plan']} | {p['weight_bytes']:.0f} | {p['latency_ms']:.4g} | "
+                    f"{p['test_accuracy']:.4f}"
+                )
+                if p
+                else "- | - | - | -"
+            )
+            lines.append(
+                f"| {t} | {s['seed']} | {_f(s['speedup_vs_int8_at_1pt'])} "
+                f"({_f(st['speedup_vs_int8_at_1pt'])}) | {cells} | "
+                f"{_x(s['size_reduction'])} ({_x(st['size_reduction'])}) |"
+            )
+    lines += [
+        "",
+        "## Samplers",
+        "",
+        f"Same experiment, {cfg['trials']} trials, seeds {cfg['sampler_seeds']}; `tpe` is "
+        "`auto` (the same sampler settings). `sampling+storage` is a trained trial's time "
+        "outside suggest/build/cost and recovery (relative sampling and the storage "
+        "writes), median; search wall is the first trial's start to the last one's end.",
+        "",
+        "| target | sampler | HV median | HV per seed | feasible trials per seed | "
+        "sampling+storage s | suggest s | search wall s per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for t, rows in res["samplers"].items():
         for name, r in rows.items():
             walls = ", ".join(f"{w:.0f}" for w in r["search_wall_s_per_seed"] if w is not None)
-            lines.append(f"| {t} | {name} | {r['hv_median']:.4f} | "
-                         f"{', '.join(f'{h:.4f}' for h in r['hv_per_seed'])} | "
-                         f"{r['feasible_per_seed']} | {_f(r['sampling_and_storage_s_median'], 3)} "
-                         f"| {_f(r['suggest_s_median'], 4)} | {walls} |")
+            lines.append(
+                f"| {t} | {name} | {r['hv_median']:.4f} | "
+                f"{', '.join(f'{h:.4f}' for h in r['hv_per_seed'])} | "
+                f"{r['feasible_per_seed']} | {_f(r['sampling_and_storage_s_median'], 3)} "
+                f"| {_f(r['suggest_s_median'], 4)} | {walls} |"
+            )
     tm = res["timing"]
-    lines += ["", "## Search overhead", "",
-              f"- {tm['overhead_fraction_definition']}: **{_f(res['overhead_fraction'], 3)}** "
-              f"(pooled over those trials: {_f(tm['overhead_fraction_pooled'], 3)}; median "
-              f"overhead {_f(tm['overhead_s_median'], 3)} s, of which "
-              f"{_f(tm['overhead_outside_build_s_median'], 3)} s outside suggest/build/cost, "
-              f"i.e. relative sampling and storage writes; suggest alone "
-              f"{_f(tm['suggest_s_median'], 4)} s; "
-              f"median trained trial {_f(tm['trained_trial_s_median'])} s).",
-              f"- {tm['rejected_plan_ms_definition']}: **{_f(res['rejected_plan_ms'], 1)} ms** "
-              f"(p90 {_f(tm['rejected_plan_ms_p90'], 1)} ms; suggest+build+cost alone, median "
-              f"{_f(tm['rejected_build_ms_median'], 1)} ms; {tm['rejected_plans']} plans).",
-              "- Median overhead fraction per method (it depends on how long that method's "
-              "trained trials recover): "
-              + ", ".join(f"{m} {_f(v, 3)}" for m, v in
-                          tm["per_method_overhead_fraction_median"].items()) + ".",
-              "", "## Pareto fronts", "",
-              "Search-time fronts of every seed (val accuracy, as the search saw it) and the "
-              "manual baselines with the search's recovery budget (B1-B3; they are not held to "
-              "the budgets). Dashed: the latency budget and the accuracy floor.", ""]
+    lines += [
+        "",
+        "## Search overhead",
+        "",
+        f"- {tm['overhead_fraction_definition']}: **{_f(res['overhead_fraction'], 3)}** "
+        f"(pooled over those trials: {_f(tm['overhead_fraction_pooled'], 3)}; median "
+        f"overhead {_f(tm['overhead_s_median'], 3)} s, of which "
+        f"{_f(tm['overhead_outside_build_s_median'], 3)} s outside suggest/build/cost, "
+        f"i.e. relative sampling and storage writes; suggest alone "
+        f"{_f(tm['suggest_s_median'], 4)} s; "
+        f"median trained trial {_f(tm['trained_trial_s_median'])} s).",
+        f"- {tm['rejected_plan_ms_definition']}: **{_f(res['rejected_plan_ms'], 1)} ms** "
+        f"(p90 {_f(tm['rejected_plan_ms_p90'], 1)} ms; suggest+build+cost alone, median "
+        f"{_f(tm['rejected_build_ms_median'], 1)} ms; {tm['rejected_plans']} plans).",
+        "- Median overhead fraction per method (it depends on how long that method's "
+        "trained trials recover): "
+        + ", ".join(
+            f"{m} {_f(v, 3)}" for m, v in tm["per_method_overhead_fraction_median"].items()
+        )
+        + ".",
+        "",
+        "## Pareto fronts",
+        "",
+        "Search-time fronts of every seed (val accuracy, as the search saw it) and the "
+        "manual baselines with the search's recovery budget (B1-B3; they are not held to "
+        "the budgets). Dashed: the latency budget and the accuracy floor.",
+        "",
+    ]
     for t, name in svgs.items():
         lines += [f"![{t} Pareto fronts]({name})", ""]
     if doc.get("notes"):
@@ -1119,8 +1462,9 @@ def main() -> None:
     parser.add_argument("--sampler-targets", nargs="*", default=list(SAMPLER_TARGETS))
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (runs in parallel)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--workdir", type=Path,
-                        default=ROOT / "experiments" / "runs" / "search_quality")
+    parser.add_argument(
+        "--workdir", type=Path, default=ROOT / "experiments" / "runs" / "search_quality"
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results")
     parser.add_argument("--note", action="append", default=[], help="a line for the md's notes")
     args = parser.parse_args()
@@ -1139,8 +1483,10 @@ def main() -> None:
     (workdir / "spaces" / "prune_only.yaml").write_text(yaml.safe_dump(PRUNE_SPACE))
     (workdir / "spaces" / "quantize_only.yaml").write_text(yaml.safe_dump(QUANT_SPACE))
     # The base model trains once and is shared by every run (kept across benchmark runs).
-    cache = Path(os.environ.get("COMPRESS_SEARCH_CACHE")
-                 or ROOT / "experiments" / "runs" / "search_quality-cache").resolve()
+    cache = Path(
+        os.environ.get("COMPRESS_SEARCH_CACHE")
+        or ROOT / "experiments" / "runs" / "search_quality-cache"
+    ).resolve()
     os.environ["COMPRESS_SEARCH_CACHE"] = str(cache)
     import torch
 
@@ -1157,7 +1503,8 @@ def main() -> None:
     res = out["results"]
     b = done["baselines"]["baselines"]
     command = "python experiments/benchmarks/search_quality.py" + (
-        "" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
+        "" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:])
+    )
     doc: dict[str, Any] = {
         "hv_ratio_vs_random": res["hv_ratio_vs_random"],
         "hv_ratio_vs_sequential": res["hv_ratio_vs_sequential"],
@@ -1177,17 +1524,29 @@ def main() -> None:
         "command": command,
         "wall_minutes": (time.perf_counter() - start) / 60,
         "machine": f"{os.cpu_count()} cores (shared)",
-        "jobs": args.jobs, "threads": args.threads, "trials": args.trials,
-        "seeds": args.seeds, "sampler_seeds": args.sampler_seeds, "targets": args.targets,
-        "budgets": {t: TARGETS[t] for t in args.targets}, "max_accuracy_drop": MAX_DROP,
-        "recovery": RECOVERY, "refine_joint_runs": REFINE, "space": "joint",
-        "sequential": {"stage_1_space": PRUNE_SPACE, "stage_2_space": QUANT_SPACE,
-                       "split": [args.trials // 2, args.trials - args.trials // 2],
-                       "stage_1_pick": "feasible front's min-latency plan (accuracy-drop "
-                       "constraint only in stage 1)"},
-        "hypervolume": {"definition": "search.pareto: minimise v/S, maximise 1 - v/S, S = base "
-                        "model value; reference point 1.0 per axis; feasible trained trials",
-                        "reference_point": [1.0, 1.0, 1.0]},
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "trials": args.trials,
+        "seeds": args.seeds,
+        "sampler_seeds": args.sampler_seeds,
+        "targets": args.targets,
+        "budgets": {t: TARGETS[t] for t in args.targets},
+        "max_accuracy_drop": MAX_DROP,
+        "recovery": RECOVERY,
+        "refine_joint_runs": REFINE,
+        "space": "joint",
+        "sequential": {
+            "stage_1_space": PRUNE_SPACE,
+            "stage_2_space": QUANT_SPACE,
+            "split": [args.trials // 2, args.trials - args.trials // 2],
+            "stage_1_pick": "feasible front's min-latency plan (accuracy-drop "
+            "constraint only in stage 1)",
+        },
+        "hypervolume": {
+            "definition": "search.pareto: minimise v/S, maximise 1 - v/S, S = base "
+            "model value; reference point 1.0 per axis; feasible trained trials",
+            "reference_point": [1.0, 1.0, 1.0],
+        },
         "base_val_accuracy": b["fp32_base"]["search"]["val_accuracy"],
         "base_test_accuracy": b["fp32_base"]["search"]["test_accuracy"],
         "unit_wall_s": {k: v["wall_s"] for k, v in done.items()},
@@ -1204,13 +1563,18 @@ def main() -> None:
     for target, p in out["plots"].items():
         name = f"search_quality_{target}.svg"
         floor = b["fp32_base"]["search"]["val_accuracy"] - MAX_DROP
-        svg = pareto_svg(f"{target}: fronts of {len(args.seeds)} seeds, {args.trials} trials each",
-                         p["series"], p["baselines"], latency_budget=TARGETS[target]["latency_ms"],
-                         accuracy_floor=floor)
+        svg = pareto_svg(
+            f"{target}: fronts of {len(args.seeds)} seeds, {args.trials} trials each",
+            p["series"],
+            p["baselines"],
+            latency_budget=TARGETS[target]["latency_ms"],
+            accuracy_floor=floor,
+        )
         (args.results / name).write_text(svg + "\n")
         svgs[target] = name
     (args.results / "search_quality.json").write_text(
-        json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+        json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n"
+    )
     (args.results / "search_quality.md").write_text(markdown(doc, svgs) + "\n")
     log(f"wrote {args.results / 'search_quality.json'} in {doc['config']['wall_minutes']:.1f} min")
     print(json.dumps(_jsonable(doc["targets"]), indent=2))

@@ -33,8 +33,13 @@ class _Payload:
 
 def _valid_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 4))
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
     return net.state_dict()
 
 
@@ -43,8 +48,13 @@ def make_weights(case: Path, kind: str, *, marker: Path | None = None) -> Path:
     path = case / "weights.pt"
     code = f"open({str(marker or case / 'PWNED')!r}, 'w').write('code ran')"
     if kind == "wrong_arch":  # same layer names, 16 channels instead of 8
-        net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                            nn.Flatten(), nn.Linear(16, 4))
+        net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 4),
+        )
         torch.save(net.state_dict(), path)
     elif kind == "truncated":
         buffer = io.BytesIO()
@@ -67,5 +77,8 @@ if __name__ == "__main__":
     for arg in sys.argv[1:]:
         folder = Path(arg)
         expected = yaml.safe_load((folder / "expected.yaml").read_text())
-        print(make_weights(folder, expected["weights"],
-                           marker=folder / expected.get("marker", "PWNED")))
+        print(
+            make_weights(
+                folder, expected["weights"], marker=folder / expected.get("marker", "PWNED")
+            )
+        )
