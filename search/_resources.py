@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError
 
-_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent
 _KINDS = {
-    # kind: (folder in a checkout, package in a wheel)
-    "profile": ("hardware_profiles", "search._builtin.hardware_profiles"),
-    "space": ("spaces", "spaces"),
-    "experiment": ("experiments", "search._builtin.experiments"),
+    # kind: (folder in a checkout, folder in an installed wheel)
+    "profile": (
+        _PACKAGE.parent / "hardware_profiles",
+        _PACKAGE / "_builtin" / "hardware_profiles",
+    ),
+    "space": (_PACKAGE.parent / "spaces", _PACKAGE.parent / "spaces"),
+    "experiment": (_PACKAGE.parent / "experiments", _PACKAGE / "_builtin" / "experiments"),
 }
 
 
 def builtin_dir(kind: str) -> Path:
     """The folder holding the built-in YAML files of one kind."""
-    folder, package = _KINDS[kind]
-    checkout = _ROOT / folder
-    if checkout.is_dir() and any(checkout.glob("*.yaml")):
-        return checkout
-    try:
-        return Path(str(resources.files(package)))
-    except ModuleNotFoundError:  # a checkout whose folder is still empty
-        return checkout
+    checkout, wheel = _KINDS[kind]
+    return checkout if any(checkout.glob("*.yaml")) else wheel
 
 
 def builtin_names(kind: str) -> list[str]:
