@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
+from ..config import BUDGET_KEYS  # one list of budget names for experiments and profiles
 from ..errors import ConfigError
 
-BUDGET_KEYS = ("latency_ms", "memory_kb", "flash_kb")
 OP_KINDS = ("conv", "dwconv", "linear", "elementwise")
 PRECISIONS = (4, 8, 16, 32)
 UNALIGNED_KINDS = ("conv", "dwconv")  # dense convs; depthwise and other grouped convs
