@@ -49,7 +49,9 @@ class Recovery:
     student_lr: float = 0.01
     batch_size: int = 64
     distillation: bool = True
+    early_stop: bool = True  # stop hopeless plans at the recovery checkpoint
     refine_epochs: int = 8
+    refine_student_epochs: int = 30  # the refine stage's budget for students
     refine_top_k: int = 0  # 0 = no refine stage
 
 
@@ -380,7 +382,9 @@ def parse_experiment(data: Any, source: str) -> Experiment:
                 "student_lr",
                 "batch_size",
                 "distillation",
+                "early_stop",
                 "refine_epochs",
+                "refine_student_epochs",
                 "refine_top_k",
             ),
         )
@@ -392,10 +396,9 @@ def parse_experiment(data: Any, source: str) -> Experiment:
             changes["student_epochs"] = _int(
                 file, "recovery.student_epochs", raw["student_epochs"], low=0, high=1000
             )
-        if "refine_epochs" in raw:
-            changes["refine_epochs"] = _int(
-                file, "recovery.refine_epochs", raw["refine_epochs"], low=0, high=1000
-            )
+        for key in ("refine_epochs", "refine_student_epochs"):
+            if key in raw:
+                changes[key] = _int(file, f"recovery.{key}", raw[key], low=0, high=1000)
         if "refine_top_k" in raw:
             changes["refine_top_k"] = _int(
                 file, "recovery.refine_top_k", raw["refine_top_k"], low=0
@@ -407,10 +410,11 @@ def parse_experiment(data: Any, source: str) -> Experiment:
                 )
         if "batch_size" in raw:
             changes["batch_size"] = _int(file, "recovery.batch_size", raw["batch_size"], low=1)
-        if "distillation" in raw:
-            if not isinstance(raw["distillation"], bool):
-                raise ConfigError(file, "recovery.distillation", "must be true or false")
-            changes["distillation"] = raw["distillation"]
+        for key in ("distillation", "early_stop"):
+            if key in raw:
+                if not isinstance(raw[key], bool):
+                    raise ConfigError(file, f"recovery.{key}", "must be true or false")
+                changes[key] = raw[key]
         kwargs["recovery"] = replace(rec, **changes)
     return Experiment(**kwargs)
 

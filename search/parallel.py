@@ -295,16 +295,6 @@ def run_jobs(
         if proc.exitcode not in (0, None):
             log(f"search: worker {proc.name} exited with status {proc.exitcode}")
     # Counts again: the workers' last trials finished after this process stopped.
-    return _recount(result)
+    from .study import tally
 
-
-def _recount(result: SearchResult) -> SearchResult:
-    from optuna.trial import TrialState
-
-    from .study import completed
-
-    trials = completed(result.study)
-    result.completed = len(trials)
-    result.over_budget = sum(t.user_attrs.get("status") == "over_budget" for t in trials)
-    result.failed = len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-    return result
+    return tally(result)

@@ -87,7 +87,8 @@ METRIC_KEYS = (
     "train_s",
 )
 # A trial with one of these statuses has cost figures but no trained accuracy.
-UNTRAINED = ("over_budget", "failed", "stopped_early")
+# `duplicate` repeats an earlier trial's figures: that trial stands for the plan.
+UNTRAINED = ("over_budget", "failed", "stopped_early", "duplicate")
 LEAST_VIOLATING_N = 5
 
 
@@ -216,6 +217,7 @@ class RunData:
             "over_budget": 0,
             "failed": 0,
             "pruned": 0,
+            "duplicate": 0,
             "running": 0,
             "front": len(self.front),
         }
@@ -225,7 +227,8 @@ class RunData:
             c["feasible"] += t.feasible
             c["over_budget"] += t.status == "over_budget"
             c["failed"] += t.state == "FAIL" or t.status == "failed"
-            c["pruned"] += t.state == "PRUNED"
+            c["pruned"] += t.state == "PRUNED" or t.status == "stopped_early"
+            c["duplicate"] += t.status == "duplicate"
             c["running"] += t.state in ("RUNNING", "WAITING")
         return c
 
@@ -354,7 +357,8 @@ class RunData:
         c = self.counts()
         lines = [
             f"{c['trials']} trials: {c['feasible']} feasible, {c['over_budget']} over budget "
-            f"(not trained), {c['failed']} failed, {c['pruned']} stopped early; "
+            f"(not trained), {c['failed']} failed, {c['pruned']} stopped early, "
+            f"{c['duplicate']} repeated plans; "
             f"{c['front']} on the front, hypervolume {self.hypervolume:.4f}"
         ]
         if not self.front:

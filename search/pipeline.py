@@ -6,6 +6,7 @@ and load its fine-tuned weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from torch import nn
@@ -19,8 +20,12 @@ CALIBRATION_ROWS = 256  # activation ranges after recovery
 BUILD_ROWS = 64  # build: graph tracing, Taylor importance, first ranges (cheap first)
 
 
-def build(plan: CompressionPlan, task: Task) -> Compressed:
-    """Apply the plan's operators to a copy of the base model (architecture -> ... -> quantize)."""
+def build(plan: CompressionPlan, task: Task, *, calibrate: bool = True) -> Compressed:
+    """Apply the plan's operators to a copy of the base model (architecture -> ... -> quantize).
+
+    `calibrate=False` skips the activation ranges: the cheap half of a trial only needs the
+    structure and bit widths to be costed (see `calibrate_build` for the rest).
+    """
     x, y = task.train
     return compress(
         plan,
@@ -29,7 +34,14 @@ def build(plan: CompressionPlan, task: Task) -> Compressed:
         num_classes=task.num_classes,
         calib_inputs=x[:BUILD_ROWS],
         grad_batch=(x[:BUILD_ROWS], y[:BUILD_ROWS]),
+        calibrate=calibrate,
     )
+
+
+def calibrate_build(compressed: Compressed, task: Task) -> None:
+    """The activation ranges `build(..., calibrate=False)` left unset, as `build` sets them."""
+    if compressed.activation_bits < 32:
+        calibrate(compressed.model, task.train[0][:BUILD_ROWS])
 
 
 def recover(
@@ -41,8 +53,11 @@ def recover(
     lr: float,
     batch_size: int,
     seed: int,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Fine-tune with the plan's distillation loss against the base model's cached logits."""
+    """Fine-tune with the plan's distillation loss against the base model's cached logits.
+
+    `on_epoch(epochs_done, model)` runs after each epoch but the last (see `fit`)."""
     model = compressed.model
     teacher = task.teacher_logits if plan.distill.enabled else None
     fit(
@@ -55,6 +70,7 @@ def recover(
         device=task.device,
         teacher_logits=teacher,
         loss_fn=partial(_loss, cfg=plan),
+        on_epoch=on_epoch,
     )
     model.cpu().eval()
     if compressed.activation_bits < 32:

@@ -9,7 +9,7 @@ import sqlite3
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,10 +100,21 @@ class SearchResult:
     completed: int
     over_budget: int
     failed: int
+    stopped_early: int = 0
+    duplicates: int = 0
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def counted(trials: Sequence[FrozenTrial]) -> int:
+    """Completed trials that count toward the experiment's `trials`: every evaluated plan.
+
+    A plan the sampler proposes again is answered from the earlier trial in milliseconds
+    (status `duplicate`) and does not count, so `trials` is the number of distinct plans.
+    """
+    return sum(t.user_attrs.get("status") != "duplicate" for t in trials)
 
 
 def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
@@ -150,7 +161,7 @@ class _Progress:
     def __init__(self, study: optuna.Study, total: int, primary: str, enabled: bool) -> None:
         from tqdm.auto import tqdm
 
-        done = len(completed(study))
+        done = counted(completed(study))
         self.primary, self.total = primary, total
         self.bar = tqdm(
             total=total,
@@ -162,11 +173,17 @@ class _Progress:
         )
         self.update(study)
 
-    def update(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
+    def update(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial | None = None,
+        trials: Sequence[FrozenTrial] | None = None,
+    ) -> None:
         if trial is not None and trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("fail_reason", "see the trial's attributes")
             self.bar.write(f"trial {trial.number} failed: {reason}")
-        trials = completed(study)
+        if trials is None:
+            trials = completed(study)
         feasible = [t for t in trials if is_feasible(t)]
         best = max((t.user_attrs.get(self.primary) or 0.0 for t in feasible), default=None)
         skipped = sum(t.user_attrs.get("status") == "over_budget" for t in trials)
@@ -176,7 +193,7 @@ class _Progress:
             best=f"{best:.4f}" if best is not None else "-",
             refresh=False,
         )
-        self.bar.n = min(len(trials), self.total)
+        self.bar.n = min(counted(trials), self.total)
         self.bar.refresh()
 
     def close(self) -> None:
@@ -193,11 +210,16 @@ def run_search(
     progress: bool = True,
     worker: bool = False,
     log: Callable[[str], None] = print,
+    objective_cls: type | None = None,
+    objective_kwargs: Mapping[str, Any] | None = None,
 ) -> SearchResult:
-    """Run (or resume) the experiment's study until it holds `exp.trials` completed trials.
+    """Run (or resume) the experiment's study until it holds `exp.trials` evaluated plans.
 
     Args:
         worker: join an existing shared study instead of creating one (`python -m search worker`).
+        objective_cls: a `TrialObjective` subclass to run instead (e.g. one that fixes part of
+            every plan), built as `objective_cls(exp, task, space, profile, weights_dir=...,
+            **objective_kwargs)`.
     """
     from .objective import TrialObjective
     from .parallel import fail_orphaned_trials
@@ -225,7 +247,9 @@ def run_search(
         if fresh is not None:  # bad input leaves no half-written run folder behind
             shutil.rmtree(fresh, ignore_errors=True)
         raise
-    objective = TrialObjective(exp, task, space, profile, weights_dir=run_dir / "weights")
+    objective = (objective_cls or TrialObjective)(
+        exp, task, space, profile, weights_dir=run_dir / "weights", **(objective_kwargs or {})
+    )
     _record_study_attrs(study, exp, objective, profile, space)
     fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
 
@@ -237,13 +261,16 @@ def run_search(
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal failed_here
         failed_here += trial.state == TrialState.FAIL
-        bar.update(study, trial)
-        # Enough completed trials, or every recent trial failing: stop rather than loop forever.
-        if len(completed(study)) >= exp.trials or failed_here >= max(exp.trials, 10):
+        trials = completed(study)
+        bar.update(study, trial, trials)
+        # Enough plans, or every recent trial failing, or a sampler that only proposes plans
+        # it has seen: stop rather than loop forever.
+        repeats = len(trials) - counted(trials)
+        if counted(trials) >= exp.trials or max(failed_here, repeats) >= max(exp.trials, 10):
             study.stop()
 
     started = time.perf_counter()
-    if len(completed(study)) < exp.trials:
+    if counted(completed(study)) < exp.trials:
         study.optimize(
             objective,
             n_trials=None,
@@ -254,19 +281,34 @@ def run_search(
     bar.close()
     if exp.recovery.refine_top_k > 0 and not worker:
         refine_front(study, objective, log=log)
-    trials = completed(study)
-    result = SearchResult(
-        study=study,
-        run_dir=run_dir,
-        storage_url=exp.storage_url,
-        completed=len(trials),
-        over_budget=sum(t.user_attrs.get("status") == "over_budget" for t in trials),
-        failed=len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+    result = tally(
+        SearchResult(
+            study=study,
+            run_dir=run_dir,
+            storage_url=exp.storage_url,
+            completed=0,
+            over_budget=0,
+            failed=0,
+        )
     )
     log(
         f"search: {result.completed} trials complete ({result.over_budget} over budget, not "
-        f"trained; {result.failed} failed) in {time.perf_counter() - started:.0f} s"
+        f"trained; {result.stopped_early} stopped early; {result.duplicates} repeated plans "
+        f"answered from their first trial; {result.failed} failed) in "
+        f"{time.perf_counter() - started:.0f} s"
     )
+    return result
+
+
+def tally(result: SearchResult) -> SearchResult:
+    """Fill the result's counts from its study (again after parallel workers finished)."""
+    trials = completed(result.study)
+    status = [t.user_attrs.get("status") for t in trials]
+    result.completed = len(trials)
+    result.over_budget = status.count("over_budget")
+    result.stopped_early = status.count("stopped_early")
+    result.duplicates = status.count("duplicate")
+    result.failed = len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return result
 
 
@@ -276,26 +318,23 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
     Short recovery while searching, long at the end (as AMC and HAQ do). Results go to the
     study attribute `refined` ({trial number: metrics}); the search-time figures stay on the
     trials, and the report shows both. Plans already refined with these epochs are skipped.
+    Epochs: `refine_epochs`, or `refine_student_epochs` for students (from scratch).
     """
     from spaces import CompressionPlan
 
     exp, primary = objective.exp, objective.primary
-    epochs = exp.recovery.refine_epochs
     front = [t for t in study.best_trials if t.user_attrs.get("status") == "trained"]
     front.sort(key=lambda t: -(t.user_attrs.get(primary) or 0.0))
     refined = dict(study.user_attrs.get("refined", {}))
     for t in front[: exp.recovery.refine_top_k]:
+        plan = CompressionPlan.from_dict(t.user_attrs["plan"])
+        student = plan.architecture.family != "base"
+        rec = exp.recovery
+        epochs = rec.refine_student_epochs if student else rec.refine_epochs
         if refined.get(str(t.number), {}).get("epochs") == epochs:
             continue
-        plan = CompressionPlan.from_dict(t.user_attrs["plan"])
         compressed, _ = objective.build_and_cost(plan)
-        student = plan.architecture.family != "base"
-        model = objective.train(
-            compressed,
-            plan,
-            seed=exp.seed + t.number,
-            epochs=max(epochs, exp.recovery.student_epochs) if student else epochs,
-        )
+        model = objective.train(compressed, plan, seed=exp.seed + t.number, epochs=epochs)
         metrics = objective.task.evaluate(model, "val")
         path = objective.save_weights(model, t.number, suffix="-refined")
         refined[str(t.number)] = {

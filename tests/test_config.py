@@ -31,6 +31,14 @@ def test_quickstart_loads_typed():
     assert exp.storage_url.endswith("experiments/runs/quickstart/study.db")
 
 
+def test_recovery_knobs_parse(tmp_path, in_tmp):
+    rec = {"early_stop": False, "refine_epochs": 5, "refine_student_epochs": 12}
+    exp = load_experiment(write(tmp_path, {"name": "x", "recovery": rec}))
+    assert not exp.recovery.early_stop
+    assert (exp.recovery.refine_epochs, exp.recovery.refine_student_epochs) == (5, 12)
+    assert load_experiment(write(tmp_path, {"name": "y"})).recovery.early_stop  # on by default
+
+
 def test_builtin_experiment_resolves_by_name():
     assert load_experiment("quickstart").name == "quickstart"
 
@@ -59,6 +67,11 @@ def test_overrides_are_validated(in_tmp):
         ({"name": "x", "sampler": "cmaes"}, "sampler"),
         ({"name": "x", "recovery": {"epochs": -1}}, "recovery.epochs"),
         ({"name": "x", "recovery": {"distillation": "yes"}}, "recovery.distillation"),
+        ({"name": "x", "recovery": {"early_stop": 1}}, "recovery.early_stop"),
+        (
+            {"name": "x", "recovery": {"refine_student_epochs": -2}},
+            "recovery.refine_student_epochs",
+        ),
         ({"name": "x", "max_accuracy_drop": 2}, "max_accuracy_drop"),
         ({"name": "x", "out": "../../tmp/x"}, "out"),
         ({"name": "x", "storage": "not-a-url"}, "storage"),

@@ -50,6 +50,7 @@ def compress(
     num_classes: int,
     calib_inputs: torch.Tensor,
     grad_batch: tuple[torch.Tensor, torch.Tensor],
+    calibrate: bool = True,
 ) -> Compressed:
     """Apply `plan` (architecture -> low-rank -> prune -> quantize) to a copy of `base_model`.
 
@@ -64,6 +65,8 @@ def compress(
         num_classes: the logits width.
         calib_inputs: a few batches of inputs for graph tracing and activation ranges.
         grad_batch: (inputs, targets) for gradient-based (Taylor) importance.
+        calibrate: set the activation quantizers' first ranges on `calib_inputs`; without it
+            they stay unset (pass-through) until the first training batch or `calibrate()`.
 
     Returns:
         A `Compressed` with the model in eval mode; call `.train()` to fine-tune it.
@@ -73,6 +76,7 @@ def compress(
         num_classes=int(num_classes),
         calib_inputs=calib_inputs,
         grad_batch=grad_batch,
+        calibrate=calibrate,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

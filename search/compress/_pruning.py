@@ -80,10 +80,9 @@ def _blocker(dg, module: nn.Module, ignored: dict[nn.Module, str]) -> str:
 
 
 def _ignored(
-    model: nn.Module, extra: dict[str, str]
+    model: nn.Module, extra: dict[str, str], logits: str | None
 ) -> tuple[dict[nn.Module, str], dict[nn.Module, str]]:
     """Layers torch-pruning must not prune: {module: what it is}, {module: why not}."""
-    logits = output_layer(model)
     ignored: dict[nn.Module, str] = {}
     direct: dict[nn.Module, str] = {}  # why an ignored layer itself is not pruned
     if logits is not None:
@@ -104,11 +103,15 @@ def _ignored(
 
 
 def _structured(
-    model: nn.Module, cfg: PruneConfig, ctx: Context, extra: dict[str, str], skips: dict[str, str]
+    model: nn.Module,
+    cfg: PruneConfig,
+    ctx: Context,
+    extra: dict[str, str],
+    skips: dict[str, str],
+    logits: str | None,
 ) -> nn.Module:
     names = {m: n for n, m in model.named_modules()}
-    logits = output_layer(model)
-    ignored, direct = _ignored(model, extra)
+    ignored, direct = _ignored(model, extra, logits)
     example = ctx.example_inputs()
     requested = {
         n: (cfg.global_ratio if cfg.global_ratio is not None else cfg.ratio(ctx.key(n)))
@@ -235,8 +238,7 @@ def _capped(pruner: tp.pruner.BasePruner, group):
     return dg.get_pruning_group(root, fn, sorted(order[: channels - keep]))
 
 
-def _sparsify(model: nn.Module, sparsity: float, ctx: Context) -> None:
-    logits = output_layer(model)
+def _sparsify(model: nn.Module, sparsity: float, ctx: Context, logits: str | None) -> None:
     for name, layer in layer_modules(model):
         if name == logits:
             continue  # few weights, and every one of them feeds a class score
@@ -252,11 +254,11 @@ def _sparsify(model: nn.Module, sparsity: float, ctx: Context) -> None:
 
 
 def _attempt(
-    model: nn.Module, cfg: PruneConfig, ctx: Context, extra: dict[str, str]
+    model: nn.Module, cfg: PruneConfig, ctx: Context, extra: dict[str, str], logits: str | None
 ) -> tuple[nn.Module, dict[str, str]]:
     """Prune a copy of `model`; raise if the result does not run with the same output shape."""
     skips: dict[str, str] = {}
-    pruned = _structured(copy.deepcopy(model), cfg, ctx, extra, skips)
+    pruned = _structured(copy.deepcopy(model), cfg, ctx, extra, skips, logits)
     with torch.no_grad():
         out = pruned(ctx.example_inputs())
         expected = model(ctx.example_inputs())
@@ -265,11 +267,11 @@ def _attempt(
     return pruned, skips
 
 
-def _group_roots(model: nn.Module, ctx: Context) -> list[str]:
+def _group_roots(model: nn.Module, ctx: Context, logits: str | None) -> list[str]:
     """Names of the root layers of the prunable groups (on a copy: building the graph is free
     of side effects only there)."""
     twin = copy.deepcopy(model)
-    ignored, _ = _ignored(twin, {})
+    ignored, _ = _ignored(twin, {}, logits)
     dg = tp.DependencyGraph().build_dependency(twin, example_inputs=ctx.example_inputs())
     names = {m: n for n, m in twin.named_modules()}
     groups = dg.get_all_groups(list(ignored), [nn.Conv2d, nn.Linear])
@@ -283,20 +285,23 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> nn.Module:
     If torch-pruning fails on the model, each group is tried alone; the groups that fail are
     left whole (and reported), the others are pruned.
     """
+    if not (cfg.global_ratio is not None or any(r > 0 for _, r in cfg.ratios) or cfg.sparsity):
+        return model
+    logits = output_layer(model)  # one fx trace: pruning keeps every module's name
     if cfg.global_ratio is not None or any(r > 0 for _, r in cfg.ratios):
         model.eval()
         try:
-            model, skips = _attempt(model, cfg, ctx, {})
+            model, skips = _attempt(model, cfg, ctx, {}, logits)
         except Exception:  # noqa: BLE001 - an operator must never crash a trial
-            skips = _prune_around_failures(model, cfg, ctx)
+            skips = _prune_around_failures(model, cfg, ctx, logits)
             if "" not in skips:
-                model, skips = _attempt(model, cfg, ctx, _failing(skips))
+                model, skips = _attempt(model, cfg, ctx, _failing(skips), logits)
             else:
                 skips.pop("")
         for name, why in skips.items():
             ctx.skip(name, why)
     if cfg.sparsity > 0:
-        _sparsify(model, cfg.sparsity, ctx)
+        _sparsify(model, cfg.sparsity, ctx, logits)
     return model
 
 
@@ -304,22 +309,24 @@ def _failing(skips: dict[str, str]) -> dict[str, str]:
     return {n: why for n, why in skips.items() if why.startswith("prune: fails")}
 
 
-def _prune_around_failures(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict[str, str]:
+def _prune_around_failures(
+    model: nn.Module, cfg: PruneConfig, ctx: Context, logits: str | None
+) -> dict[str, str]:
     """{root layer: why} for the groups that fail when pruned alone.
 
     Contains the key "" when even that search fails (then every layer is reported).
     """
     try:
-        roots = _group_roots(model, ctx)
+        roots = _group_roots(model, ctx, logits)
         bad: dict[str, str] = {}
         for root in roots:
             others = {n: "" for n in roots if n != root}
             try:
-                _attempt(model, cfg, ctx, others)
+                _attempt(model, cfg, ctx, others, logits)
             except Exception as exc:  # noqa: BLE001
                 bad[root] = f"prune: fails on this layer ({type(exc).__name__}: {exc})"[:300]
         if len(bad) < len(roots):
-            _attempt(model, cfg, ctx, bad)  # the rest together must work too
+            _attempt(model, cfg, ctx, bad, logits)  # the rest together must work too
             return bad
         raise RuntimeError(next(iter(bad.values()), "no prunable group"))
     except Exception as exc:  # noqa: BLE001

@@ -162,5 +162,6 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> nn.Module:
         ctx.layer_bits[name] = bits
         attach_activation_quant(layer, cfg.activation_bits)
     ctx.activation_bits = cfg.activation_bits
-    calibrate(model, ctx.calib_inputs)
+    if ctx.calibrate:
+        calibrate(model, ctx.calib_inputs)
     return model

@@ -33,6 +33,7 @@ class Context:
     layer_density: dict[str, float] = field(default_factory=dict)
     layer_bits: dict[str, int] = field(default_factory=dict)
     activation_bits: int = 32
+    calibrate: bool = True  # False: leave activation ranges unset (costing needs none)
 
     def key(self, name: str) -> str:
         """The plan key for a final module name."""

@@ -27,6 +27,7 @@ def fit(
     device: str = "cpu",
     teacher_logits: Tensor | None = None,
     loss_fn: Callable[[Tensor, Tensor | None, Tensor], Tensor] | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train `model` in place with Adam and a cosine schedule.
 
@@ -36,6 +37,8 @@ def fit(
             (computed once per run), passed to `loss_fn` batch by batch.
         loss_fn: `(student_logits, teacher_logits | None, targets) -> loss`; cross-entropy
             when not given.
+        on_epoch: called as `on_epoch(epochs_done, model)` after every epoch but the last (the
+            model is back in train mode afterwards); it may raise to stop training early.
     """
     x_all, y_all = data
     if epochs <= 0:
@@ -60,6 +63,9 @@ def fit(
             loss.backward()
             optimizer.step()
             schedule.step()
+        if on_epoch is not None and epoch + 1 < epochs:
+            on_epoch(epoch + 1, model)
+            model.train()
     return model.eval()
 
 
