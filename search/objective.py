@@ -250,11 +250,11 @@ class TrialObjective:
         plan = self.suggest(trial)
         sample_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        key = plan_key(plan)
+        pkey = plan_key(plan)
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("plan_text", plan.describe())
-        trial.set_user_attr("plan_key", key)
-        earlier = self.duplicate_of(trial.study, key)
+        trial.set_user_attr("plan_key", pkey)
+        earlier = self.duplicate_of(trial.study, pkey)
         if earlier is not None:
             return self._answer_duplicate(trial, earlier)
         compressed, cost = self.build_and_cost(plan)
@@ -287,7 +287,10 @@ class TrialObjective:
 
             try:
                 model = self.train(
-                    compressed, plan, seed=self.exp.seed + trial.number, checkpoint=checkpoint
+                    compressed,
+                    plan,
+                    seed=self.exp.seed + trial.number,
+                    checkpoint=None if needed is None else checkpoint,
                 )
                 measured = self.task.evaluate(model, "val")
                 status = TRAINED

@@ -358,7 +358,7 @@ class RunData:
         lines = [
             f"{c['trials']} trials: {c['feasible']} feasible, {c['over_budget']} over budget "
             f"(not trained), {c['failed']} failed, {c['pruned']} stopped early, "
-            f"{c['duplicate']} repeated plans; "
+            f"repeats {c['duplicate']}; "
             f"{c['front']} on the front, hypervolume {self.hypervolume:.4f}"
         ]
         if not self.front:

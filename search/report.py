@@ -625,7 +625,7 @@ def _header(run: RunData) -> str:
         f"{html.escape(budgets)}<br><b>objectives</b> {html.escape(objs)} · <b>storage</b> "
         f"{html.escape(run.storage)}<br><b>{c['trials']}</b> trials: {c['trained']} trained, "
         f"<b>{c['feasible']}</b> feasible, {c['over_budget']} over budget (not trained), "
-        f"{c['failed']} failed, {c['pruned']} stopped early, {c['duplicate']} repeated plans, "
+        f"{c['failed']} failed, {c['pruned']} stopped early, {c['duplicate']} repeats, "
         f"{c['running']} running · "
         f"<b>{c['front']}</b> on the front · hypervolume <b>{run.hypervolume:.4f}</b><br>"
         f"<b>picks</b> {html.escape(pick_text)}</div>"

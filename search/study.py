@@ -201,7 +201,11 @@ class _Progress:
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in trial.user_attrs.get("constraints", {}).values())
+    """Trained to the end and within every budget (a repeat or an early stop never is)."""
+    ua = trial.user_attrs
+    return ua.get("status") == "trained" and all(
+        v <= 0 for v in ua.get("constraints", {}).values()
+    )
 
 
 def run_search(
@@ -293,8 +297,8 @@ def run_search(
     )
     log(
         f"search: {result.completed} trials complete ({result.over_budget} over budget, not "
-        f"trained; {result.stopped_early} stopped early; {result.duplicates} repeated plans "
-        f"answered from their first trial; {result.failed} failed) in "
+        f"trained; {result.stopped_early} stopped early; {result.failed} failed; repeats "
+        f"answered from the first trial: {result.duplicates}) in "
         f"{time.perf_counter() - started:.0f} s"
     )
     return result

@@ -28,9 +28,7 @@ from spaces import CompressionPlan, QuantizeConfig
 from tests._tiny import write_tiny_experiment
 
 
-def tiny(
-    folder: Path, *, space: dict[str, Any] | None = None, out: str = "run", **changes: Any
-):
+def tiny(folder: Path, *, space: dict[str, Any] | None = None, out: str = "run", **changes: Any):
     path = write_tiny_experiment(folder, **changes)
     if space is not None:
         (folder / "tiny_space.yaml").write_text(yaml.safe_dump(space))
