@@ -18,7 +18,7 @@ reference point is 1.0 on every axis; only feasible trained trials count (val ac
 Figures that a user would quote (dominance, speed-up, size at <= 1 point) use TEST accuracy of
 the front's saved weights, so they are not the numbers the search selected on.
 
-Run from the repository root (about 30 minutes on the 2-core dev machine):
+Run from the repository root (about 12 minutes on the idle 2-core dev machine):
     python experiments/benchmarks/search_quality.py
 Smoke run (a few minutes): add `--trials 6 --seeds 0 --sampler-seeds 0`.
 Writes experiments/results/search_quality.json, search_quality.md and
