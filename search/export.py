@@ -390,7 +390,8 @@ def _export_into(
     elif not t.trained:
         weights_from = "trained at export"
         rec = exp.recovery
-        epochs = rec.epochs if plan.architecture.family == "base" else rec.student_epochs
+        student = plan.architecture.family != "base"
+        epochs = rec.student_epochs if student else rec.epochs
         log(
             f"trial {t.number} was not trained during the search ({t.status}); "
             f"training it now ({epochs} epochs)"
@@ -400,7 +401,7 @@ def _export_into(
             plan,
             task,
             epochs=epochs,
-            lr=rec.lr,
+            lr=rec.student_lr if student else rec.lr,
             batch_size=rec.batch_size,
             seed=exp.seed + t.number,
         )

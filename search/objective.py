@@ -8,7 +8,6 @@ answered from that trial; a plan that is hopeless at its recovery checkpoint sto
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 import traceback
@@ -24,7 +23,7 @@ from optuna.trial import TrialState
 from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo, SearchSpace
 
 from .compress import Compressed, build_student, compressible_layers, export_onnx
-from .config import Experiment
+from .config import Experiment, Objective
 from .hardware import (
     CostReport,
     HardwareProfile,
@@ -32,6 +31,7 @@ from .hardware import (
     estimate_cost,
     with_measured_latency,
 )
+from .pareto import ACCURACY_METRICS
 from .pipeline import build, calibrate_build, recover
 from .tasks import Task
 
@@ -52,12 +52,22 @@ class StoppedEarly(Exception):
         self.accuracy, self.epoch, self.needed = accuracy, epoch, needed
 
 
-def checkpoint_epoch(epochs: int) -> int:
-    """The recovery epoch after which early stop is judged: half of them, at least one.
+def checkpoint_epoch(epochs: int) -> int | None:
+    """The recovery epoch after which early stop is judged: half of them (None: a recovery of
+    one epoch has no point before its end to judge at).
 
     Students (from scratch) are still noisy after a third: one sat at 0.73 and ended at 0.99.
     """
-    return max(1, epochs // 2)
+    return epochs // 2 if epochs >= 2 else None
+
+
+def _as_good(theirs: Any, mine: float, objective: Objective) -> bool:
+    """Whether a recorded value is at least as good as `mine` for `objective`."""
+    if theirs is None:
+        return False
+    if objective.direction == "minimize":
+        return float(theirs) <= mine
+    return float(theirs) >= mine
 
 
 def plan_key(plan: CompressionPlan) -> str:
@@ -176,7 +186,8 @@ class TrialObjective:
     ) -> torch.nn.Module:
         """Recovery: `epochs` (default: the experiment's; students, from scratch, get their own
         epochs and learning rate). `checkpoint(epoch, model)` runs once, after
-        `checkpoint_epoch(epochs)` epochs, and may raise `StoppedEarly`."""
+        `checkpoint_epoch(epochs)` epochs (never for a one-epoch recovery), and may raise
+        `StoppedEarly`."""
         rec = self.exp.recovery
         student = plan.architecture.family != "base"
         if epochs is None:
@@ -202,23 +213,30 @@ class TrialObjective:
         """The accuracy a plan of this cost must reach to matter (None: anything may).
 
         The larger of the accuracy floor (base minus `max_accuracy_drop`) and the accuracy of
-        the best trained feasible plan that is no slower and no larger (a plan below it would
-        be dominated). Early stop fires at the checkpoint when the plan is more than
-        `EARLY_STOP_MARGIN` below this.
+        the best trained feasible plan that is at least as good on every other objective
+        (a plan below it would be dominated); the second only when the primary metric is an
+        objective and every other one is a cost known before training. Early stop fires at
+        the checkpoint when the plan is more than `EARLY_STOP_MARGIN` below this. None, too,
+        when the primary metric is not accuracy, recall or F1: the margin is in those units.
         """
+        if self.primary not in ACCURACY_METRICS:
+            return None
         needs = []
         if self.exp.max_accuracy_drop is not None:
             needs.append(self.baseline.metrics[self.primary] - self.exp.max_accuracy_drop)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            ua = t.user_attrs
-            if (
-                ua.get("status") == TRAINED
-                and ua.get(self.primary) is not None
-                and all(v <= 0 for v in ua.get("constraints", {}).values())
-                and ua.get("latency_ms", math.inf) <= cost.latency_ms
-                and ua.get("weight_bytes", math.inf) <= cost.weight_bytes
-            ):
-                needs.append(float(ua[self.primary]))
+        known = cost.metrics()
+        others = [o for o in self.exp.objectives if o.metric != self.primary]
+        ranked = any(o.metric == self.primary for o in self.exp.objectives)
+        if ranked and all(o.metric in known for o in others):
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                ua = t.user_attrs
+                if (
+                    ua.get("status") == TRAINED
+                    and ua.get(self.primary) is not None
+                    and all(v <= 0 for v in ua.get("constraints", {}).values())
+                    and all(_as_good(ua.get(o.metric), known[o.metric], o) for o in others)
+                ):
+                    needs.append(float(ua[self.primary]))
         return max(needs) if needs else None
 
     def duplicate_of(self, study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
@@ -265,8 +283,9 @@ class TrialObjective:
         metrics: dict[str, Any] = dict(cost.metrics())
         if compressed.skipped:
             trial.set_user_attr("skipped_layers", dict(compressed.skipped))
-        metrics["sample_s"] = round(sample_s, 4)
-        metrics["build_s"] = round(time.perf_counter() - t0, 4)
+        # Written now, so a trial that fails in training still records them.
+        trial.set_user_attr("sample_s", round(sample_s, 4))
+        trial.set_user_attr("build_s", round(time.perf_counter() - t0, 4))
 
         if any(v > 0 for v in constraints.values()):
             # Over budget: record the real cost, never train. Accuracy is reported as 0.0.

@@ -229,8 +229,9 @@ def run_jobs(
 ) -> SearchResult:
     """Run (or resume) the experiment's study with `jobs` processes on this machine.
 
-    Stops when the study holds `exp.trials` completed trials. Each process finishes the trial
-    it has started, so with N processes the study can end with up to N - 1 more.
+    Stops when the study holds `exp.trials` evaluated plans (repeats do not count). Each
+    process finishes the trial it has started, so with N processes the study can end with up
+    to N - 1 more.
 
     Args:
         jobs: processes, this one included (1 runs in this process only).

@@ -115,7 +115,7 @@ class TrialRecord:
 
     number: int
     state: str  # Optuna TrialState name: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
-    status: str | None  # schema status: trained | over_budget | stopped_early | failed
+    status: str | None  # trained | over_budget | stopped_early | duplicate | failed
     values: tuple[float, ...] | None  # objective values, in the study's objective order
     metrics: Mapping[str, Any]  # the schema's per-trial metrics (None when not measured)
     constraints: Mapping[str, float]
@@ -130,6 +130,7 @@ class TrialRecord:
     recipe: str | None = None  # a warm-start recipe's name ("int8", ...) when it was enqueued
     weights: str | None = None  # the trained state_dict file, as the search recorded it
     refined: Mapping[str, Any] | None = None  # study attr `refined`: longer recovery, re-scored
+    duplicate_of: int | None = None  # a repeated plan: the trial that evaluated it
 
     @property
     def violation(self) -> float:
@@ -282,6 +283,13 @@ class RunData:
                 raise ConfigError(
                     src, "--trial", f"no trial {trial}; the study has {len(self.trials)} trials"
                 ) from None
+            if t.duplicate_of is not None:
+                raise ConfigError(
+                    src,
+                    "--trial",
+                    f"trial {trial} repeats the plan of trial {t.duplicate_of}, which holds its "
+                    f"weights; export --trial {t.duplicate_of}",
+                )
             if t.state != "COMPLETE" or t.plan is None:
                 raise ConfigError(
                     src,
@@ -761,6 +769,7 @@ def _record(
         else None,
         duration_s=duration,
         recipe=ua.get("recipe"),
+        duplicate_of=ua.get("duplicate_of"),
         weights=ua.get("weights"),
         refined=refined if isinstance(refined, Mapping) else None,
     )
@@ -935,6 +944,7 @@ def trials_frame(run: RunData) -> Any:
             if k != "weights":
                 row[f"refined.{k}"] = v
         row["recipe"] = t.recipe
+        row["duplicate_of"] = t.duplicate_of
         row["plan_text"] = t.plan_text
         row["fail_reason"] = t.fail_reason
         row["skipped_layers"] = json.dumps(dict(t.skipped_layers)) if t.skipped_layers else ""

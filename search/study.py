@@ -260,17 +260,18 @@ def run_search(
     if not worker and not study.trials:
         warm_start(study, objective)
     bar = _Progress(study, exp.trials, objective.primary, progress)
-    failed_here = 0
+    failed_here = repeats_here = 0
 
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
-        nonlocal failed_here
+        nonlocal failed_here, repeats_here
         failed_here += trial.state == TrialState.FAIL
+        repeats_here += trial.user_attrs.get("status") == "duplicate"
         trials = completed(study)
         bar.update(study, trial, trials)
-        # Enough plans, or every recent trial failing, or a sampler that only proposes plans
-        # it has seen: stop rather than loop forever.
-        repeats = len(trials) - counted(trials)
-        if counted(trials) >= exp.trials or max(failed_here, repeats) >= max(exp.trials, 10):
+        # Enough plans, or failing trials, or a sampler that keeps proposing plans it has seen
+        # (counted in this process): stop rather than loop forever.
+        limit = max(exp.trials, 10)
+        if counted(trials) >= exp.trials or max(failed_here, repeats_here) >= limit:
             study.stop()
 
     started = time.perf_counter()
@@ -322,7 +323,8 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
     Short recovery while searching, long at the end (as AMC and HAQ do). Results go to the
     study attribute `refined` ({trial number: metrics}); the search-time figures stay on the
     trials, and the report shows both. Plans already refined with these epochs are skipped.
-    Epochs: `refine_epochs`, or `refine_student_epochs` for students (from scratch).
+    Epochs: `refine_epochs`, or `refine_student_epochs` for students (from scratch), and never
+    fewer than the search's own.
     """
     from spaces import CompressionPlan
 
@@ -334,7 +336,11 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
         plan = CompressionPlan.from_dict(t.user_attrs["plan"])
         student = plan.architecture.family != "base"
         rec = exp.recovery
-        epochs = rec.refine_student_epochs if student else rec.refine_epochs
+        # Never shorter than the search's own recovery.
+        if student:
+            epochs = max(rec.refine_student_epochs, rec.student_epochs)
+        else:
+            epochs = max(rec.refine_epochs, rec.epochs)
         if refined.get(str(t.number), {}).get("epochs") == epochs:
             continue
         compressed, _ = objective.build_and_cost(plan)

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 import search.objective
 from search.compress._quantization import activation_quantizers
 from search.config import load_experiment
+from search.errors import ConfigError
 from search.objective import TrialObjective, checkpoint_epoch, plan_key
 from search.pareto import load_run
 from search.pipeline import build, calibrate_build
@@ -56,7 +57,7 @@ def test_fit_calls_on_epoch_between_epochs_and_may_stop() -> None:
 
 
 def test_checkpoint_is_half_the_recovery() -> None:
-    assert [checkpoint_epoch(n) for n in (1, 2, 3, 10, 30)] == [1, 1, 1, 5, 15]
+    assert [checkpoint_epoch(n) for n in (1, 2, 3, 10, 30)] == [None, 1, 1, 5, 15]
 
 
 def test_costing_leaves_activation_ranges_unset(in_tmp: Path) -> None:
@@ -94,6 +95,11 @@ def test_a_repeated_plan_is_answered_from_its_first_trial(in_tmp: Path) -> None:
     run = load_run(result.storage_url, exp.name)
     assert not {t.number for t in repeats} & set(run.front)
     assert run.counts()["duplicate"] == 10
+    # Exporting a repeat names the trial that holds the plan's weights.
+    with pytest.raises(
+        ConfigError, match=f"export --trial {repeats[0].user_attrs['duplicate_of']}"
+    ):
+        run.pick(trial=repeats[0].number, allow_infeasible=True)
 
 
 def test_a_hopeless_plan_stops_at_the_checkpoint(
@@ -150,6 +156,15 @@ def test_needed_accuracy_is_the_floor_or_a_cheaper_better_plan(in_tmp: Path) -> 
     cheaper = dataclasses.replace(cost, latency_ms=0.5, weight_bytes=200)
     assert obj.needed_accuracy(study, dearer) == pytest.approx(max(floor, 0.9))
     assert obj.needed_accuracy(study, cheaper) == pytest.approx(floor)  # nothing cheaper yet
+
+    # An objective only training reveals (f1): dominance cannot be judged before training.
+    with_f1 = tiny(in_tmp, max_accuracy_drop=0.5, objectives=["accuracy", "latency_ms", "f1"])
+    obj_f1 = TrialObjective(with_f1, task, load_space(exp), load_target(exp))
+    assert obj_f1.needed_accuracy(study, dearer) == pytest.approx(floor)
+    # Accuracy not an objective: only the floor counts, and there is none here.
+    by_size = tiny(in_tmp, max_accuracy_drop=None, objectives=["weight_bytes", "latency_ms"])
+    obj_size = TrialObjective(by_size, task, load_space(exp), load_target(exp))
+    assert obj_size.needed_accuracy(study, dearer) is None
 
 
 class Int8Only(TrialObjective):

@@ -90,7 +90,7 @@ def replay(base_acc: float, rows: list[dict]) -> dict:
     floor = base_acc - MAX_DROP
     out: dict = {"floor": floor, "margin": EARLY_STOP_MARGIN}
     for kind, student in (("base_network", False), ("students", True)):
-        mine = [r for r in rows if r["student"] == student]
+        mine = [r for r in rows if r["student"] == student and r["checkpoint_epoch"]]
         at = [r["curve"][r["checkpoint_epoch"] - 1] for r in mine]
         stop = [a < floor - EARLY_STOP_MARGIN for a in at]
         ok = [r["final"] >= floor for r in mine]

@@ -65,7 +65,7 @@ def fit(
             schedule.step()
         if on_epoch is not None and epoch + 1 < epochs:
             on_epoch(epoch + 1, model)
-            model.train()
+            model.to(device).train()
     return model.eval()
 
 
