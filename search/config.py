@@ -54,6 +54,15 @@ class Recovery:
     refine_student_epochs: int = 30  # the refine stage's budget for students
     refine_top_k: int = 0  # 0 = no refine stage
 
+    def schedule(self, student: bool, *, refine: bool = False) -> tuple[int, float]:
+        """Epochs and learning rate of one recovery. Students start from scratch, so they get
+        their own; the refine stage is never shorter than the search's."""
+        if student:
+            epochs = max(self.refine_student_epochs, self.student_epochs) if refine else None
+            return epochs or self.student_epochs, self.student_lr
+        epochs = max(self.refine_epochs, self.epochs) if refine else None
+        return epochs or self.epochs, self.lr
+
 
 @dataclass(frozen=True)
 class UserTask:

@@ -390,8 +390,7 @@ def _export_into(
     elif not t.trained:
         weights_from = "trained at export"
         rec = exp.recovery
-        student = plan.architecture.family != "base"
-        epochs = rec.student_epochs if student else rec.epochs
+        epochs, lr = rec.schedule(plan.architecture.family != "base")
         log(
             f"trial {t.number} was not trained during the search ({t.status}); "
             f"training it now ({epochs} epochs)"
@@ -401,7 +400,7 @@ def _export_into(
             plan,
             task,
             epochs=epochs,
-            lr=rec.student_lr if student else rec.lr,
+            lr=lr,
             batch_size=rec.batch_size,
             seed=exp.seed + t.number,
         )

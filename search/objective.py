@@ -189,9 +189,8 @@ class TrialObjective:
         `checkpoint_epoch(epochs)` epochs (never for a one-epoch recovery), and may raise
         `StoppedEarly`."""
         rec = self.exp.recovery
-        student = plan.architecture.family != "base"
-        if epochs is None:
-            epochs = rec.student_epochs if student else rec.epochs
+        default_epochs, lr = rec.schedule(plan.architecture.family != "base")
+        epochs = default_epochs if epochs is None else epochs
         at = checkpoint_epoch(epochs)
 
         def on_epoch(epoch: int, model: torch.nn.Module) -> None:
@@ -203,7 +202,7 @@ class TrialObjective:
             plan,
             self.task,
             epochs=epochs,
-            lr=rec.student_lr if student else rec.lr,
+            lr=lr,
             batch_size=rec.batch_size,
             seed=seed,
             on_epoch=on_epoch,

@@ -334,13 +334,7 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
     refined = dict(study.user_attrs.get("refined", {}))
     for t in front[: exp.recovery.refine_top_k]:
         plan = CompressionPlan.from_dict(t.user_attrs["plan"])
-        student = plan.architecture.family != "base"
-        rec = exp.recovery
-        # Never shorter than the search's own recovery.
-        if student:
-            epochs = max(rec.refine_student_epochs, rec.student_epochs)
-        else:
-            epochs = max(rec.refine_epochs, rec.epochs)
+        epochs, _ = exp.recovery.schedule(plan.architecture.family != "base", refine=True)
         if refined.get(str(t.number), {}).get("epochs") == epochs:
             continue
         compressed, _ = objective.build_and_cost(plan)

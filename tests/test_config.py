@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search.config import load_experiment, parse_experiment
+from search.config import Recovery, load_experiment, parse_experiment
 from search.errors import ConfigError
 from tests.conftest import REPO
 
@@ -37,6 +37,17 @@ def test_recovery_knobs_parse(tmp_path, in_tmp):
     assert not exp.recovery.early_stop
     assert (exp.recovery.refine_epochs, exp.recovery.refine_student_epochs) == (5, 12)
     assert load_experiment(write(tmp_path, {"name": "y"})).recovery.early_stop  # on by default
+
+
+def test_recovery_schedule_per_plan_kind():
+    rec = Recovery(epochs=3, student_epochs=10, lr=0.005, student_lr=0.01)
+    assert rec.schedule(False) == (3, 0.005)
+    assert rec.schedule(True) == (10, 0.01)
+    assert Recovery(epochs=3, refine_epochs=8).schedule(False, refine=True)[0] == 8
+    # The refine stage never trains shorter than the search did.
+    assert Recovery(epochs=12, refine_epochs=8).schedule(False, refine=True)[0] == 12
+    long_students = Recovery(student_epochs=40, refine_student_epochs=30)
+    assert long_students.schedule(True, refine=True)[0] == 40
 
 
 def test_builtin_experiment_resolves_by_name():

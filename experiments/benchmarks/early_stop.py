@@ -56,7 +56,7 @@ def curves(n_plans: int, seed: int) -> tuple[float, list[dict]]:
         plan = objective.suggest(trial)
         compressed, _ = objective.build_and_cost(plan)
         student = plan.architecture.family != "base"
-        epochs = rec.student_epochs if student else rec.epochs
+        epochs, lr = rec.schedule(student)
         seen: list[float] = []
         t0 = time.perf_counter()
         model = recover(
@@ -64,7 +64,7 @@ def curves(n_plans: int, seed: int) -> tuple[float, list[dict]]:
             plan,
             task,
             epochs=epochs,
-            lr=rec.student_lr if student else rec.lr,
+            lr=lr,
             batch_size=rec.batch_size,
             seed=seed + i,
             on_epoch=lambda _e, m, seen=seen: seen.append(task.evaluate(m, "val")["accuracy"]),

@@ -297,8 +297,7 @@ def build_baselines(targets: Sequence[str], out: Path) -> dict[str, Any]:
                 rows[name][budget] = rows[name]["search"]
                 continue
             compressed = build(plan, task)
-            # The learning rate `TrialObjective.train` uses: students have their own.
-            lr = rec.student_lr if plan.architecture.family != "base" else rec.lr
+            _, lr = rec.schedule(plan.architecture.family != "base")  # as the search trains
             model = recover(
                 compressed, plan, task, epochs=n, lr=lr, batch_size=rec.batch_size, seed=0
             )
