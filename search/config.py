@@ -58,10 +58,10 @@ class Recovery:
         """Epochs and learning rate of one recovery. Students start from scratch, so they get
         their own; the refine stage is never shorter than the search's."""
         if student:
-            epochs = max(self.refine_student_epochs, self.student_epochs) if refine else None
-            return epochs or self.student_epochs, self.student_lr
-        epochs = max(self.refine_epochs, self.epochs) if refine else None
-        return epochs or self.epochs, self.lr
+            epochs, lr, longer = self.student_epochs, self.student_lr, self.refine_student_epochs
+        else:
+            epochs, lr, longer = self.epochs, self.lr, self.refine_epochs
+        return (max(longer, epochs) if refine else epochs), lr
 
 
 @dataclass(frozen=True)
