@@ -9,7 +9,7 @@ Example::
 """
 
 from ._calibrate import calibrate_from_measurements, calibrate_host, cost_summary
-from ._cost import CostReport, LayerCost, constraint_values, estimate_cost
+from ._cost import CostReport, LayerCost, constraint_values, estimate_cost, latency_band
 from ._measure import (
     Measurement,
     export_fp32_onnx,
@@ -26,17 +26,21 @@ from ._profile import (
     profile_from_dict,
     write_profile,
 )
+from ._zoo import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
 
 __all__ = [
     "BUDGET_KEYS",
     "OP_KINDS",
+    "REFERENCE_NETWORKS",
     "CostReport",
     "HardwareProfile",
     "LayerCost",
     "Measurement",
+    "ReferenceNetwork",
     "calibrate_from_measurements",
     "calibrate_host",
     "constraint_values",
+    "latency_band",
     "cost_summary",
     "estimate_cost",
     "load_profile",
@@ -45,6 +49,7 @@ __all__ = [
     "measure_model_ms",
     "measure_onnx",
     "profile_from_dict",
+    "reference_network",
     "with_measured_latency",
     "write_profile",
 ]
