@@ -222,14 +222,16 @@ def constraint_values(
     budgets: Mapping[str, float],
     *,
     profile: HardwareProfile | None = None,
+    latency_margin: float = 0.0,
 ) -> dict[str, float]:
     """`value / budget - 1` per budget key (<= 0 is feasible), in BUDGET_KEYS order.
 
     With `profile`, a budget above the board's own limit (SRAM, RAM, flash) is cut to that
-    limit, so no plan that cannot run on the device is ever feasible.
+    limit, so no plan that cannot run on the device is ever feasible. `latency_margin` checks
+    the latency budget against the pessimistic bound `latency_ms * (1 + latency_margin)`.
     """
     value = {
-        "latency_ms": cost.latency_ms,
+        "latency_ms": cost.latency_ms * (1.0 + latency_margin),
         "memory_kb": cost.memory_bytes / 1024,
         "flash_kb": cost.flash_bytes / 1024,
     }
@@ -248,3 +250,9 @@ def constraint_values(
         if key not in BUDGET_KEYS:
             raise ValueError(f"unknown budget {key!r}; allowed: {list(BUDGET_KEYS)}")
     return out
+
+
+def latency_band(latency_ms: float, error: float) -> tuple[float, float]:
+    """The band `latency_ms * (1 -/+ error)` around a prediction, for a profile's measured
+    relative error (e.g. its p90 of |predicted/published - 1|); never below zero."""
+    return max(0.0, latency_ms * (1.0 - error)), latency_ms * (1.0 + error)
