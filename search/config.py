@@ -29,6 +29,9 @@ METRIC_DIRECTIONS = {
 }
 BUDGET_KEYS = ("latency_ms", "memory_kb", "flash_kb")
 SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
+# Which latency a budget is checked against: the prediction, or its pessimistic p90 bound
+# (prediction x (1 + the profile's measured p90 error)).
+BUDGET_MARGINS = ("none", "p90")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -100,6 +103,7 @@ class Experiment:
     out: str | None = None
     device: str = "cpu"
     latency: str = "predicted"  # or "measured": ONNX Runtime on this machine (host target only)
+    budget_margin: str = "none"  # "p90": check latency_ms against the profile's p90 bound
     recovery: Recovery = field(default_factory=Recovery)
 
     @property
@@ -301,6 +305,7 @@ _TOP_KEYS = (
     "out",
     "device",
     "latency",
+    "budget_margin",
     "recovery",
 )
 
@@ -376,6 +381,16 @@ def parse_experiment(data: Any, source: str) -> Experiment:
                 "latency",
                 "measured latency needs `target: host` (this "
                 "machine); other targets use the profile's prediction",
+            )
+    if data.get("budget_margin") is not None:
+        kwargs["budget_margin"] = _choice(
+            file, "budget_margin", data["budget_margin"], BUDGET_MARGINS
+        )
+        if kwargs["budget_margin"] != "none" and kwargs.get("latency") == "measured":
+            raise ConfigError(
+                file,
+                "budget_margin",
+                "bounds the predicted latency; with `latency: measured` use `none`",
             )
     if "device" in data:
         kwargs["device"] = _choice(file, "device", data["device"], ("cpu", "cuda"))

@@ -24,6 +24,7 @@ from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo
 
 from .compress import Compressed, build_student, compressible_layers, export_onnx
 from .config import Experiment, Objective
+from .errors import ConfigError
 from .hardware import (
     CostReport,
     HardwareProfile,
@@ -83,6 +84,31 @@ class Baseline:
     cost: CostReport
 
 
+def latency_margin(exp: Experiment, profile: HardwareProfile) -> float:
+    """The relative margin the latency budget is checked with (`budget_margin`): 0, or the
+    profile's measured p90 error. ConfigError when `p90` is asked of a profile without one."""
+    if exp.budget_margin == "none":
+        return 0.0
+    p90 = getattr(profile, "latency_error_p90", None)
+    if p90 is None:
+        raise ConfigError(
+            exp.source,
+            "budget_margin",
+            f"p90 needs a measured latency error, and profile {profile.name!r} has none "
+            "(latency_error.p90); use `none` or a calibrated profile",
+        )
+    return float(p90)
+
+
+def layer_costs(cost: CostReport) -> list[list[Any]]:
+    """The cost model's per-kernel rows, compact for storage (the report's "why this plan"):
+    [name, kind, latency_ms, weight_bytes, activation bytes read and written]."""
+    return [
+        [r.name, r.kind, round(r.latency_ms, 6), r.weight_bytes, r.bytes_moved - r.weight_bytes]
+        for r in cost.layers
+    ]
+
+
 class TrialObjective:
     """Callable for `study.optimize`. Holds what every trial shares (task, space, profile)."""
 
@@ -97,6 +123,7 @@ class TrialObjective:
     ) -> None:
         self.exp, self.task, self.space, self.profile = exp, task, space, profile
         self.budgets = {**profile.budgets, **exp.budgets}
+        self.latency_margin = latency_margin(exp, profile)
         self.weights_dir = weights_dir
         self.primary = next(
             (o.metric for o in exp.objectives if o.direction == "maximize"), "accuracy"
@@ -278,7 +305,12 @@ class TrialObjective:
         if self.exp.latency == "measured":
             trial.set_user_attr("predicted_latency_ms", cost.latency_ms)
             cost = self.measured(compressed, cost)
-        constraints = constraint_values(cost, self.budgets, profile=self.profile)
+        constraints = constraint_values(
+            cost, self.budgets, profile=self.profile, latency_margin=self.latency_margin
+        )
+        if self.latency_margin:  # the bound the budget was checked against
+            trial.set_user_attr("latency_bound_ms", cost.latency_ms * (1 + self.latency_margin))
+        trial.set_user_attr("layer_costs", layer_costs(cost))
         metrics: dict[str, Any] = dict(cost.metrics())
         if compressed.skipped:
             trial.set_user_attr("skipped_layers", dict(compressed.skipped))

@@ -131,6 +131,9 @@ class TrialRecord:
     weights: str | None = None  # the trained state_dict file, as the search recorded it
     refined: Mapping[str, Any] | None = None  # study attr `refined`: longer recovery, re-scored
     duplicate_of: int | None = None  # a repeated plan: the trial that evaluated it
+    # The cost model's per-kernel rows (objective.layer_costs): name, kind, latency_ms,
+    # weight_bytes, activation bytes. Empty for runs recorded before they were stored.
+    layer_costs: tuple[tuple[Any, ...], ...] = ()
 
     @property
     def violation(self) -> float:
@@ -171,6 +174,7 @@ class RunData:
     budget_lines: Mapping[str, float]  # metric -> budget expressed in that metric's units
     base_hash: str = ""  # sha256 of the base model's state_dict file (study attr `base_hash`)
     primary_metric: str = ""  # the metric accuracy drops are measured on
+    base_layer_costs: tuple[tuple[Any, ...], ...] = ()  # the base model's per-kernel rows
 
     def __post_init__(self) -> None:
         numbers = [t.number for t in self.trials]
@@ -707,7 +711,15 @@ def build_run(study: Any, *, storage: str = "") -> RunData:
         accuracy_floor=_accuracy_floor(attrs, objectives),
         base_hash=str(attrs.get("base_hash") or ""),
         primary_metric=str(attrs.get("primary_metric") or ""),
+        base_layer_costs=_rows(attrs.get("base_layer_costs")),
     )
+
+
+def _rows(value: Any) -> tuple[tuple[Any, ...], ...]:
+    """Stored per-kernel cost rows as tuples (anything else: none)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(tuple(r) for r in value if isinstance(r, list))
 
 
 def _accuracy_floor(attrs: Mapping[str, Any], objectives: Sequence[Objective]) -> dict[str, float]:
@@ -772,6 +784,7 @@ def _record(
         duplicate_of=ua.get("duplicate_of"),
         weights=ua.get("weights"),
         refined=refined if isinstance(refined, Mapping) else None,
+        layer_costs=_rows(ua.get("layer_costs")),
     )
 
 
@@ -791,6 +804,7 @@ def assemble(
     accuracy_floor: Mapping[str, float] | None = None,
     base_hash: str = "",
     primary_metric: str = "",
+    base_layer_costs: Sequence[Sequence[Any]] = (),
 ) -> RunData:
     """Compute the front, hypervolume, knee and least-violating list from trial records.
 
@@ -857,6 +871,7 @@ def assemble(
         base_hash=base_hash,
         primary_metric=primary_metric
         or next((o.metric for o in objectives if o.direction == "maximize"), "accuracy"),
+        base_layer_costs=tuple(tuple(r) for r in base_layer_costs),
     )
 
 

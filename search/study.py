@@ -225,12 +225,13 @@ def run_search(
             every plan), built as `objective_cls(exp, task, space, profile, weights_dir=...,
             **objective_kwargs)`.
     """
-    from .objective import TrialObjective
+    from .objective import TrialObjective, latency_margin
     from .parallel import fail_orphaned_trials
     from .tasks import load_task
 
     space, profile = load_space(exp), load_target(exp)  # validate everything before writing
     check_space_runs_on(space, profile)
+    latency_margin(exp, profile)  # `budget_margin: p90` needs a profile with a measured error
     run_dir = exp.run_dir
     # The outermost folder this run would create: removed again if the input is refused.
     fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
@@ -389,6 +390,8 @@ def _record_study_attrs(
     profile: HardwareProfile,
     space: SearchSpace,
 ) -> None:
+    from .objective import layer_costs
+
     attrs = {
         "experiment": exp.to_dict(),
         "objectives": [[o.metric, o.direction] for o in exp.objectives],
@@ -401,6 +404,9 @@ def _record_study_attrs(
         "base_hash": objective.task.base_hash,
         "space": space.name,
         "primary_metric": objective.primary,
+        # Which latency the budget was checked against: the prediction or its p90 bound.
+        "budget_margin": {"bound": exp.budget_margin, "latency_error": objective.latency_margin},
+        "base_layer_costs": layer_costs(objective.baseline.cost),
     }
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
