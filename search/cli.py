@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--study", help="study name (with --storage)")
     rep.add_argument("--out", help="where to write (default: the run folder)")
 
-    exp = sub.add_parser("export", help="export a winner: winner.yaml, model.onnx, card.md")
+    exp = sub.add_parser(
+        "export", help="export a winner: winner.yaml, model.onnx (or model.tflite), card.md"
+    )
     exp.add_argument("run_dir", nargs="?", help="run folder (or --storage and --study)")
     exp.add_argument("--storage", help="SQLAlchemy URL of a shared study")
     exp.add_argument("--study", help="study name (with --storage)")
@@ -62,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--trial", type=int, help="export this trial number")
     exp.add_argument("--out", help="default RUN_DIR/winner")
     exp.add_argument("--allow-infeasible", action="store_true")
+    exp.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "tflite"],
+        help="onnx (default) or tflite: int8 .tflite + C array, checked in TFLite Micro "
+        '(needs pip install -e ".[tflite]")',
+    )
 
     app = sub.add_parser("apply", help="rebuild a winner from its base model and check it")
     app.add_argument("winner", help="winner/winner.yaml")
@@ -195,6 +204,7 @@ def _export(args: argparse.Namespace) -> int:
         trial=args.trial,
         out=Path(args.out) if args.out else None,
         allow_infeasible=args.allow_infeasible,
+        fmt=args.format,
     )
     print(result)
     return 0

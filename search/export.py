@@ -9,6 +9,12 @@
 * `card.md`: what was done, the metrics, the budget check, and on the host profile the measured
   ONNX Runtime latency beside the prediction.
 
+With `fmt="tflite"` (`export --format tflite`, for a microcontroller) `model.onnx` gives way to
+`model.tflite` (full-integer int8 when every layer and activation of the plan is at 8 bits, else
+float32, which TFLite Micro runs on its float kernels) and `model_data.cc`/`.h` (the flatbuffer
+as a C array); the test split runs in the TFLite Micro interpreter, and `winner.yaml` records its
+arena beside the predicted `peak_activation_bytes` (`search.tflite`).
+
 `apply_winner` checks the hashes, rebuilds the structure from the base model with the plan
 (`search.pipeline.build`, deterministic), loads `model.pt` and re-evaluates on test.
 """
@@ -35,6 +41,8 @@ __all__ = ["ApplyResult", "ExportResult", "apply_winner", "export_winner"]
 
 WINNER_FORMAT = "compression-search/winner/1"
 ARTIFACTS = ("model.pt", "model.onnx", "card.md")
+TFLITE_ARTIFACTS = ("model.pt", "model.tflite", "model_data.cc", "model_data.h", "card.md")
+FORMATS = ("onnx", "tflite")
 ONNX_TOLERANCE = 0.01  # ONNX Runtime vs PyTorch test accuracy: within 1 point
 APPLY_TOLERANCE = 0.005  # apply vs export test accuracy: within 0.5 point
 SIZE_KEYS = ("params", "weight_bytes", "flash_bytes", "state_dict_numel")
@@ -73,12 +81,26 @@ class ExportResult:
             + ("" if self.feasible else " [INFEASIBLE: exported on request]")
             + f" to {self.winner_dir}"
         ]
-        test, onnx = m.get("test", {}), m.get("onnx_test", {})
+        tflite = m.get("tflite")
+        test = m.get("test", {})
+        runtime, other = (
+            ("TFLite Micro", m.get("tflm_test", {}))
+            if tflite
+            else ("ONNX Runtime", m.get("onnx_test", {}))
+        )
         primary = m.get("primary_metric", "accuracy")
         if primary in test:
             lines.append(
-                f"  test {primary}: PyTorch {test[primary]:.4f}, ONNX Runtime "
-                f"{onnx.get(primary, float('nan')):.4f}"
+                f"  test {primary}: PyTorch {test[primary]:.4f}, {runtime} "
+                f"{other.get(primary, float('nan')):.4f}"
+            )
+        if tflite:
+            arena = tflite["arena"]
+            lines.append(
+                f"  {tflite['kind']} .tflite {tflite['bytes']:,} bytes; TFLM arena "
+                f"{arena['total']:,} bytes (planned {arena['head']:,}), predicted "
+                f"{tflite['predicted_memory_bytes']:,} (peak activations "
+                f"{m.get('peak_activation_bytes'):,})"
             )
         lines.append(
             f"  size: {m.get('params')} params, {m.get('weight_bytes')} weight bytes; "
@@ -289,6 +311,7 @@ def export_winner(
     out: str | Path | None = None,
     allow_infeasible: bool = False,
     measure_latency: bool | None = None,
+    fmt: str = "onnx",
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export one trial of a finished search as `winner/`.
@@ -301,11 +324,21 @@ def export_winner(
         out: the winner folder (default `RUN_DIR/winner`).
         allow_infeasible: export even when the trial, or every trial, breaks a budget.
         measure_latency: measure ONNX Runtime latency here; default: only for the host profile.
+        fmt: `onnx` (default) or `tflite` (int8 `.tflite` + C array, checked in TFLite Micro).
 
     Raises:
         ConfigError: unknown trial or pick, nothing feasible (without `allow_infeasible`),
-            missing weights, or a base model that differs from the one the search used.
+            missing weights, a base model that differs from the one the search used, or (tflite)
+            a missing optional extra or an operator the converter or TFLite Micro cannot run.
     """
+    if fmt not in FORMATS:
+        raise ConfigError("<command line>", "--format", f"{fmt!r} is not one of {list(FORMATS)}")
+    if fmt == "tflite":
+        from .tflite import missing_extra
+
+        why = missing_extra()
+        if why:
+            raise ConfigError("<command line>", "--format", f"tflite needs the extra: {why}")
     if storage:
         run = load_run(storage, study)
         base = Path(run_dir) if run_dir else None
@@ -330,6 +363,7 @@ def export_winner(
             base=base,
             pick=None if trial is not None else (pick or "knee"),
             measure=_is_host(run.profile) if measure_latency is None else measure_latency,
+            fmt=fmt,
             log=log,
         ),
     )
@@ -350,6 +384,7 @@ def _export_into(
     pick: str | None,
     measure: bool,
     log: Callable[[str], None],
+    fmt: str = "onnx",
 ) -> None:
     import torch
 
@@ -427,20 +462,41 @@ def _export_into(
 
     torch.save(model.state_dict(), tmp / "model.pt")
     int8_layers = sorted(k for k, b in compressed.layer_bits.items() if b == 8)
-    export_onnx(
-        model,
-        tmp / "model.onnx",
-        input_shape=tuple(task.input_shape),
-        int8=bool(int8_layers),
-        calib_inputs=task.calibration_inputs(CALIBRATION_ROWS),
-    )
-    onnx_test = task.evaluate(_OnnxModel(tmp / "model.onnx"), "test")  # type: ignore[arg-type]
-    onnx_gap = abs(float(onnx_test[primary]) - float(test[primary]))
-    if onnx_gap > ONNX_TOLERANCE:
-        log(
-            f"warning: ONNX Runtime test {primary} {onnx_test[primary]:.4f} is "
-            f"{onnx_gap * 100:.2f} points from PyTorch's {test[primary]:.4f} (limit 1 point)"
+    runtime_metrics: dict[str, Any]
+    if fmt == "tflite":
+        runtime_metrics = _tflite_into(
+            tmp,
+            model,
+            task,
+            compressed,
+            cost,
+            profile,
+            where,
+            log,
+            primary=primary,
+            torch_test=test,
         )
+        measure = False  # the host measures ONNX Runtime; a board is not this machine
+    else:
+        export_onnx(
+            model,
+            tmp / "model.onnx",
+            input_shape=tuple(task.input_shape),
+            int8=bool(int8_layers),
+            calib_inputs=task.calibration_inputs(CALIBRATION_ROWS),
+        )
+        onnx_test = task.evaluate(_OnnxModel(tmp / "model.onnx"), "test")  # type: ignore[arg-type]
+        onnx_gap = abs(float(onnx_test[primary]) - float(test[primary]))
+        if onnx_gap > ONNX_TOLERANCE:
+            log(
+                f"warning: ONNX Runtime test {primary} {onnx_test[primary]:.4f} is "
+                f"{onnx_gap * 100:.2f} points from PyTorch's {test[primary]:.4f} (limit 1 point)"
+            )
+        runtime_metrics = {
+            "onnx_test": onnx_test,
+            "onnx_vs_torch_points": round(onnx_gap * 100, 4),
+            "onnx_within_1_point": onnx_gap <= ONNX_TOLERANCE,
+        }
     measured = None
     if measure:
         measured = measure_latency_ms(
@@ -462,9 +518,7 @@ def _export_into(
             if t.metrics.get(k) is not None
         },
         "test": test,
-        "onnx_test": onnx_test,
-        "onnx_vs_torch_points": round(onnx_gap * 100, 4),
-        "onnx_within_1_point": onnx_gap <= ONNX_TOLERANCE,
+        **runtime_metrics,
         "measured_latency_ms": measured,
     }
     if t.refined:
@@ -503,12 +557,84 @@ def _export_into(
         "versions": package_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if fmt == "tflite":
+        del record["onnx"]
     (tmp / "card.md").write_text(_card(record, run, t, compressed.layer_bits))
-    record["artifacts"] = {name: sha256_file(tmp / name) for name in ARTIFACTS}
+    names = TFLITE_ARTIFACTS if fmt == "tflite" else ARTIFACTS
+    record["artifacts"] = {name: sha256_file(tmp / name) for name in names}
     (tmp / "winner.yaml").write_text(
         "# A compression-search winner. Rebuild it: python -m search apply winner.yaml\n"
         + yaml.safe_dump(_plain(record), sort_keys=False)
     )
+
+
+def _tflite_into(
+    tmp: Path,
+    model: Any,
+    task: Any,
+    compressed: Any,
+    cost: Any,
+    profile: Any,
+    where: str,
+    log: Callable[[str], None],
+    *,
+    primary: str,
+    torch_test: Mapping[str, Any],
+) -> dict[str, Any]:
+    """`model.tflite` + C array in `tmp`; its test metrics in TFLite Micro and its arena."""
+    from .tflite import TflmModel, convert, operators, write_c_array
+
+    bits = dict(compressed.layer_bits)
+    wider = sorted(k for k, b in bits.items() if b != 8)
+    # TFLM has int8 kernels (weights and activations) and float ones; a plan with any wider
+    # layer or activation runs as float32 there (its card says so).
+    int8 = bool(bits) and not wider and compressed.activation_bits == 8
+    convert(
+        model,
+        tmp / "model.tflite",
+        input_shape=tuple(task.input_shape),
+        calib_inputs=task.calibration_inputs(CALIBRATION_ROWS) if int8 else None,
+        int8=int8,
+        where=where,
+    )
+    size = write_c_array(tmp / "model.tflite", tmp)
+    tflm = TflmModel(tmp / "model.tflite", where=where)
+    tflm_test = task.evaluate(tflm, "test")  # type: ignore[arg-type]
+    gap = abs(float(tflm_test[primary]) - float(torch_test[primary]))
+    if gap > ONNX_TOLERANCE:
+        log(
+            f"warning: TFLite Micro test {primary} {tflm_test[primary]:.4f} is "
+            f"{gap * 100:.2f} points from PyTorch's {torch_test[primary]:.4f} (limit 1 point)"
+        )
+    arena = tflm.arena()
+    runtime_flash = int(profile.runtime_flash_kb * 1024)
+    why = ""
+    if not int8:
+        parts = [f"{len(wider)} layer(s) wider than 8 bits"] if wider else []
+        if compressed.activation_bits != 8:
+            parts.append(f"activations at {compressed.activation_bits} bits")
+        why = (", ".join(parts) or "no quantized layer") + (
+            ": TFLite Micro runs them on its float32 kernels"
+        )
+    return {
+        "tflm_test": tflm_test,
+        "tflm_vs_torch_points": round(gap * 100, 4),
+        "tflm_within_1_point": gap <= ONNX_TOLERANCE,
+        "tflite": {
+            "kind": "int8" if int8 else "float32",
+            "why_float": why or None,
+            "bytes": size,
+            "operators": operators(tmp / "model.tflite"),
+            "arena": arena.as_dict(),
+            "predicted_peak_activation_bytes": int(cost.peak_activation_bytes),
+            "predicted_memory_bytes": int(cost.memory_bytes),
+            "arena_vs_predicted": round(arena.total / max(cost.memory_bytes, 1) - 1, 4),
+            "flash_bytes": size + runtime_flash,
+            "runtime_flash_bytes": runtime_flash,
+            "predicted_flash_bytes": int(cost.flash_bytes),
+            "flash_vs_predicted": round((size + runtime_flash) / max(cost.flash_bytes, 1) - 1, 4),
+        },
+    }
 
 
 # --- the card ----------------------------------------------------------------------------------
@@ -522,6 +648,10 @@ def _f(v: Any, digits: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.{digits}g}"
     return str(v)
+
+
+def _pct(measured: float, predicted: float) -> str:
+    return f"{measured / predicted - 1:+.1%}" if predicted else "-"
 
 
 def _card(
@@ -588,36 +718,72 @@ def _card(
             f"- Recovery: fine-tuned with distillation (alpha {d.get('alpha')}, "
             f"temperature {d.get('temperature')})."
         )
-    o = r["onnx"]
-    lines.append(
-        f"- ONNX: {len(o['int8_qdq_layers'])} layer(s) as int8 QDQ "
-        f"({', '.join(o['int8_qdq_layers']) or 'none'}), the rest fp32."
-    )
+    tfl = m.get("tflite")
+    if tfl:
+        lines.append(
+            f"- TFLite: a {'full-integer int8' if tfl['kind'] == 'int8' else 'float32'} "
+            f"`.tflite` ({tfl['bytes']:,} bytes, {len(tfl['operators'])} operators)"
+            + (f"; float32 because of {tfl['why_float']}." if tfl.get("why_float") else ".")
+        )
+    else:
+        o = r["onnx"]
+        lines.append(
+            f"- ONNX: {len(o['int8_qdq_layers'])} layer(s) as int8 QDQ "
+            f"({', '.join(o['int8_qdq_layers']) or 'none'}), the rest fp32."
+        )
     if r["skipped_layers"]:
         lines.append(
             "- Left whole: " + "; ".join(f"{k} ({v})" for k, v in r["skipped_layers"].items())
         )
+    runtime, key = ("TFLite Micro", "tflm") if tfl else ("ONNX Runtime", "onnx")
     lines += [
         "",
         "## Metrics",
         "",
         "| metric | base model (val) | search (val) | exported (val) | test, PyTorch "
-        "| test, ONNX Runtime |",
+        f"| test, {runtime} |",
         "|---|---|---|---|---|---|",
     ]
     for k in m["test"]:
         lines.append(
             f"| {k} | {_f(base.get(k))} | {_f(m['validation_at_search'].get(k))} | "
             f"{_f(m['validation'].get(k))} | {_f(m['test'].get(k))} | "
-            f"{_f(m['onnx_test'].get(k))} |"
+            f"{_f(m[f'{key}_test'].get(k))} |"
         )
     lines += [
         "",
-        f"ONNX Runtime vs PyTorch on test {primary}: {m['onnx_vs_torch_points']:.2f} "
-        f"points ({'within' if m['onnx_within_1_point'] else 'OUTSIDE'} the 1-point "
+        f"{runtime} vs PyTorch on test {primary}: {m[f'{key}_vs_torch_points']:.2f} "
+        f"points ({'within' if m[f'{key}_within_1_point'] else 'OUTSIDE'} the 1-point "
         "limit).",
         "",
     ]
+    if tfl:
+        a = tfl["arena"]
+        lines += [
+            "## Memory in TFLite Micro",
+            "",
+            "The arena is what the board reserves for the interpreter (`print_allocations()` "
+            "after `invoke()`): head = activations placed by TFLM's memory planner, tail = "
+            "persistent data (tensor structs, per-channel quantization, operator state).",
+            "",
+            "| figure | predicted (cost model) | TFLite Micro | difference |",
+            "|---|---|---|---|",
+            f"| activations (arena head) | {tfl['predicted_peak_activation_bytes']:,} B | "
+            f"{a['head']:,} B | {_pct(a['head'], tfl['predicted_peak_activation_bytes'])} |",
+            f"| SRAM (arena total) | {tfl['predicted_memory_bytes']:,} B | {a['total']:,} B | "
+            f"{_pct(a['total'], tfl['predicted_memory_bytes'])} |",
+            f"| flash (.tflite + {tfl['runtime_flash_bytes']:,} B runtime) | "
+            f"{tfl['predicted_flash_bytes']:,} B | {tfl['flash_bytes']:,} B | "
+            f"{_pct(tfl['flash_bytes'], tfl['predicted_flash_bytes'])} |",
+            "",
+        ]
+        if tfl.get("why_float"):
+            lines += [
+                f"This plan runs in float32 on the board ({tfl['why_float']}): four bytes per "
+                "activation and weight, and float kernels far slower than the int8 ones the "
+                "cost model's 8-bit rates describe.",
+                "",
+            ]
     lines += [
         "## Cost and budget check",
         "",
@@ -690,7 +856,15 @@ def _card(
         "",
         "- `winner.yaml`: plan, metrics, profile, versions, hashes",
         "- `model.pt`: compressed state_dict (`torch.load(..., weights_only=True)`)",
-        "- `model.onnx`: runs in ONNX Runtime (input `input`, output `logits`)",
+        *(
+            [
+                "- `model.tflite`: runs in TFLite Micro / LiteRT (batch 1)",
+                "- `model_data.cc`, `model_data.h`: the flatbuffer as a C array "
+                "(`g_model_data`, `g_model_data_len`)",
+            ]
+            if tfl
+            else ["- `model.onnx`: runs in ONNX Runtime (input `input`, output `logits`)"]
+        ),
         "",
         "Rebuild and check: `python -m search apply winner.yaml`",
         "",

@@ -1,0 +1,196 @@
+"""The microcontroller path: int8 .tflite through litert-torch, run in TFLite Micro.
+
+Real converter, real TFLM interpreter, tiny models. Skipped (with the reason) only where the
+optional extra `.[tflite]` is not installed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from search.tflite import missing_extra
+
+pytestmark = pytest.mark.skipif(
+    missing_extra() is not None, reason=f"optional extra absent: {missing_extra()}"
+)
+
+
+class _Branchy(nn.Module):
+    """Residual add, concat, depthwise conv, batch norm: what a user network brings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.mix = nn.Conv2d(16, 8, 1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.stem(x)
+        b = a + torch.relu(self.pw(self.dw(a)))
+        return self.head(torch.relu(self.mix(torch.cat([a, b], 1))))
+
+
+def test_int8_tflite_runs_in_tflm_close_to_pytorch(tmp_path: Path) -> None:
+    from search.tflite import TflmModel, convert, operators, write_c_array
+
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    calib = torch.randn(64, 1, 8, 8)
+    path = convert(model, tmp_path / "m.tflite", input_shape=(1, 8, 8), calib_inputs=calib)
+    ops = operators(path)
+    assert "CONV_2D" in ops and "ADD" in ops and "CONCATENATION" in ops
+    tflm = TflmModel(path)
+    assert str(tflm.input["dtype"]).endswith("int8'>")  # full-integer: int8 in, int8 out
+    x = torch.randn(16, 1, 8, 8)
+    got, want = tflm(x), model(x).detach()
+    assert got.shape == want.shape
+    # int8 rounding: within a few output steps of the float model, same top class mostly.
+    assert (got - want).abs().max() < 0.05 * want.abs().max() + 0.02
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.8
+
+    arena = tflm.arena()
+    assert arena.total == arena.head + arena.tail and arena.head > 0 and arena.tail > 0
+
+    n = write_c_array(path, tmp_path)
+    assert n == path.stat().st_size
+    cc = (tmp_path / "model_data.cc").read_text()
+    assert "alignas(16)" in cc and f"g_model_data_len = {n};" in cc
+    body = cc.split("{", 1)[1].split("}", 1)[0]
+    assert bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body)) == path.read_bytes()
+    assert "extern const unsigned int g_model_data_len;" in (tmp_path / "model_data.h").read_text()
+
+
+def test_operator_tflm_lacks_is_one_error_naming_it(tmp_path: Path) -> None:
+    from search.errors import ConfigError
+    from search.tflite import TflmModel, convert
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 2)).eval()
+    path = convert(model, tmp_path / "g.tflite", input_shape=(8,), calib_inputs=torch.randn(8, 8))
+    with pytest.raises(ConfigError, match="TFLite Micro cannot run.*operator GELU"):
+        TflmModel(path)
+
+
+def test_float_export_runs_in_tflm(tmp_path: Path) -> None:
+    from search.tflite import TflmModel, convert
+
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    path = convert(model, tmp_path / "f.tflite", input_shape=(1, 8, 8), int8=False)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.allclose(TflmModel(path)(x), model(x).detach(), atol=1e-4)
+
+
+# --- export --format tflite through the command line -------------------------------------------
+SPACE = """
+name: tiny8
+prune:
+  mode: [per_layer]
+  ratio: {low: 0.0, high: 0.5, step: 0.25}
+  importance: [l1]
+quantize:
+  weight_bits: [8]
+  activation_bits: [8]
+"""
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory: pytest.TempPathFactory, _shared_cache: Path):
+    """A 2-trial digits search on the mcu profile whose plans are all int8."""
+    from search.cli import main
+
+    folder = tmp_path_factory.mktemp("tfl")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(folder)
+    (folder / "tiny8.yaml").write_text(SPACE)
+    exp = {
+        "name": "tiny8",
+        "task": "digits",
+        "target": "mcu",
+        "space": "tiny8.yaml",
+        "max_accuracy_drop": 0.5,
+        "trials": 2,
+        "seed": 0,
+        "recovery": {"epochs": 1},
+    }
+    (folder / "exp.yaml").write_text(yaml.safe_dump(exp))
+    assert main(["run", "exp.yaml", "--no-progress"]) == 0
+    yield folder / "experiments" / "runs" / "tiny8"
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_cli_export_tflite(int8_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from search.cli import main
+
+    assert main(["export", str(int8_run), "--format", "tflite"]) == 0
+    out = capsys.readouterr().out
+    assert "TFLite Micro" in out and "arena" in out
+    win = int8_run / "winner"
+    for name in ("winner.yaml", "model.pt", "model.tflite", "model_data.cc", "model_data.h"):
+        assert (win / name).is_file(), name
+    assert not (win / "model.onnx").exists()
+    w = yaml.safe_load((win / "winner.yaml").read_text())
+    m = w["metrics"]
+    t = m["tflite"]
+    assert t["kind"] == "int8" and t["bytes"] == (win / "model.tflite").stat().st_size
+    assert t["predicted_peak_activation_bytes"] == m["peak_activation_bytes"]
+    assert t["arena"]["total"] == t["arena"]["head"] + t["arena"]["tail"]
+    assert abs(m["tflm_test"]["accuracy"] - m["test"]["accuracy"]) <= 0.01
+    assert set(w["artifacts"]) == {
+        "model.pt",
+        "model.tflite",
+        "model_data.cc",
+        "model_data.h",
+        "card.md",
+    }
+    card = (win / "card.md").read_text()
+    assert "## Memory in TFLite Micro" in card and "test, TFLite Micro" in card
+    assert f"{t['arena']['total']:,} B" in card
+
+
+@pytest.mark.slow
+def test_cli_export_tflite_refuses_an_unknown_format(
+    int8_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(int8_run), "--format", "coreml"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'coreml'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_export_of_an_operator_tflm_lacks_is_one_error_line(tmp_path: Path) -> None:
+    try:
+        import _tiny
+    except ImportError:
+        from tests import _tiny
+
+    path = _tiny.write_tiny_experiment(tmp_path, "gelu", trials=1)
+    task = tmp_path / "tinytask.py"
+    task.write_text(
+        _tiny.TASK_PY.replace(
+            "nn.ReLU(),\n        nn.Conv2d(8, 8", "nn.GELU(),\n        nn.Conv2d(8, 8", 1
+        )
+    )
+    assert "nn.GELU()" in task.read_text()
+    space = {"name": "tiny", "quantize": {"weight_bits": [8], "activation_bits": [8]}}
+    (tmp_path / "tiny_space.yaml").write_text(yaml.safe_dump(space))
+    run = _tiny.run_cli("run", str(path), "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run_dir = tmp_path / "experiments" / "runs" / "gelu"
+    done = _tiny.run_cli("export", str(run_dir), "--format", "tflite", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "operator GELU" in lines[0] and "Traceback" not in done.stderr
+    assert not (run_dir / "winner").exists()  # nothing half-written
