@@ -100,14 +100,25 @@ def test_calibrate_from_a_measurements_csv(tmp_path: Path) -> None:
         rows.append((onnx_path.name, f"{ms:.6f}"))
     csv_path = _write_csv(tmp_path, rows)
     csv_path.write_text("# measured on the dev board\n" + csv_path.read_text())
+    # A base with the device's kind ratios and overheads but a 3x wrong MAC rate: the fit (one
+    # free rate; ratios and overheads leaning on the base) recovers the device.
+    base = TRUE.with_updates(
+        efficiency={k: v * 0.3 for k, v in TRUE.efficiency.items() if k != "elementwise"}
+        | {"elementwise": 0.5},
+    )
     fitted = calibrate_from_measurements(
-        csv_path, START, name="myboard", out_path=tmp_path / "p.yaml"
+        csv_path, base, name="myboard", out_path=tmp_path / "p.yaml"
     )
     assert fitted.name == "myboard"
     assert any("measured.csv" in s for s in fitted.sources)
     assert load_profile(str(tmp_path / "p.yaml")) == fitted
     samples = [Sample(r[0], onnx_kernels(tmp_path / r[0]).kernels, float(r[1])) for r in rows]
+    assert max(abs(e) for e in prediction_errors(samples, base)) > 0.5
     assert max(abs(e) for e in prediction_errors(samples, fitted)) < 0.05
+    assert fitted.efficiency["conv"] == pytest.approx(0.4, rel=0.1)
+    # The stored error is measured leave-one-network-out on the same rows.
+    assert fitted.latency_error is not None and fitted.latency_error["rows"] == 4
+    assert fitted.latency_error_p90 is not None and fitted.latency_error_p90 < 0.1
 
 
 def test_base_profile_by_name(tmp_path: Path) -> None:
@@ -126,7 +137,7 @@ def test_base_profile_by_name(tmp_path: Path) -> None:
     ("header", "rows", "field", "words"),
     [
         ("onnx,ms", [("a.onnx", "1")], "header", "needs columns"),
-        ("onnx,latency_ms,device", [("a.onnx", "1,x")], "header", "unknown columns"),
+        ("onnx,latency_ms,colour", [("a.onnx", "1,x")], "header", "unknown columns"),
         ("onnx,latency_ms", [("missing.onnx", "1")], "row 2: onnx", "no ONNX file"),
         ("onnx,latency_ms", [("m.onnx", "fast")], "row 2: latency_ms", "> 0"),
         ("onnx,latency_ms", [("m.onnx", "-3")], "row 2: latency_ms", "> 0"),

@@ -44,6 +44,11 @@ class Sample:
     activation_bits: int = 32
     layer_density: Mapping[str, float] = field(default_factory=dict)
     batch_scale: float = 1.0
+    network: str = ""  # what leave-one-network-out groups by (default: the name)
+
+    @property
+    def group(self) -> str:
+        return self.network or self.name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,39 +216,235 @@ def fit_profile(
     return profile_from_dict(data, file=base.file)
 
 
+def predicted_ms(sample: Sample, profile: HardwareProfile) -> float:
+    """What `profile` predicts for one sample, in milliseconds (the cost model's roofline)."""
+    pred = _predict(
+        _terms(sample, profile),
+        {k: 1.0 / profile.efficiency[k] for k in OP_KINDS},
+        {k: profile.layer_overhead_us[k] * 1e-6 for k in OP_KINDS},
+        profile.model_overhead_us * 1e-6,
+        profile.bandwidth_bytes_per_s,
+        (
+            1.0 / profile.unaligned_efficiency["conv"],
+            1.0 / profile.unaligned_efficiency["dwconv"],
+        ),
+    )
+    return pred * 1e3
+
+
 def prediction_errors(samples: Sequence[Sample], profile: HardwareProfile) -> list[float]:
     """Relative error (predicted / measured - 1) of `profile` on each sample."""
-    out = []
+    return [predicted_ms(s, profile) / s.measured_ms - 1.0 for s in samples]
+
+
+# Prior weights of the device fit (residual units: log latency of one measurement). The overall
+# MAC rate is free; the per-kind ratios and the overheads lean on the base profile, so a kind
+# that the measurements barely exercise keeps the base's ratio to the others.
+DEVICE_PRIORS = {
+    "ratio": 0.3,
+    "elementwise": 0.3,
+    "layer_overhead": 0.3,
+    "model_overhead": 0.3,
+    "bandwidth": 1.0,
+}
+
+
+def fit_device(
+    samples: Sequence[Sample],
+    base: HardwareProfile,
+    *,
+    priors: Mapping[str, float] | None = None,
+) -> HardwareProfile:
+    """Fit `base` to a handful of whole-network measurements with few free parameters.
+
+    Free: one MAC-rate scale (the conv efficiency); the depthwise and linear efficiencies as
+    ratios to it, one multiplier on every layer overhead, and the per-inference overhead, each
+    pulled towards the base profile's value by a prior (`DEVICE_PRIORS`). The element-wise
+    efficiency stays near the base. Five parameters, four of them regularised: a device
+    measured on three or four networks cannot support per-kind overheads, and the base
+    profile's ratios (depthwise slower per MAC than dense) are the physics it falls back on.
+    Least squares on log latency, so every network weighs the same whatever its size.
+    """
+    from scipy.optimize import least_squares
+
+    if not samples:
+        raise ValueError("fit_device needs at least one measured sample")
+    w = {**DEVICE_PRIORS, **(priors or {})}
+    terms = [_terms(s, base) for s in samples]
+    measured = np.asarray([s.measured_ms * 1e-3 for s in samples])
+    inv0 = {k: 1.0 / base.efficiency[k] for k in OP_KINDS}
+    over0 = {k: base.layer_overhead_us[k] + 1e-3 for k in OP_KINDS}
+    inv_un = (1.0 / base.unaligned_efficiency["conv"], 1.0 / base.unaligned_efficiency["dwconv"])
+    # x: log conv scale, log dw ratio, log linear ratio, log elementwise scale,
+    #    log overhead multiplier, log model overhead (us), log bandwidth multiplier
+    x0 = np.asarray([0.0, 0.0, 0.0, 0.0, 0.0, math.log(base.model_overhead_us + 1.0), 0.0])
+    weights = np.asarray(
+        [
+            0.0,
+            w["ratio"],
+            w["ratio"],
+            w["elementwise"],
+            w["layer_overhead"],
+            w["model_overhead"],
+            w["bandwidth"],
+        ]
+    )
+
+    def unpack(x: np.ndarray) -> tuple[dict[str, float], dict[str, float], float, float]:
+        g = math.exp(x[0])
+        inv = {
+            "conv": inv0["conv"] * g,
+            "dwconv": inv0["dwconv"] * g * math.exp(x[1]),
+            "linear": inv0["linear"] * g * math.exp(x[2]),
+            "elementwise": inv0["elementwise"] * math.exp(x[3]),
+        }
+        # Efficiencies cannot pass 1 (the peak): clip the inverse at 1.
+        inv = {k: max(v, 1.0) for k, v in inv.items()}
+        over = {k: over0[k] * math.exp(x[4]) * 1e-6 for k in OP_KINDS}
+        model = max(math.exp(x[5]) - 1.0, 0.0) * 1e-6
+        return inv, over, model, base.bandwidth_bytes_per_s * math.exp(x[6])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        inv, over, model, bw = unpack(x)
+        pred = np.asarray([_predict(t, inv, over, model, bw, inv_un) for t in terms])
+        r = np.log(np.maximum(pred, 1e-12) / measured)
+        return np.concatenate([r, weights * (x - x0)])
+
+    lo = np.asarray([-12.0, -5.0, -5.0, -5.0, -8.0, 0.0, -5.0])
+    hi = np.asarray([12.0, 5.0, 5.0, 5.0, 8.0, math.log(1e7), 5.0])
+    result = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi))
+    inv, over, model, bw = unpack(result.x)
+    data = base.to_dict()
+    data.update(
+        efficiency={k: float(f"{min(1.0, 1.0 / inv[k]):.4g}") for k in OP_KINDS},
+        layer_overhead_us={k: round(over[k] * 1e6, 3) for k in OP_KINDS},
+        model_overhead_us=round(model * 1e6, 3),
+        bandwidth_bytes_per_s=float(f"{bw:.4g}"),
+    )
+    return profile_from_dict(data, file=base.file)
+
+
+@dataclass(frozen=True)
+class LooRow:
+    """One measurement predicted by a fit that never saw its network."""
+
+    sample: Sample
+    predicted_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.predicted_ms / self.sample.measured_ms
+
+
+def leave_one_network_out(
+    samples: Sequence[Sample],
+    base: HardwareProfile,
+    *,
+    priors: Mapping[str, float] | None = None,
+) -> list[LooRow]:
+    """Predict each sample with `fit_device` on the samples of every other network.
+
+    Samples of one network (say int8 and fp16 rows of ResNet-50) leave together. A network
+    that is the only one measured has nothing to be fitted on: it is predicted by `base`.
+    """
+    out: list[LooRow] = []
     for s in samples:
-        t = _terms(s, profile)
-        inv = {k: 1.0 / profile.efficiency[k] for k in OP_KINDS}
-        over = {k: profile.layer_overhead_us[k] * 1e-6 for k in OP_KINDS}
-        pred = _predict(
-            t,
-            inv,
-            over,
-            profile.model_overhead_us * 1e-6,
-            profile.bandwidth_bytes_per_s,
-            (
-                1.0 / profile.unaligned_efficiency["conv"],
-                1.0 / profile.unaligned_efficiency["dwconv"],
-            ),
-        )
-        out.append(pred / (s.measured_ms * 1e-3) - 1.0)
+        rest = [o for o in samples if o.group != s.group]
+        profile = fit_device(rest, base, priors=priors) if rest else base
+        out.append(LooRow(s, predicted_ms(s, profile)))
+    return out
+
+
+def error_summary(rows: Sequence[LooRow]) -> dict[str, float | None]:
+    """Shares within +-20/25/30 %, MAPE, 90th percentile |error| and Spearman of LOO rows."""
+    if not rows:
+        return {}
+    err = np.asarray([abs(r.ratio - 1.0) for r in rows])
+    out: dict[str, float | None] = {
+        "within_20pct_loo": float(np.mean(err <= 0.20)),
+        "within_25pct_loo": float(np.mean(err <= 0.25)),
+        "within_30pct_loo": float(np.mean(err <= 0.30)),
+        "mape_loo": float(np.mean(err)),
+        "p90_abs_error_loo": float(np.quantile(err, 0.9)),
+        "spearman_loo": None,
+    }
+    if len(rows) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = spearmanr(
+            [r.predicted_ms for r in rows], [r.sample.measured_ms for r in rows]
+        ).statistic
+        out["spearman_loo"] = None if math.isnan(rho) else float(rho)
     return out
 
 
 # ------------------------------------------------------------------------------------------------
-# Measurements a user brings: a CSV of ONNX files and latencies
+# Measurements a user brings: a CSV of ONNX files or zoo networks, and latencies
 # ------------------------------------------------------------------------------------------------
 
-CSV_COLUMNS = ("onnx", "latency_ms")
-CSV_OPTIONAL = ("batch",)
+PRECISIONS = {"int8": 8, "fp16": 16, "fp32": 32, "8": 8, "16": 16, "32": 32}
 
 
-def read_measurements(csv_path: str | Path) -> list[Sample]:
-    """Parse a measurements CSV: `onnx,latency_ms[,batch]`, paths relative to the CSV."""
-    from ._onnx import onnx_kernels
+def zoo_sample(network: str, precision: int, latency_ms: float, *, batch: int = 1) -> Sample:
+    """A measured reference network (search.hardware.REFERENCE_NETWORKS) as a fit sample.
+
+    Every conv/linear runs at `precision` bits, and so do the activations (int8 rows are
+    full-integer, fp16 rows fp16 throughout).
+    """
+    from ._graph import summarize
+    from ._zoo import REFERENCE_NETWORKS
+
+    entry = REFERENCE_NETWORKS[network]
+    summary = summarize(entry.build(), (batch, *entry.input_shape))
+    bits = {k.layer: precision for k in summary.kernels if k.layer}
+    return Sample(
+        name=f"{network} {precision}-bit",
+        kernels=summary.kernels,
+        measured_ms=latency_ms,
+        layer_bits=bits,
+        activation_bits=precision,
+        network=network,
+    )
+
+
+CSV_COLUMNS = ("latency_ms",)
+CSV_MODEL_COLUMNS = ("onnx", "network")  # at least one; each row fills exactly one
+CSV_OPTIONAL = ("batch", "precision", "profile", "use", "why")
+# Provenance a published-measurements file keeps beside each row; the fit ignores it.
+CSV_PROVENANCE = (
+    "source",
+    "source_repo",
+    "source_path",
+    "board",
+    "device",
+    "core",
+    "processor",
+    "mhz",
+    "unit",
+    "threads",
+    "stack",
+    "runtime",
+    "model",
+    "input_shape",
+    "published_precision",
+    "peak_ram_kb",
+    "flash_kb",
+    "notes",
+)
+
+
+def read_measurements(
+    csv_path: str | Path, *, profile: str | None = None, use: str = "fit"
+) -> list[Sample]:
+    """Parse a measurements CSV: one measured model per row.
+
+    Columns: `latency_ms` and, per row, either `onnx` (a file, relative to the CSV) or
+    `network` (a name from search.hardware.REFERENCE_NETWORKS, with `precision` int8, fp16 or
+    fp32); optional `batch`. A file of published rows may carry `profile` and `use` columns:
+    then only rows for `profile` (when given) whose `use` is `use` are read. Provenance columns
+    (CSV_PROVENANCE) are allowed and ignored.
+    """
+    from ._zoo import REFERENCE_NETWORKS
 
     path = Path(csv_path)
     file = str(path)
@@ -253,24 +454,30 @@ def read_measurements(csv_path: str | Path) -> list[Sample]:
         lines = [line for line in fh if line.strip() and not line.lstrip().startswith("#")]
     reader = csv.DictReader(lines)
     header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in CSV_COLUMNS if c not in header]
-    if missing:
+    allowed = CSV_COLUMNS + CSV_MODEL_COLUMNS + CSV_OPTIONAL + CSV_PROVENANCE
+    if any(c not in header for c in CSV_COLUMNS) or not any(
+        c in header for c in CSV_MODEL_COLUMNS
+    ):
         raise ConfigError(
-            file, "header", f"needs columns {list(CSV_COLUMNS)} (optional {list(CSV_OPTIONAL)})"
+            file,
+            "header",
+            "needs columns latency_ms and onnx or network "
+            f"(optional {list(CSV_OPTIONAL)} and provenance)",
         )
-    extra = [h for h in header if h not in CSV_COLUMNS + CSV_OPTIONAL]
+    extra = [h for h in header if h not in allowed]
     if extra:
         raise ConfigError(
-            file, "header", f"unknown columns {extra}; allowed: {list(CSV_COLUMNS + CSV_OPTIONAL)}"
+            file,
+            "header",
+            f"unknown columns {extra}; allowed: {list(allowed)}",
         )
     samples: list[Sample] = []
     for i, raw in enumerate(reader, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
-        onnx_file = Path(row["onnx"])
-        if not onnx_file.is_absolute():
-            onnx_file = path.parent / onnx_file
-        if not onnx_file.is_file():
-            raise ConfigError(file, f"row {i}: onnx", f"no ONNX file at {onnx_file}")
+        if profile is not None and "profile" in row and row["profile"] != profile:
+            continue
+        if "use" in row and row["use"] != use:
+            continue
         try:
             ms = float(row["latency_ms"])
         except ValueError:
@@ -285,22 +492,105 @@ def read_measurements(csv_path: str | Path) -> list[Sample]:
                 raise ConfigError(file, f"row {i}: batch", "must be an integer >= 1") from None
             if batch < 1:
                 raise ConfigError(file, f"row {i}: batch", "must be an integer >= 1")
-        try:
-            ok = onnx_kernels(onnx_file, batch=batch)
-        except Exception as exc:  # noqa: BLE001 - any unreadable model is the user's input
-            raise ConfigError(file, f"row {i}: onnx", f"cannot read {onnx_file}: {exc}") from None
-        samples.append(
-            Sample(
-                name=str(onnx_file),
-                kernels=ok.kernels,
-                measured_ms=ms,
-                layer_bits=ok.layer_bits,
-                activation_bits=ok.activation_bits,
+        onnx_name, network = row.get("onnx", ""), row.get("network", "")
+        if bool(onnx_name) == bool(network):
+            raise ConfigError(
+                file, f"row {i}: onnx/network", "give exactly one: an ONNX file or a network"
             )
-        )
+        if network:
+            if network not in REFERENCE_NETWORKS:
+                raise ConfigError(
+                    file, f"row {i}: network", f"one of {sorted(REFERENCE_NETWORKS)}"
+                )
+            bits = PRECISIONS.get(row.get("precision", "").lower())
+            if bits is None:
+                raise ConfigError(file, f"row {i}: precision", "int8, fp16 or fp32")
+            samples.append(zoo_sample(network, bits, ms, batch=batch))
+            continue
+        samples.append(_onnx_sample(file, i, path.parent / onnx_name, ms, batch))
     if not samples:
-        raise ConfigError(file, "rows", "no measurements (one row per ONNX file is needed)")
+        raise ConfigError(file, "rows", "no measurements (one row per measured model is needed)")
     return samples
+
+
+def _onnx_sample(file: str, i: int, onnx_file: Path, ms: float, batch: int) -> Sample:
+    from ._onnx import onnx_kernels
+
+    if not onnx_file.is_file():
+        raise ConfigError(file, f"row {i}: onnx", f"no ONNX file at {onnx_file}")
+    try:
+        ok = onnx_kernels(onnx_file, batch=batch)
+    except Exception as exc:  # noqa: BLE001 - any unreadable model is the user's input
+        raise ConfigError(file, f"row {i}: onnx", f"cannot read {onnx_file}: {exc}") from None
+    return Sample(
+        name=str(onnx_file),
+        kernels=ok.kernels,
+        measured_ms=ms,
+        layer_bits=ok.layer_bits,
+        activation_bits=ok.activation_bits,
+        network=onnx_file.stem,
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted profile, its leave-one-network-out rows and their error summary."""
+
+    profile: HardwareProfile
+    loo: tuple[LooRow, ...]
+    errors: Mapping[str, float | None]
+
+    def report(self) -> str:
+        """Lines a person reads after `profiles calibrate`: the fit and how far to trust it."""
+        p = self.profile
+        lines = [
+            f"fitted {p.name}: efficiency "
+            + ", ".join(f"{k} {v:.3g}" for k, v in p.efficiency.items())
+            + f"; layer overhead {p.layer_overhead_us['conv']:.3g} us (conv); "
+            f"per inference {p.model_overhead_us:.3g} us"
+        ]
+        if not self.loo:
+            lines.append("leave-one-network-out: needs measurements of at least 2 networks")
+            return "\n".join(lines)
+        lines.append("leave-one-network-out (each network predicted by a fit without it):")
+        for r in self.loo:
+            lines.append(
+                f"  {r.sample.name:<40} measured {r.sample.measured_ms:10.4g} ms  "
+                f"predicted {r.predicted_ms:10.4g} ms  ({r.ratio - 1:+.0%})"
+            )
+        e = self.errors
+        rho = e.get("spearman_loo")
+        lines.append(
+            f"  within +-20 %: {e['within_20pct_loo']:.0%}, +-30 %: {e['within_30pct_loo']:.0%}; "
+            f"MAPE {e['mape_loo']:.1%}; p90 |error| {e['p90_abs_error_loo']:.1%}"
+            + ("" if rho is None else f"; Spearman {rho:.3f}")
+        )
+        return "\n".join(lines)
+
+
+def calibrate(
+    samples: Sequence[Sample],
+    base: HardwareProfile,
+    *,
+    source: str = "",
+    priors: Mapping[str, float] | None = None,
+) -> Calibration:
+    """Fit `base` to `samples` and measure the fit leave-one-network-out.
+
+    The returned profile stores that error as `latency_error` (p90 of |predicted/measured - 1|)
+    when at least two networks were measured.
+    """
+    profile = fit_device(samples, base, priors=priors)
+    loo: list[LooRow] = []
+    if len({s.group for s in samples}) >= 2:
+        loo = leave_one_network_out(samples, base, priors=priors)
+    errors = error_summary(loo)
+    if loo:
+        p90 = errors["p90_abs_error_loo"]
+        assert p90 is not None
+        latency_error = {"p90": round(p90, 4), "source": source, "rows": len(loo)}
+        profile = profile.with_updates(latency_error=latency_error)
+    return Calibration(profile, tuple(loo), errors)
 
 
 def calibrate_from_measurements(
@@ -310,33 +600,47 @@ def calibrate_from_measurements(
     name: str | None = None,
     out_path: str | Path | None = None,
 ) -> HardwareProfile:
+    """`calibration_from_csv(...).profile`: the fitted profile alone."""
+    return calibration_from_csv(csv_path, base_profile, name=name, out_path=out_path).profile
+
+
+def calibration_from_csv(
+    csv_path: str | Path,
+    base_profile: HardwareProfile | str | Path,
+    *,
+    name: str | None = None,
+    out_path: str | Path | None = None,
+) -> Calibration:
     """Fit `base_profile` to latencies measured on a real device (`profiles calibrate`).
 
-    The CSV has a header `onnx,latency_ms` (optionally `batch`) and one row per model:
-    the ONNX file (relative to the CSV) and its measured median latency in milliseconds.
-    Peaks and bandwidth stay those of the base profile (a HardwareProfile, or a built-in name or
-    YAML path); efficiencies and overheads are fitted. Writes the result to `out_path` if given.
+    The CSV (see `read_measurements`) has one row per measured model: an ONNX file or a zoo
+    network with its precision, and the median latency in milliseconds. Rows of a published
+    file that name a `profile` are read for the base profile's name only. Peaks stay those of
+    the base profile (a HardwareProfile, or a built-in name or YAML path); the MAC rate, the
+    depthwise and linear ratios and the overheads are fitted (`fit_device`), and each network
+    is predicted by a fit without it. Writes the profile to `out_path` if given.
     """
     if not isinstance(base_profile, HardwareProfile):
         from ._profile import load_profile
 
         base_profile = load_profile(base_profile, file="<command line>", field="--base")
-    samples = read_measurements(csv_path)
-    profile = fit_profile(
-        samples,
-        base_profile,
+    samples = read_measurements(csv_path, profile=base_profile.name)
+    result = calibrate(samples, base_profile, source=str(csv_path))
+    n = len({s.group for s in samples})
+    profile = result.profile.with_updates(
         name=name or base_profile.name,
-        sources=[
+        sources=(
             *base_profile.sources,
-            f"efficiency and overheads fitted to {len(samples)} measurements in "
-            f"{Path(csv_path).name}",
-        ],
+            f"MAC rate, depthwise/linear ratios and overheads fitted to {len(samples)} "
+            f"measurements of {n} networks in {Path(csv_path).name}",
+        ),
     )
+    profile = profile_from_dict(profile.to_dict(), file=base_profile.file)
     if out_path is not None:
         write_profile(
             profile, out_path, header=f"fitted from {csv_path} on {time.strftime('%Y-%m-%d')}"
         )
-    return profile
+    return Calibration(profile, result.loo, result.errors)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ _FIELDS_DOC = (
     "name, description, sources, peak_macs_per_s, native_precisions, fallback_precision, "
     "bandwidth_bytes_per_s, efficiency, layer_overhead_us, model_overhead_us, threads, batch, "
     "memory, weights_in, runtime_flash_kb, budgets, sparse_support, depthwise_in_place, "
-    "fused_add, channel_block, unaligned_efficiency"
+    "fused_add, channel_block, unaligned_efficiency, runtime, latency_error"
 )
+RUNTIME_KEYS = ("name", "version", "note")
+LATENCY_ERROR_KEYS = ("p90", "source", "rows")
 
 
 def _number(file: str, key: str, value: Any, *, lo: float, hi: float = math.inf) -> float:
@@ -95,6 +97,12 @@ class HardwareProfile:
     unaligned_efficiency: Mapping[str, float] = field(
         default_factory=lambda: {"conv": 1.0, "dwconv": 1.0}
     )
+    # The software the latencies are for ({name, version, note}): the same chip runs a network
+    # 2-4x faster or slower under another runtime, so a profile is calibrated on one.
+    runtime: Mapping[str, str] | None = None
+    # How far its latencies can be trusted ({p90, source, rows}): the 90th percentile of
+    # |predicted / measured - 1| over measurements the fit did not see.
+    latency_error: Mapping[str, Any] | None = None
     file: str = field(default="<profile>", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -223,8 +231,43 @@ class HardwareProfile:
         for key in ("sparse_support", "depthwise_in_place", "fused_add"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f, key, "must be true or false")
+        if self.runtime is not None:
+            rt = _mapping(f, "runtime", self.runtime, RUNTIME_KEYS)
+            for key in RUNTIME_KEYS:
+                value = rt.get(key, "")
+                if not isinstance(value, str) or (key == "name" and not value.strip()):
+                    raise ConfigError(
+                        f, f"runtime.{key}", "must be a string" + (" (required)" * (key == "name"))
+                    )
+            object.__setattr__(self, "runtime", {k: rt.get(k, "") for k in RUNTIME_KEYS})
+        if self.latency_error is not None:
+            le = _mapping(f, "latency_error", self.latency_error, LATENCY_ERROR_KEYS)
+            if "p90" not in le:
+                raise ConfigError(f, "latency_error.p90", "is required (a number >= 0)")
+            rows = le.get("rows", 0)
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+                raise ConfigError(
+                    f, "latency_error.rows", f"must be an integer >= 0, got {rows!r}"
+                )
+            source = le.get("source", "")
+            if not isinstance(source, str):
+                raise ConfigError(f, "latency_error.source", "must be a string")
+            object.__setattr__(
+                self,
+                "latency_error",
+                {
+                    "p90": _number(f, "latency_error.p90", le["p90"], lo=0.0, hi=100.0),
+                    "source": source,
+                    "rows": rows,
+                },
+            )
 
     # -- derived views -------------------------------------------------------------------------
+    @property
+    def latency_error_p90(self) -> float | None:
+        """90th percentile of |predicted / measured - 1| of its latencies, if measured."""
+        return None if self.latency_error is None else float(self.latency_error["p90"])
+
     @property
     def weight_bits(self) -> tuple[int, ...]:
         """Weight bit widths a plan may use on this device: the ones it runs natively."""
