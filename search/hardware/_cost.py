@@ -11,6 +11,7 @@ from torch import nn
 
 from ._graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
 from ._profile import BUDGET_KEYS, HardwareProfile
+from ._tflm import arena_tail, greedy_plan
 
 _SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized layer
 _BIAS_BYTES = 4  # biases stay 32 bit (int32 accumulators or fp32)
@@ -200,7 +201,12 @@ def estimate_cost(
         summary.peak_elems_dw_in_place if profile.depthwise_in_place else summary.peak_elems
     )
     peak = int(math.ceil(peak_elems * act_bytes))
-    memory = peak + (weight_bytes if profile.weights_in == "ram" else 0)
+    tail = 0
+    if profile.memory_planner == "tflm" and summary.tflm_buffers:
+        # TFLite Micro: its greedy planner's arena head, plus the persistent tail.
+        peak = greedy_plan([(math.ceil(e * act_bytes), s, t) for e, s, t in summary.tflm_buffers])
+        tail = arena_tail(summary.tflm_ops, len(summary.tflm_buffers))
+    memory = peak + tail + (weight_bytes if profile.weights_in == "ram" else 0)
     flash = weight_bytes + int(profile.runtime_flash_kb * 1024)
     latency = sum(r.latency_ms for r in rows) + profile.model_overhead_us * 1e-3
     return CostReport(

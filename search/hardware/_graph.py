@@ -144,6 +144,10 @@ class GraphSummary:
     input_elems: int
     traced: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The graph as TFLite Micro runs the converted .tflite (`_tflm_graph`): activation buffers
+    # as (elements, first op, last op), and the operators as (kind, output channels).
+    tflm_buffers: tuple[tuple[int, int, int], ...] = ()
+    tflm_ops: tuple[tuple[str, int], ...] = ()
 
 
 class _LeafTracer(fx.Tracer):
@@ -615,7 +619,8 @@ def _summarize_fx(model: nn.Module, input_shape: tuple[int, ...]) -> GraphSummar
         )
         kind_of[n] = "elementwise"
 
-    peak, peak_ip = _liveness(nodes, kind_of, shapes, users, modules)
+    peak, peak_ip, intervals = _liveness(nodes, kind_of, shapes, users, modules)
+    tflm_buffers, tflm_ops = _tflm_graph(nodes, kind_of, shapes, users, modules, intervals)
     params, conv_lin, other = _param_numels(model)
     # Batch norms folded into a conv leave only that conv's bias behind.
     folded_norm_params = sum(
@@ -634,6 +639,8 @@ def _summarize_fx(model: nn.Module, input_shape: tuple[int, ...]) -> GraphSummar
         peak_elems_dw_in_place=peak_ip,
         input_elems=_numel(input_shape),
         traced=True,
+        tflm_buffers=tflm_buffers,
+        tflm_ops=tflm_ops,
     )
 
 
@@ -643,8 +650,11 @@ def _liveness(
     shapes: dict[str, Any],
     users: dict[fx.Node, list[fx.Node]],
     modules: dict[str, nn.Module],
-) -> tuple[int, int]:
-    """Peak live activation elements, executing nodes in graph order (also with in-place dw)."""
+) -> tuple[int, int, dict[fx.Node, tuple[int, int, int]]]:
+    """Peak live activation elements, executing nodes in graph order (also with in-place dw).
+
+    Also returns every buffer as its producing node -> (elements, first node, last node index).
+    """
     # Map every node to the buffer it writes; an alias or in-place unary op reuses its input's.
     buffer_of: dict[fx.Node, fx.Node] = {}
     size: dict[fx.Node, int] = {}
@@ -712,7 +722,134 @@ def _liveness(
             best = max(best, live)
         return best
 
-    return peak_at(False), peak_at(True)
+    intervals = {b: (size[b], starts[b], last_use.get(b, starts[b])) for b in size}
+    return peak_at(False), peak_at(True), intervals
+
+
+def _same_padding(m: nn.Module, in_shape: tuple[int, ...] | None) -> bool:
+    """Whether a conv's zero padding is what TFLite's SAME (or VALID) gives: no PAD op then.
+
+    The converter maps other paddings to an explicit PAD in front of the conv (TF's SAME pads
+    the odd pixel after, PyTorch both sides), which costs a padded copy of the input.
+    """
+    pad = getattr(m, "padding", 0)
+    if isinstance(pad, str) or in_shape is None or len(in_shape) != 4:
+        return True
+    pads = tuple(pad) if isinstance(pad, (tuple, list)) else (pad, pad)
+    if not any(pads):
+        return True
+    for p, k, s, d, n in zip(pads, m.kernel_size, m.stride, m.dilation, in_shape[2:]):  # type: ignore[attr-defined]
+        ke = (k - 1) * d + 1
+        total = max((-(-n // s) - 1) * s + ke - n, 0)
+        if (total // 2, total - total // 2) != (p, p):
+            return False
+    return True
+
+
+def _tflm_graph(
+    nodes: list[fx.Node],
+    kind_of: dict[fx.Node, str],
+    shapes: dict[str, Any],
+    users: dict[fx.Node, list[fx.Node]],
+    modules: dict[str, nn.Module],
+    intervals: dict[fx.Node, tuple[int, int, int]],
+) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[str, int], ...]]:
+    """The buffers and operators of the `.tflite` litert-torch makes, as TFLite Micro runs it.
+
+    On top of the fx buffers (times doubled, so an inserted op sits between two nodes): the
+    NHWC TRANSPOSE of a 4-D input with channels (a RESHAPE with one channel) and back at a 4-D
+    output, a PAD before a conv whose padding is not TFLite's SAME, and a TRANSPOSE back to
+    NCHW before flattening a feature map into a linear layer. Operators carry the output
+    channels their per-channel quantization data scales with.
+    """
+    live = {b: [e, 2 * a, 2 * t] for b, (e, a, t) in intervals.items() if e > 0}
+    buffers: list[tuple[int, int, int]] = []
+    ops: list[tuple[str, int]] = []
+    for n in nodes:
+        s = shapes.get(n.name)
+        if n.op == "placeholder" and isinstance(s, tuple) and len(s) == 4:
+            ops.append(("transpose" if s[1] > 1 else "reshape", 0))
+            buffers.append((_numel(s), 0, 0))  # the NCHW input beside its NHWC copy
+        kind = kind_of.get(n)
+        if n.op == "output":
+            outs = [a for a in n.all_input_nodes if isinstance(shapes.get(a.name), tuple)]
+            for a in outs:
+                if len(shapes[a.name]) == 4 and _numel(shapes[a.name][2:]) > 1:
+                    ops.append(("transpose", 0))
+                    end = 2 * len(nodes)
+                    buffers.append((_numel(shapes[a.name]), end, end))
+            continue
+        if kind == "compute" and n.op == "call_module":
+            m = modules[str(n.target)]
+            ins = [a for a in n.all_input_nodes if isinstance(shapes.get(a.name), tuple)]
+            i = 2 * nodes.index(n)
+            if isinstance(m, nn.modules.conv._ConvNd) and ins:
+                in_shape = shapes[ins[0].name]
+                if not _same_padding(m, in_shape):
+                    pads = m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2
+                    padded = in_shape[0] * in_shape[1]
+                    for n_, p in zip(in_shape[2:], pads):
+                        padded *= n_ + 2 * int(p)
+                    ops.append(("pad", 0))
+                    buffers.append((padded, i - 1, i))
+                    src = _buffer_root(ins[0], kind_of)
+                    if src in live and live[src][2] == i:
+                        live[src][2] = i - 1  # the PAD is its last reader now
+                groups = getattr(m, "groups", 1)
+                dw = groups > 1 and groups == m.in_channels
+                ops.append(("dwconv" if dw else "conv", int(m.out_channels)))
+            elif isinstance(m, nn.Linear):
+                src = ins[0] if ins else None
+                while src is not None and kind_of.get(src) == "alias" and src.all_input_nodes:
+                    src_shape = shapes.get(src.all_input_nodes[0].name)
+                    if isinstance(src_shape, tuple) and len(src_shape) == 4:
+                        if _numel(src_shape[2:]) > 1:
+                            ops.append(("transpose", 0))
+                            buffers.append((_numel(src_shape), i - 1, i))
+                        break
+                    src = src.all_input_nodes[0]
+                ops.append(("linear", int(m.out_features)))
+            else:
+                ops.append(("linear", int(shapes[n.name][-1]) if shapes.get(n.name) else 0))
+        elif kind == "compute":
+            ops.append(("linear", 0))
+        elif kind in ("elementwise", "split"):
+            ins = [a for a in n.all_input_nodes if isinstance(shapes.get(a.name), tuple)]
+            if (
+                _is_activation(n, modules)
+                and len(ins) == 1
+                and len(users[ins[0]]) == 1
+                and kind_of.get(ins[0]) == "elementwise"
+            ):
+                continue  # fused into the ADD (or other op) before it
+            ops.append((_tflm_kind(n, modules), 0))
+    buffers += [(e, a, t) for e, a, t in live.values()]
+    return tuple(buffers), tuple(ops)
+
+
+def _buffer_root(n: fx.Node, kind_of: dict[fx.Node, str]) -> fx.Node:
+    """The node whose buffer `n` reads (through views and fused activations)."""
+    while kind_of.get(n) in ("alias", "fused") and n.all_input_nodes:
+        n = n.all_input_nodes[0]
+    return n
+
+
+def _tflm_kind(n: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """The TFLite op family of an element-wise node (what its persistent data looks like)."""
+    if _is_add(n):
+        return "add"
+    target = modules.get(str(n.target)) if n.op == "call_module" else n.target
+    name = (type(target).__name__ if n.op == "call_module" else str(target)).lower()
+    for part, kind in (
+        ("adaptiveavg", "mean"),
+        ("mean", "mean"),
+        ("pool", "pool"),
+        ("cat", "concat"),
+        ("softmax", "softmax"),
+    ):
+        if part in name:
+            return kind
+    return "other"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,12 +19,15 @@ PRECISIONS = (4, 8, 16, 32)
 UNALIGNED_KINDS = ("conv", "dwconv")  # dense convs; depthwise and other grouped convs
 MEMORY_KEYS = ("ram_kb", "sram_kb", "flash_kb")
 WEIGHT_PLACES = ("ram", "flash")
+# How activation memory is placed: `liveness` = the peak of live buffers (TinyEngine's in-place
+# scheme with `depthwise_in_place`); `tflm` = TFLite Micro's greedy planner plus its arena tail.
+MEMORY_PLANNERS = ("liveness", "tflm")
 
 _FIELDS_DOC = (
     "name, description, sources, peak_macs_per_s, native_precisions, fallback_precision, "
     "bandwidth_bytes_per_s, efficiency, layer_overhead_us, model_overhead_us, threads, batch, "
     "memory, weights_in, runtime_flash_kb, budgets, sparse_support, depthwise_in_place, "
-    "fused_add, channel_block, unaligned_efficiency, runtime, latency_error"
+    "fused_add, channel_block, unaligned_efficiency, runtime, latency_error, memory_planner"
 )
 RUNTIME_KEYS = ("name", "version", "note")
 LATENCY_ERROR_KEYS = ("p90", "source", "rows")
@@ -103,6 +106,7 @@ class HardwareProfile:
     # How far its latencies can be trusted ({p90, source, rows}): the 90th percentile of
     # |predicted / measured - 1| over measurements the fit did not see.
     latency_error: Mapping[str, Any] | None = None
+    memory_planner: str = "liveness"
     file: str = field(default="<profile>", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -231,6 +235,12 @@ class HardwareProfile:
         for key in ("sparse_support", "depthwise_in_place", "fused_add"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f, key, "must be true or false")
+        if self.memory_planner not in MEMORY_PLANNERS:
+            raise ConfigError(
+                f,
+                "memory_planner",
+                f"{self.memory_planner!r} is not one of {list(MEMORY_PLANNERS)}",
+            )
         if self.runtime is not None:
             rt = _mapping(f, "runtime", self.runtime, RUNTIME_KEYS)
             for key in RUNTIME_KEYS:

@@ -1,0 +1,88 @@
+"""TFLite Micro's memory, predicted from the graph: arena head, arena tail, flatbuffer size.
+
+The arena a board reserves for the TFLM interpreter has a *head*, where its greedy memory
+planner places the activation buffers (largest first, each at the lowest offset free for its
+lifetime, 16-byte aligned), and a *tail* of persistent data: a 24-byte struct per tensor, a
+64-byte node per operator, and each operator's data (for a conv or fully-connected layer two
+int32 words per output channel: the per-channel requantization multipliers and shifts).
+
+The constants were read from `print_allocations()` of the TFLM Python interpreter
+(tflite-micro 0.dev20261023, reference kernels) on single-operator models converted by
+litert-torch 0.10; `experiments/benchmarks/_device_memory.py` checks the whole prediction
+against TFLM on the reference networks and search plans.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+ALIGN = 16  # TFLM's arena buffer alignment
+EVAL_TENSOR_BYTES = 24  # TfLiteEvalTensor
+NODE_BYTES = 64  # NodeAndRegistration
+# Fixed tail: the input/output TfLiteTensors (2 x 64), their quantization data (64), the
+# interpreter's own graph and allocation records.
+TAIL_BASE_BYTES = 800
+TAIL_PER_TENSOR_BYTES = 8  # allocation records besides the eval tensor (fitted)
+# Operator data in the persistent tail, per op kind (bytes), plus 8 per output channel for
+# convs and fully-connected layers.
+OP_DATA_BYTES = {
+    "conv": 80,
+    "dwconv": 80,
+    "linear": 72,
+    "add": 60,
+    "mean": 44,
+    "concat": 80,
+    "pool": 32,
+    "pad": 56,
+    "softmax": 112,
+    "transpose": 0,
+    "reshape": 0,
+    "other": 32,
+}
+PER_CHANNEL_OP_BYTES = 8
+# Constant tensors an op brings (weights + bias; a PAD's paddings, a MEAN's axes, a
+# TRANSPOSE's permutation, a RESHAPE's shape).
+CONST_TENSORS = {"conv": 2, "dwconv": 2, "linear": 2, "pad": 1, "mean": 1, "transpose": 1}
+RESHAPE_CONSTS = 1
+
+
+def greedy_plan(buffers: Sequence[tuple[int, int, int]]) -> int:
+    """Arena head TFLM's GreedyMemoryPlanner needs for (bytes, first op, last op) buffers.
+
+    Largest buffer first (among equal sizes the later one); each goes at the lowest offset
+    where it overlaps no buffer already placed both in address and in lifetime.
+    """
+    order = sorted(
+        ((math.ceil(b / ALIGN) * ALIGN, s, e) for b, s, e in buffers if b > 0),
+        key=lambda x: (-x[0], -x[1]),  # TFLM's sort: size, then first use, both descending
+    )
+    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
+    head = 0
+    for size, first, last in order:
+        live = sorted((o, sz) for o, sz, s, e in placed if not (e < first or last < s))
+        offset = 0
+        for o, sz in live:
+            if o - offset >= size:
+                break
+            offset = max(offset, o + sz)
+        placed.append((offset, size, first, last))
+        head = max(head, offset + size)
+    return head
+
+
+def arena_tail(ops: Sequence[tuple[str, int]], buffers: int) -> int:
+    """Persistent arena bytes for operators (kind, output channels) and activation buffers."""
+    consts = sum(CONST_TENSORS.get(k, 0) + (k == "reshape") * RESHAPE_CONSTS for k, _ in ops)
+    tensors = buffers + consts
+    op_data = sum(
+        OP_DATA_BYTES.get(k, OP_DATA_BYTES["other"])
+        + (PER_CHANNEL_OP_BYTES * c if k in ("conv", "dwconv", "linear") else 0)
+        for k, c in ops
+    )
+    return (
+        TAIL_BASE_BYTES
+        + (EVAL_TENSOR_BYTES + TAIL_PER_TENSOR_BYTES) * tensors
+        + NODE_BYTES * len(ops)
+        + op_data
+    )
