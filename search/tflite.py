@@ -141,6 +141,7 @@ def convert(
         with _captured_fds() as log, torch.no_grad():
             edge = _convert(plain, example, calib_inputs if int8 else None)
             edge.export(str(tmp))
+            _strip_names(tmp)
         tmp.replace(path)
     except ConfigError:
         raise
@@ -183,6 +184,32 @@ def _convert(model: Any, example: tuple[Any, ...], calib_inputs: Any) -> Any:
     return litert_torch.convert(
         quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)
     )
+
+
+def _strip_names(path: Path) -> None:
+    """Drop the tensor names (module paths, 5-17 % of a small model's flash) in place.
+
+    TFLM never reads them; the flatbuffer is re-packed and then re-aligned by TFLM's own tool
+    (the Python packer does not align buffers). Inputs and outputs keep their signature names.
+    """
+    import flatbuffers
+    from tflite_micro.python.tflite_micro import runtime
+    from tflite_micro.tensorflow.lite.micro.tools import (
+        tflite_flatbuffer_align_wrapper as align,
+    )
+
+    model = runtime.convert_bytearray_to_object(bytearray(path.read_bytes()))
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            tensor.name = None
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    packed = path.with_name(path.name + ".packed")
+    packed.write_bytes(builder.Output())
+    try:
+        align.align_tflite_model(str(packed), str(path))
+    finally:
+        packed.unlink(missing_ok=True)
 
 
 def operators(path: str | Path) -> list[str]:

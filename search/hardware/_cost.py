@@ -11,7 +11,7 @@ from torch import nn
 
 from ._graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
 from ._profile import BUDGET_KEYS, HardwareProfile
-from ._tflm import arena_tail, greedy_plan
+from ._tflm import arena_tail, flatbuffer_overhead, greedy_plan
 
 _SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized layer
 _BIAS_BYTES = 4  # biases stay 32 bit (int32 accumulators or fp32)
@@ -208,6 +208,10 @@ def estimate_cost(
         tail = arena_tail(summary.tflm_ops, len(summary.tflm_buffers))
     memory = peak + tail + (weight_bytes if profile.weights_in == "ram" else 0)
     flash = weight_bytes + int(profile.runtime_flash_kb * 1024)
+    if profile.memory_planner == "tflm" and summary.tflm_buffers:
+        flash += flatbuffer_overhead(
+            summary.tflm_ops, len(summary.tflm_buffers), int8=activation_bits == 8
+        )
     latency = sum(r.latency_ms for r in rows) + profile.model_overhead_us * 1e-3
     return CostReport(
         params=summary.params,
