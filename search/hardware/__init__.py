@@ -9,7 +9,7 @@ Example::
 """
 
 from ._calibrate import calibrate_from_measurements, calibrate_host, cost_summary
-from ._cost import CostReport, LayerCost, constraint_values, estimate_cost, latency_band
+from ._cost import CostReport, LayerCost, constraint_values, estimate_cost
 from ._measure import (
     Measurement,
     export_fp32_onnx,
@@ -40,7 +40,6 @@ __all__ = [
     "calibrate_from_measurements",
     "calibrate_host",
     "constraint_values",
-    "latency_band",
     "cost_summary",
     "estimate_cost",
     "load_profile",

@@ -260,9 +260,3 @@ def constraint_values(
         if key not in BUDGET_KEYS:
             raise ValueError(f"unknown budget {key!r}; allowed: {list(BUDGET_KEYS)}")
     return out
-
-
-def latency_band(latency_ms: float, error: float) -> tuple[float, float]:
-    """The band `latency_ms * (1 -/+ error)` around a prediction, for a profile's measured
-    relative error (e.g. its p90 of |predicted/published - 1|); never below zero."""
-    return max(0.0, latency_ms * (1.0 - error)), latency_ms * (1.0 + error)
