@@ -15,8 +15,9 @@ from optuna.trial import TrialState
 
 from search.config import load_experiment
 from search.errors import ConfigError
-from search.hardware import constraint_values, estimate_cost, latency_band, load_profile
+from search.hardware import constraint_values, estimate_cost, load_profile
 from search.pareto import load_run
+from search.plan_summary import latency_band
 from search.study import run_search
 from tests._tiny import run_cli, write_tiny_experiment
 
