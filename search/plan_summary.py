@@ -20,6 +20,7 @@ __all__ = [
     "SHARE_FIGURES",
     "LayerShare",
     "PlanShares",
+    "latency_band",
     "latency_error",
     "latency_text",
     "layer_shares",
@@ -207,10 +208,15 @@ def layer_shares(run: RunData, t: TrialRecord) -> PlanShares | None:
     )
 
 
+def latency_band(latency_ms: float, error: float) -> tuple[float, float]:
+    """The band `latency_ms * (1 -/+ error)` around a prediction, for a profile's measured
+    relative error (its p90 of |predicted/measured - 1|); never below zero. The upper end is
+    the pessimistic bound `budget_margin: p90` checks the latency budget against."""
+    return max(0.0, latency_ms * (1.0 - error)), latency_ms * (1.0 + error)
+
+
 def latency_text(latency_ms: float, error: float | None) -> str:
     """`2.7 ms (2.2-3.2 ms, p90)`: a predicted latency with the profile's error band."""
-    from .hardware import latency_band
-
     if error is None:
         return f"{latency_ms:.3g} ms"
     lo, hi = latency_band(latency_ms, error)
