@@ -91,7 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     cal = psub.add_parser("calibrate-host", help="measure this machine, write a host profile")
     cal.add_argument("--out", default=None, help="default hardware_profiles/host.yaml")
     fit = psub.add_parser("calibrate", help="fit a profile to latencies measured on a device")
-    fit.add_argument("--measurements", required=True, help="CSV: onnx,latency_ms")
+    fit.add_argument(
+        "--measurements",
+        required=True,
+        help="CSV: latency_ms and onnx (a file) or network + precision (a zoo network)",
+    )
     fit.add_argument("--base", required=True, help="profile to start from")
     fit.add_argument("--out", required=True)
     return p
@@ -280,7 +284,8 @@ def _profiles(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
     else:
         out = Path(args.out)
-        hardware.calibrate_from_measurements(Path(args.measurements), args.base, out_path=out)
+        cal = hardware.calibration_from_csv(Path(args.measurements), args.base, out_path=out)
+        print(cal.report())  # the fit and its leave-one-network-out error
         print(f"wrote {out}")
     return 0
 

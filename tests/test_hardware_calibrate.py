@@ -232,3 +232,120 @@ def test_with_measured_latency_replaces_the_prediction(tmp_path: Path) -> None:
     measured = with_measured_latency(cost, net, (3, 8, 8))
     assert measured.latency_ms != cost.latency_ms and measured.macs == cost.macs
     assert "measured" in measured.notes[-1]
+
+
+# -- Zoo rows and leave-one-network-out ----------------------------------------------------------
+
+ZOO = ("resnet8", "ds_cnn", "mobilenet_v1_025", "fc_autoencoder")
+MCU_TRUE = profile_from_dict(
+    {
+        "name": "board",
+        "sources": ["test"],
+        "peak_macs_per_s": {8: 4e8, 32: 2e8},
+        "native_precisions": [8, 32],
+        "fallback_precision": 32,
+        "bandwidth_bytes_per_s": 8e8,
+        # dense ~1 cycle/MAC, depthwise ~3: what the device fit must carry
+        "efficiency": {"conv": 0.5, "dwconv": 0.17, "linear": 0.4, "elementwise": 0.5},
+        "layer_overhead_us": {"conv": 20, "dwconv": 20, "linear": 10, "elementwise": 5},
+        "model_overhead_us": 100,
+        "memory": {"sram_kb": 320},
+    }
+)
+
+
+def _zoo_csv(tmp_path: Path, profile) -> Path:
+    from search.hardware._calibrate import predicted_ms, zoo_sample
+
+    lines = ["network,precision,latency_ms,source"]
+    for net in ZOO:
+        ms = predicted_ms(zoo_sample(net, 8, 1.0), profile)
+        lines.append(f"{net},int8,{ms:.6f},made up for the test")
+    path = tmp_path / "board.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_zoo_rows_fit_and_leave_one_network_out_recovers_the_device(tmp_path: Path) -> None:
+    from search.hardware import calibration_from_csv
+
+    csv_path = _zoo_csv(tmp_path, MCU_TRUE)
+    # Right kind ratios, 2.5x wrong MAC rate: the one free rate recovers the device, and each
+    # network is predicted within 5 % by a fit that never saw it.
+    base = MCU_TRUE.with_updates(
+        efficiency={"conv": 0.2, "dwconv": 0.068, "linear": 0.16, "elementwise": 0.5}
+    )
+    cal = calibration_from_csv(csv_path, base, name="myboard", out_path=tmp_path / "b.yaml")
+    assert [r.sample.network for r in cal.loo] == list(ZOO)
+    assert all(abs(r.ratio - 1) < 0.05 for r in cal.loo)
+    assert cal.errors["within_20pct_loo"] == 1.0 and cal.errors["spearman_loo"] == 1.0
+    assert cal.profile.efficiency["conv"] == pytest.approx(0.5, rel=0.05)
+    assert cal.profile.efficiency["dwconv"] == pytest.approx(0.17, rel=0.1)
+    assert cal.profile.latency_error_p90 is not None and cal.profile.latency_error_p90 < 0.05
+    assert load_profile(str(tmp_path / "b.yaml")) == cal.profile
+    # The base is clearly off on the same rows.
+    from search.hardware._calibrate import read_measurements
+
+    assert max(abs(e) for e in prediction_errors(read_measurements(csv_path), base)) > 0.5
+
+
+def test_published_rows_are_read_for_the_base_profile_only(tmp_path: Path) -> None:
+    from search.hardware._calibrate import read_measurements
+
+    path = tmp_path / "published.csv"
+    path.write_text(
+        "network,precision,profile,use,board,latency_ms\n"
+        "resnet8,int8,mcu,fit,DISCO-F746NG,62.6\n"
+        "ds_cnn,int8,mcu,check,DISCO-F746NG,17.7\n"
+        "ds_cnn,int8,mcu_h7,fit,H747,11.3\n"
+    )
+    assert [s.network for s in read_measurements(path, profile="mcu")] == ["resnet8"]
+    assert [s.network for s in read_measurements(path, profile="mcu", use="check")] == ["ds_cnn"]
+    with pytest.raises(ConfigError, match="no measurements"):
+        read_measurements(path, profile="phone")
+
+
+@pytest.mark.parametrize(
+    ("rows", "field", "words"),
+    [
+        ("resnet9,int8,1", "row 2: network", "one of"),
+        ("resnet8,int3,1", "row 2: precision", "int8, fp16 or fp32"),
+        ("resnet8,int8,0", "row 2: latency_ms", "> 0"),
+    ],
+)
+def test_bad_zoo_rows(tmp_path: Path, rows: str, field: str, words: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("network,precision,latency_ms\n" + rows + "\n")
+    with pytest.raises(ConfigError) as info:
+        calibrate_from_measurements(path, START)
+    assert info.value.field == field and words in info.value.message
+
+
+def test_calibrate_cli_prints_the_leave_one_network_out_error(tmp_path: Path, capsys) -> None:
+    from search.cli import main
+
+    base = tmp_path / "base.yaml"
+    from search.hardware import write_profile
+
+    write_profile(MCU_TRUE.with_updates(name="board"), base)
+    csv_path = _zoo_csv(tmp_path, MCU_TRUE)
+    out = tmp_path / "fitted.yaml"
+    rc = main(
+        ["profiles", "calibrate", "--base", str(base), "--measurements", str(csv_path),
+         "--out", str(out)]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0 and out.is_file()
+    assert "leave-one-network-out" in text and "fc_autoencoder" in text
+    assert "within +-20 %: 100%" in text and "p90 |error|" in text
+    # A bad CSV: exit 2, one line on stderr naming the file and the field, nothing written.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("network,latency_ms,colour\nresnet8,1,red\n")
+    rc = main(
+        ["profiles", "calibrate", "--base", str(base), "--measurements", str(bad),
+         "--out", str(tmp_path / "never.yaml")]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {bad}: header:") and "unknown columns" in err[0]
+    assert not (tmp_path / "never.yaml").exists()

@@ -18,7 +18,7 @@ from search.hardware import (
     write_profile,
 )
 
-BUILTIN = ("phone", "mcu", "cloud_gpu")
+BUILTIN = ("phone", "phone_npu", "mcu", "mcu_h7", "mcu_m4", "mcu_m33", "cloud_gpu")
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 
 GOOD = {
@@ -135,6 +135,12 @@ BAD_CASES = [
     (("channel_block",), 0, "channel_block", "integer in [1, 256]"),
     (("unaligned_efficiency",), 2, "unaligned_efficiency.conv", "outside"),
     (("unaligned_efficiency",), {"linear": 0.5}, "unaligned_efficiency.linear", "unknown key"),
+    (("runtime",), "TFLM", "runtime", "mapping with keys"),
+    (("runtime",), {"version": "1"}, "runtime.name", "required"),
+    (("runtime",), {"name": "TFLM", "flavour": "x"}, "runtime.flavour", "unknown key"),
+    (("latency_error",), {"source": "x"}, "latency_error.p90", "required"),
+    (("latency_error",), {"p90": -0.1}, "latency_error.p90", "outside"),
+    (("latency_error",), {"p90": 0.2, "rows": 1.5}, "latency_error.rows", "integer"),
 ]
 
 
@@ -177,3 +183,22 @@ def test_yaml_exponent_without_sign_is_a_number(tmp_path: Path) -> None:
     file = tmp_path / "exp.yaml"
     file.write_text(text)
     assert load_profile(str(file)).bandwidth_bytes_per_s == 1e9
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_profiles_name_their_runtime(name: str) -> None:
+    p = load_profile(name)
+    assert p.runtime is not None and p.runtime["name"] and p.runtime["version"]
+    assert len(p.runtime["note"]) > 40  # says why this runtime
+
+
+def test_runtime_and_latency_error_round_trip(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["runtime"] = {"name": "TFLite Micro + CMSIS-NN", "version": "2024", "note": "why"}
+    data["latency_error"] = {"p90": 0.18, "source": "devices.json", "rows": 4}
+    p = profile_from_dict(data)
+    assert p.latency_error_p90 == pytest.approx(0.18)
+    back = load_profile(str(write_profile(p, tmp_path / "p.yaml")))
+    assert back == p and back.runtime == data["runtime"]
+    assert profile_from_dict(GOOD).latency_error_p90 is None  # both fields are optional
+    assert profile_from_dict(GOOD).runtime is None

@@ -8,7 +8,13 @@ Example::
     print(cost.latency_ms, cost.peak_activation_bytes)
 """
 
-from ._calibrate import calibrate_from_measurements, calibrate_host, cost_summary
+from ._calibrate import (
+    Calibration,
+    calibrate_from_measurements,
+    calibrate_host,
+    calibration_from_csv,
+    cost_summary,
+)
 from ._cost import CostReport, LayerCost, constraint_values, estimate_cost
 from ._measure import (
     Measurement,
@@ -37,7 +43,9 @@ __all__ = [
     "LayerCost",
     "Measurement",
     "ReferenceNetwork",
+    "Calibration",
     "calibrate_from_measurements",
+    "calibration_from_csv",
     "calibrate_host",
     "constraint_values",
     "cost_summary",

@@ -1,0 +1,439 @@
+"""The device benchmark: every profile's predicted latency against published measurements.
+
+    python experiments/benchmarks/devices.py [--write-profiles]
+
+For each built-in device profile, reads the published rows of its own runtime from
+hardware_profiles/measurements/*_published.csv (the project's calibrate-from-CSV path:
+`read_measurements` with zoo networks, `calibrate` = `fit_device` + leave-one-network-out),
+starting from the priors below, not from the figures already in the YAML (those are this
+script's output). Reports, per profile: every fitted row predicted by a fit that never saw its
+network, shares within +-20/25/30 %, MAPE, the 90th percentile of |error|, Spearman, and the
+fitted figures; then the "check" rows (same board with another runtime, a sibling board scaled
+by clock, framework-overhead GPU rows) predicted by the full fit, which are never fitted.
+`host` takes its error from experiments/results/predictor.json (62 networks the host
+calibration never saw). `--write-profiles` writes the fitted figures and the stored error into
+hardware_profiles/<name>.yaml. Memory: if experiments/benchmarks/_device_memory.py exists, its
+`memory_section()` adds the `memory` key and its markdown. Writes experiments/results/
+devices.json and devices.md. Asserts nothing. About a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from search.hardware import load_profile  # noqa: E402
+from search.hardware._calibrate import (  # noqa: E402
+    DEVICE_PRIORS,
+    Calibration,
+    calibrate,
+    predicted_ms,
+    read_measurements,
+)
+from search.hardware._profile import HardwareProfile  # noqa: E402
+
+RESULTS = REPO / "experiments" / "results"
+MEASUREMENTS = REPO / "hardware_profiles" / "measurements"
+SOURCE = "experiments/results/devices.json"
+
+# The fit's starting point per profile (stated before looking at the rows, not fitted):
+# MCUs run dense int8 convs near 1 cycle/MAC (efficiency 0.5 of SMLAD's 2 MACs/cycle) and
+# depthwise ones near 2.5 cycles/MAC; phone CPUs lose more on depthwise (load/store bound);
+# GPUs and NPUs pay a fixed launch per layer.
+_MCU_PRIOR = {
+    "efficiency": {"conv": 0.5, "dwconv": 0.2, "linear": 0.5, "elementwise": 0.5},
+    "layer_overhead_us": {"conv": 20, "dwconv": 20, "linear": 10, "elementwise": 5},
+    "model_overhead_us": 100.0,
+}
+PRIORS: dict[str, dict[str, Any]] = {
+    "mcu": _MCU_PRIOR,
+    "mcu_h7": _MCU_PRIOR,
+    "mcu_m4": _MCU_PRIOR,
+    "mcu_m33": _MCU_PRIOR,
+    "phone": {
+        "efficiency": {"conv": 0.5, "dwconv": 0.15, "linear": 0.4, "elementwise": 0.2},
+        "layer_overhead_us": {"conv": 5, "dwconv": 5, "linear": 3, "elementwise": 2},
+        "model_overhead_us": 50.0,
+    },
+    "phone_npu": {
+        "efficiency": {"conv": 0.3, "dwconv": 0.1, "linear": 0.2, "elementwise": 0.3},
+        "layer_overhead_us": {"conv": 3, "dwconv": 3, "linear": 3, "elementwise": 2},
+        "model_overhead_us": 100.0,
+    },
+    "cloud_gpu": {
+        "efficiency": {"conv": 0.3, "dwconv": 0.05, "linear": 0.2, "elementwise": 0.6},
+        "layer_overhead_us": {"conv": 8, "dwconv": 8, "linear": 8, "elementwise": 5},
+        "model_overhead_us": 50.0,
+    },
+}
+FILES = {
+    "mcu": "mcu_published.csv",
+    "mcu_h7": "mcu_published.csv",
+    "mcu_m4": "mcu_published.csv",
+    "mcu_m33": "mcu_published.csv",
+    "phone": "phone_gpu_published.csv",
+    "phone_npu": "phone_gpu_published.csv",
+    "cloud_gpu": "phone_gpu_published.csv",
+}
+CLOCK_MHZ = {"mcu": 216.0, "mcu_h7": 400.0, "mcu_m4": 120.0, "mcu_m33": 200.0}
+TARGETS = {"mcu": ("within_20pct_loo", 0.8), "other": ("within_25pct_loo", 0.7)}
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _rows(path: Path, profile: str, use: str) -> list[dict[str, str]]:
+    """The CSV rows read_measurements reads for (profile, use), in the same order."""
+    with path.open(newline="") as fh:
+        return [
+            r for r in csv.DictReader(fh) if r.get("profile") == profile and r.get("use") == use
+        ]
+
+
+def _board(r: dict[str, str]) -> str:
+    return r.get("board") or r.get("device") or ""
+
+
+def _runtime(r: dict[str, str]) -> str:
+    return r.get("stack") or r.get("runtime") or ""
+
+
+def _base(name: str) -> HardwareProfile:
+    return load_profile(name).with_updates(latency_error=None, **PRIORS[name])
+
+
+def _fitted_figures(p: HardwareProfile) -> dict[str, Any]:
+    return {
+        "efficiency": dict(p.efficiency),
+        "cycles_per_mac": {
+            k: round(1.0 / (p.efficiency[k] * 2), 3) for k in ("conv", "dwconv", "linear")
+        }
+        if p.name.startswith("mcu")
+        else None,
+        "layer_overhead_us": dict(p.layer_overhead_us),
+        "model_overhead_us": p.model_overhead_us,
+        "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
+    }
+
+
+def profile_section(name: str) -> tuple[dict[str, Any], Calibration | None]:
+    path = MEASUREMENTS / FILES[name]
+    base = _base(name)
+    samples = read_measurements(path, profile=name, use="fit")
+    meta = _rows(path, name, "fit")
+    cal = calibrate(samples, base, source=SOURCE)
+    loo = {id(r.sample): r for r in cal.loo}
+    rows = []
+    for s, r in zip(samples, meta):
+        row = loo.get(id(s))
+        rows.append(
+            {
+                "network": s.network,
+                "precision_bits": s.activation_bits,
+                "board": _board(r),
+                "runtime": _runtime(r),
+                "published": s.measured_ms,
+                "predicted_loo": None if row is None else round(row.predicted_ms, 4),
+                "ratio": None if row is None else round(row.ratio, 3),
+                "predicted_full_fit": round(predicted_ms(s, cal.profile), 4),
+                "source": f"{r['source_repo']}/{r['source_path']}",
+            }
+        )
+    checks = []
+    check_samples = []
+    try:
+        check_samples = read_measurements(path, profile=name, use="check")
+    except Exception:  # noqa: BLE001 - a profile with no check rows
+        check_samples = []
+    for s, r in zip(check_samples, _rows(path, name, "check")):
+        scale = 1.0
+        if name in CLOCK_MHZ and r.get("mhz"):
+            scale = CLOCK_MHZ[name] / float(r["mhz"])  # same cycles on a slower/faster clock
+        pred = predicted_ms(s, cal.profile) * scale
+        checks.append(
+            {
+                "network": s.network,
+                "precision_bits": s.activation_bits,
+                "board": _board(r),
+                "runtime": _runtime(r),
+                "published": s.measured_ms,
+                "predicted": round(pred, 4),
+                "ratio": round(pred / s.measured_ms, 3),
+                "why_not_fitted": r.get("why", ""),
+            }
+        )
+    with path.open(newline="") as fh:
+        excluded = [
+            {"model": r["model"], "why": r["why"]}
+            for r in csv.DictReader(fh)
+            if r.get("profile") == name and r.get("use") == "none"
+        ]
+    out: dict[str, Any] = {
+        "runtime": dict(base.runtime or {}),
+        "networks": len({s.network for s in samples}),
+        **{k: cal.errors.get(k) for k in _KEYS},
+        "rows": rows,
+        "checks": checks,
+        "excluded": excluded,
+        "fitted": _fitted_figures(cal.profile),
+        "latency_error": None
+        if cal.profile.latency_error is None
+        else dict(cal.profile.latency_error),
+    }
+    if not cal.loo:
+        out["note"] = (
+            "one network only: no leave-one-network-out error exists; the fit is in-sample"
+        )
+    return out, cal
+
+
+_KEYS = (
+    "within_20pct_loo",
+    "within_25pct_loo",
+    "within_30pct_loo",
+    "mape_loo",
+    "spearman_loo",
+    "p90_abs_error_loo",
+)
+
+
+def host_section() -> dict[str, Any]:
+    path = RESULTS / "predictor.json"
+    if not path.is_file():
+        return {"note": "experiments/results/predictor.json missing: run predictor.py"}
+    data = json.loads(path.read_text())
+    err = np.asarray([abs(m["predicted_ms"] / m["measured_ms"] - 1) for m in data["models"]])
+    return {
+        "runtime": {"name": "ONNX Runtime (CPU)", "note": data["setup"]["runtime"]},
+        "rows": len(err),
+        "p90_abs_error": round(float(np.quantile(err, 0.9)), 4),
+        "within_20pct": round(float(np.mean(err <= 0.2)), 4),
+        "mape": round(float(np.mean(err)), 4),
+        "source": "experiments/results/predictor.json (networks the host calibration never saw)",
+    }
+
+
+def write_profile_figures(name: str, profile: HardwareProfile) -> None:
+    """Replace the fitted lines of hardware_profiles/<name>.yaml, keeping its comments."""
+    path = REPO / "hardware_profiles" / f"{name}.yaml"
+    lines = path.read_text().splitlines()
+    out: list[str] = []
+    block = None
+    skipping = False
+    for line in lines:
+        if skipping:
+            if line.startswith("  "):
+                continue
+            skipping = False
+        top = re.match(r"^([a-z_]+):", line)
+        if top:
+            block = top.group(1)
+            if block == "latency_error":
+                skipping = True
+                continue
+            if block == "model_overhead_us":
+                line = f"model_overhead_us: {profile.model_overhead_us:g}  # fitted by devices.py"
+        else:
+            m = re.match(r"^  ([a-z]+): ", line)
+            if m and block == "efficiency":
+                line = f"  {m.group(1)}: {profile.efficiency[m.group(1)]:.4g}"
+            elif m and block == "layer_overhead_us":
+                line = f"  {m.group(1)}: {profile.layer_overhead_us[m.group(1)]:g}"
+        out.append(line)
+    if profile.latency_error is not None:
+        le = profile.latency_error
+        out += [
+            "latency_error:  # |predicted / published - 1|, leave-one-network-out",
+            f"  p90: {le['p90']}",
+            f"  source: {le['source']}",
+            f"  rows: {le['rows']}",
+        ]
+    path.write_text("\n".join(out) + "\n")
+    load_profile(name)  # still valid
+
+
+def write_host_error(section: dict[str, Any]) -> None:
+    path = REPO / "hardware_profiles" / "host.yaml"
+    text = path.read_text()
+    text = re.sub(r"\nlatency_error:\n(  .*\n)*", "\n", text)
+    text = re.sub(r"\nruntime:\n(  .*\n)*", "\n", text)
+    import onnxruntime
+
+    text += (
+        "runtime:\n"
+        "  name: ONNX Runtime (CPU execution provider)\n"
+        f"  version: '{onnxruntime.__version__}'\n"
+        "  note: fp32, sequential, ORT_ENABLE_ALL, the thread count above\n"
+        "latency_error:\n"
+        f"  p90: {section['p90_abs_error']}\n"
+        "  source: experiments/results/predictor.json\n"
+        f"  rows: {section['rows']}\n"
+    )
+    path.write_text(text)
+    load_profile("host")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+    md = [
+        "# Device benchmark: predicted vs published latency",
+        "",
+        f"`{result['setup']['command']}` at commit {result['setup']['git_commit']}, "
+        f"{result['setup']['date']}; load average {result['setup']['load_avg_before']} before, "
+        f"{result['setup']['load_avg_after']} after.",
+        "",
+        "Each profile is fitted (`fit_device`: one MAC rate, depthwise and linear ratios, one "
+        "overhead multiplier, per-inference overhead; priors in devices.py) to the published "
+        "rows of its own runtime. LOO: each row is predicted by a fit without its network.",
+        "",
+        "| profile | runtime | rows | networks | within 20 % | within 25 % | within 30 % | "
+        "MAPE | p90 error | Spearman |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, sec in result["profiles"].items():
+        rho = sec.get("spearman_loo")
+        md.append(
+            f"| {name} | {sec['runtime'].get('name', '')} | {len(sec['rows'])} | "
+            f"{sec['networks']} | {_pct(sec['within_20pct_loo'])} | "
+            f"{_pct(sec['within_25pct_loo'])} | {_pct(sec['within_30pct_loo'])} | "
+            f"{_pct(sec['mape_loo'])} | {_pct(sec['p90_abs_error_loo'])} | "
+            f"{'-' if rho is None else f'{rho:.2f}'} |"
+        )
+    host = result["host"]
+    if "p90_abs_error" in host:
+        md.append(
+            f"| host | ONNX Runtime CPU | {host['rows']} | {host['rows']} | "
+            f"{_pct(host['within_20pct'])} | | | {_pct(host['mape'])} | "
+            f"{_pct(host['p90_abs_error'])} | (predictor.md) |"
+        )
+    md += ["", "Targets: MCU profiles >= 80 % within +-20 %; phone, phone_npu, cloud_gpu >= 70 %"]
+    md += ["within +-25 % and Spearman >= 0.9 (all leave-one-network-out).", ""]
+    for name, sec in result["profiles"].items():
+        f = sec["fitted"]
+        md += [f"## {name}: {sec['runtime'].get('name', '')} {sec['runtime'].get('version', '')}"]
+        md += [""]
+        if sec.get("note"):
+            md += [f"Note: {sec['note']}.", ""]
+        eff = ", ".join(f"{k} {v:.3g}" for k, v in f["efficiency"].items())
+        md += [
+            f"Fitted: efficiency {eff}; layer overhead {f['layer_overhead_us']['conv']:g} us "
+            f"(conv); per inference {f['model_overhead_us']:g} us"
+            + (
+                f"; cycles/MAC conv {f['cycles_per_mac']['conv']}, dwconv "
+                f"{f['cycles_per_mac']['dwconv']}, linear {f['cycles_per_mac']['linear']}"
+                if f.get("cycles_per_mac")
+                else ""
+            )
+            + ".",
+            "",
+            "| network | bits | board | published ms | predicted ms (LOO) | ratio |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for r in sec["rows"]:
+            pred = (
+                r["predicted_loo"] if r["predicted_loo"] is not None else r["predicted_full_fit"]
+            )
+            ratio = r["ratio"] if r["ratio"] is not None else pred / r["published"]
+            md.append(
+                f"| {r['network']} | {r['precision_bits']} | {r['board'][:28]} | "
+                f"{r['published']:g} | {pred:.4g} | {ratio:.2f} |"
+            )
+        if sec["checks"]:
+            md += ["", "Checks (not fitted; predicted by the full fit):", ""]
+            md += ["| network | bits | board | runtime | published ms | predicted ms | ratio |"]
+            md += ["|---|---:|---|---|---:|---:|---:|"]
+            for r in sec["checks"]:
+                md.append(
+                    f"| {r['network']} | {r['precision_bits']} | {r['board'][:28]} | "
+                    f"{r['runtime'][:40]} | {r['published']:g} | {r['predicted']:.4g} | "
+                    f"{r['ratio']:.2f} |"
+                )
+        if sec["excluded"]:
+            md += [
+                "",
+                "Left out: " + "; ".join(f"{e['model']} ({e['why']})" for e in sec["excluded"]),
+            ]
+        md += [""]
+    return md
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--write-profiles", action="store_true", help="write the fits into the profile YAMLs"
+    )
+    args = parser.parse_args()
+    load_before = round(os.getloadavg()[0], 2)
+    started = time.perf_counter()
+    profiles: dict[str, Any] = {}
+    for name in PRIORS:
+        sec, cal = profile_section(name)
+        profiles[name] = sec
+        if args.write_profiles and cal is not None:
+            write_profile_figures(name, cal.profile)
+    host = host_section()
+    if args.write_profiles and "p90_abs_error" in host:
+        write_host_error(host)
+    command = "python experiments/benchmarks/devices.py" + (
+        " --write-profiles" if args.write_profiles else ""
+    )
+    result: dict[str, Any] = {
+        "setup": {
+            "command": command,
+            "git_commit": _git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_avg_before": load_before,
+            "priors": {"device_fit": DEVICE_PRIORS, "profiles": PRIORS},
+            "clock_scaling": "check rows on another clock: predicted x profile MHz / row MHz",
+        },
+        "targets": {
+            "mcu": "within_20pct_loo >= 0.8",
+            "phone, phone_npu, cloud_gpu": "within_25pct_loo >= 0.7, spearman_loo >= 0.9",
+        },
+        "profiles": profiles,
+        "host": host,
+    }
+    memory_md: list[str] = []
+    hook = Path(__file__).with_name("_device_memory.py")
+    if hook.is_file():  # the memory half of the benchmark (arena and flash vs TFLite Micro)
+        spec = importlib.util.spec_from_file_location("_device_memory", hook)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        memory, memory_md = module.memory_section()
+        result["memory"] = memory
+    result["setup"]["seconds"] = round(time.perf_counter() - started, 1)
+    result["setup"]["load_avg_after"] = round(os.getloadavg()[0], 2)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "devices.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result) + list(memory_md)
+    (RESULTS / "devices.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md[:22]))
+
+
+if __name__ == "__main__":
+    main()
