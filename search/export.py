@@ -36,6 +36,7 @@ import yaml
 
 from .errors import ConfigError
 from .pareto import RunData, TrialRecord, _why, layer_rows, load_run, load_run_dir
+from .plan_summary import latency_error, latency_note, latency_text
 
 __all__ = ["ApplyResult", "ExportResult", "apply_winner", "export_winner"]
 
@@ -787,7 +788,8 @@ def _card(
     lines += [
         "## Cost and budget check",
         "",
-        f"Predicted by the cost model for `{prof.get('name')}`.",
+        f"Predicted by the cost model for `{prof.get('name')}`."
+        + latency_note(run, m.get("latency_ms")),
         "",
         "| figure | base model | winner | budget | check |",
         "|---|---|---|---|---|",
@@ -812,7 +814,10 @@ def _card(
         unit = {"kb": "kB"}.get(bk.split("_")[-1], bk.split("_")[-1]) if bk else ""
         shown = f"{_f(budget)} {unit}" if budget is not None else "-"
         check = "-" if c is None else ("ok" if c <= 0 else f"OVER by {c:.0%}")
-        lines.append(f"| {k} | {_f(base.get(k))} | {_f(m.get(k))} | {shown} | {check} |")
+        won = _f(m.get(k))
+        if k == "latency_ms" and m.get(k) is not None and latency_error(run) is not None:
+            won = latency_text(m[k], latency_error(run))  # with the profile's p90 band
+        lines.append(f"| {k} | {_f(base.get(k))} | {won} | {shown} | {check} |")
     c_drop, drop = r["constraints"].get("accuracy_drop"), t.metrics.get("accuracy_drop")
     if c_drop is not None and drop is not None:
         # The constraint is `drop - max_drop`, so the allowed drop is `drop - c`.

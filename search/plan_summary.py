@@ -22,6 +22,7 @@ __all__ = [
     "PlanShares",
     "latency_band",
     "latency_error",
+    "latency_note",
     "latency_text",
     "layer_shares",
     "summary_features",
@@ -221,3 +222,25 @@ def latency_text(latency_ms: float, error: float | None) -> str:
         return f"{latency_ms:.3g} ms"
     lo, hi = latency_band(latency_ms, error)
     return f"{latency_ms:.3g} ms ({lo:.3g}-{hi:.3g} ms, p90)"
+
+
+def latency_note(run: RunData, latency_ms: float | None) -> str:
+    """The model card's sentence on how far a predicted latency can be trusted, and which bound
+    the budget was checked against ("" when the latency was measured, not predicted)."""
+    if run.experiment.get("latency") == "measured" or latency_ms is None:
+        return ""
+    error = latency_error(run)
+    if error is None:
+        return " The profile stores no measured latency error, so the prediction has no band."
+    err = run.profile.get("latency_error")
+    source = err.get("source") if isinstance(err, Mapping) else ""
+    text = (
+        f" Predicted latency {latency_text(latency_ms, error)}: the band is the profile's "
+        f"measured error (p90 of |predicted/measured - 1|{'; ' + source if source else ''})."
+    )
+    if run.experiment.get("budget_margin") == "p90":
+        text += (
+            " The latency budget was checked against the pessimistic bound, "
+            f"{latency_band(latency_ms, error)[1]:.3g} ms (`budget_margin: p90`)."
+        )
+    return text
