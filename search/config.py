@@ -56,6 +56,13 @@ class Recovery:
     refine_epochs: int = 8
     refine_student_epochs: int = 30  # the refine stage's budget for students
     refine_top_k: int = 0  # 0 = no refine stage
+    # Step budgets (optimizer steps): when set they replace the matching epochs, so a trial on a
+    # large dataset costs the same whatever its size.
+    steps: int | None = None
+    student_steps: int | None = None
+    refine_steps: int | None = None
+    refine_student_steps: int | None = None
+    amp: bool = True  # mixed precision for recovery on a GPU (ignored on the CPU)
 
     def schedule(self, student: bool, *, refine: bool = False) -> tuple[int, float]:
         """Epochs and learning rate of one recovery. Students start from scratch, so they get
@@ -65,6 +72,19 @@ class Recovery:
         else:
             epochs, lr, longer = self.epochs, self.lr, self.refine_epochs
         return (max(longer, epochs) if refine else epochs), lr
+
+    def steps_for(self, student: bool, *, refine: bool = False) -> int | None:
+        """The step budget of one recovery, or None to count epochs (`schedule`). The refine
+        stage is never shorter than the search's."""
+        if student:
+            steps, longer = self.student_steps, self.refine_student_steps
+        else:
+            steps, longer = self.steps, self.refine_steps
+        if not refine:
+            return steps
+        if longer is None:
+            return steps
+        return max(longer, steps or 0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,9 @@ class UserTask:
     weights: str | None = None
     evaluate: str | None = None
     train_epochs: int = 10
+    train_steps: int | None = None  # base training in optimizer steps (replaces train_epochs)
+    workers: int = 2  # DataLoader worker processes for datasets not held in memory
+    val_subset: int | None = None  # the search evaluates on this many fixed val rows
 
 
 @dataclass(frozen=True)
@@ -105,6 +128,12 @@ class Experiment:
     latency: str = "predicted"  # or "measured": ONNX Runtime on this machine (host target only)
     budget_margin: str = "none"  # "p90": check latency_ms against the profile's p90 bound
     recovery: Recovery = field(default_factory=Recovery)
+    storage_flag: bool = False  # the storage came from --storage, not the file (for messages)
+
+    @property
+    def storage_where(self) -> tuple[str, str]:
+        """(file, field) that gave the storage URL, for error messages."""
+        return ("<command line>", "--storage") if self.storage_flag else (self.source, "storage")
 
     @property
     def base_dir(self) -> Path:
@@ -133,12 +162,14 @@ class Experiment:
             changes["target"] = _target(where, "--target", changes["target"])
         if "storage" in changes:
             changes["storage"] = _storage(where, "--storage", changes["storage"])
+            changes["storage_flag"] = True
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["objectives"] = [{o.metric: o.direction} for o in self.objectives]
         data["budgets"] = dict(self.budgets)
+        data.pop("storage_flag")
         return data
 
 
@@ -250,7 +281,18 @@ def _objectives(file: str, value: Any, custom_metrics: bool) -> tuple[Objective,
 
 
 def _user_task(file: str, raw: Mapping[str, Any], base: Path) -> UserTask:
-    keys = ("model", "data", "input_shape", "num_classes", "weights", "evaluate", "train_epochs")
+    keys = (
+        "model",
+        "data",
+        "input_shape",
+        "num_classes",
+        "weights",
+        "evaluate",
+        "train_epochs",
+        "train_steps",
+        "workers",
+        "val_subset",
+    )
     _mapping(file, "task", raw, keys)
     for required in ("model", "data", "input_shape", "num_classes"):
         if required not in raw:
@@ -286,7 +328,14 @@ def _user_task(file: str, raw: Mapping[str, Any], base: Path) -> UserTask:
         train_epochs=_int(
             file, "task.train_epochs", raw.get("train_epochs", 10), low=1, high=1000
         ),
+        train_steps=_optional_int(file, "task.train_steps", raw.get("train_steps"), low=1),
+        workers=_int(file, "task.workers", raw.get("workers", 2), low=0, high=64),
+        val_subset=_optional_int(file, "task.val_subset", raw.get("val_subset"), low=1),
     )
+
+
+def _optional_int(file: str, key: str, value: Any, *, low: int) -> int | None:
+    return None if value is None else _int(file, key, value, low=low, high=10**9)
 
 
 _TOP_KEYS = (
@@ -410,6 +459,11 @@ def parse_experiment(data: Any, source: str) -> Experiment:
                 "refine_epochs",
                 "refine_student_epochs",
                 "refine_top_k",
+                "steps",
+                "student_steps",
+                "refine_steps",
+                "refine_student_steps",
+                "amp",
             ),
         )
         rec = Recovery()
@@ -434,7 +488,10 @@ def parse_experiment(data: Any, source: str) -> Experiment:
                 )
         if "batch_size" in raw:
             changes["batch_size"] = _int(file, "recovery.batch_size", raw["batch_size"], low=1)
-        for key in ("distillation", "early_stop"):
+        for key in ("steps", "student_steps", "refine_steps", "refine_student_steps"):
+            if key in raw:
+                changes[key] = _optional_int(file, f"recovery.{key}", raw[key], low=1)
+        for key in ("distillation", "early_stop", "amp"):
             if key in raw:
                 if not isinstance(raw[key], bool):
                     raise ConfigError(file, f"recovery.{key}", "must be true or false")

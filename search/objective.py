@@ -48,9 +48,9 @@ TRAINED = "trained"
 class StoppedEarly(Exception):
     """Raised by the recovery checkpoint: the plan cannot reach the accuracy it needs."""
 
-    def __init__(self, accuracy: float, epoch: int, needed: float) -> None:
-        super().__init__(f"val accuracy {accuracy:.3f} after epoch {epoch}, needs {needed:.3f}")
-        self.accuracy, self.epoch, self.needed = accuracy, epoch, needed
+    def __init__(self, accuracy: float, epoch: int, needed: float, unit: str = "epoch") -> None:
+        super().__init__(f"val accuracy {accuracy:.3f} after {unit} {epoch}, needs {needed:.3f}")
+        self.accuracy, self.epoch, self.needed, self.unit = accuracy, epoch, needed, unit
 
 
 def checkpoint_epoch(epochs: int) -> int | None:
@@ -130,10 +130,21 @@ class TrialObjective:
         )
         self._layers: dict[ArchitectureConfig, list[LayerInfo]] = {}
         base_cost = estimate_cost(task.base_model, task.input_shape, profile)
-        self.baseline = Baseline(task.evaluate(task.base_model, "val"), base_cost)
+        # The search evaluates on the task's fixed validation subset (all of it by default).
+        self.baseline = Baseline(task.evaluate(task.base_model, "val", subset=True), base_cost)
+        self._full_val_baseline: dict[str, float] | None = None
         self.constraint_names = [*constraint_values(base_cost, self.budgets, profile=profile)]
         if exp.max_accuracy_drop is not None:
             self.constraint_names.append(ACCURACY_DROP)
+
+    def full_val_baseline(self) -> dict[str, float]:
+        """The base model on the whole validation split (refine compares against this)."""
+        if self._full_val_baseline is None:
+            full = self.task.val_subset is None
+            self._full_val_baseline = (
+                self.baseline.metrics if full else self.task.evaluate(self.task.base_model, "val")
+            )
+        return self._full_val_baseline
 
     def layers_for(self, arch: ArchitectureConfig) -> Sequence[LayerInfo]:
         if arch not in self._layers:
@@ -209,30 +220,37 @@ class TrialObjective:
         *,
         seed: int,
         epochs: int | None = None,
+        steps: int | None = None,
+        refine: bool = False,
         checkpoint: Callable[[int, torch.nn.Module], None] | None = None,
     ) -> torch.nn.Module:
-        """Recovery: `epochs` (default: the experiment's; students, from scratch, get their own
-        epochs and learning rate). `checkpoint(epoch, model)` runs once, after
-        `checkpoint_epoch(epochs)` epochs (never for a one-epoch recovery), and may raise
+        """Recovery: `steps` or `epochs` (default: the experiment's budget, in steps when
+        `recovery.steps` is set; students, from scratch, get their own budget and learning
+        rate; `refine` for the refine stage's). `checkpoint(done, model)` runs once, after
+        `checkpoint_epoch(budget)` epochs or steps (never for a budget of one), and may raise
         `StoppedEarly`."""
         rec = self.exp.recovery
-        default_epochs, lr = rec.schedule(plan.architecture.family != "base")
-        epochs = default_epochs if epochs is None else epochs
-        at = checkpoint_epoch(epochs)
+        student = plan.architecture.family != "base"
+        default_epochs, lr = rec.schedule(student, refine=refine)
+        if epochs is None and steps is None:
+            epochs, steps = default_epochs, rec.steps_for(student, refine=refine)
+        at = checkpoint_epoch(steps if steps is not None else (epochs or 0))
 
-        def on_epoch(epoch: int, model: torch.nn.Module) -> None:
-            if checkpoint is not None and epoch == at:
-                checkpoint(epoch, model)
+        def on_progress(done: int, model: torch.nn.Module) -> None:
+            if checkpoint is not None and done == at:
+                checkpoint(done, model)
 
         return recover(
             compressed,
             plan,
             self.task,
-            epochs=epochs,
+            epochs=epochs or 0,
+            steps=steps,
             lr=lr,
             batch_size=rec.batch_size,
             seed=seed,
-            on_epoch=on_epoch,
+            on_epoch=on_progress if steps is None else None,
+            on_step=on_progress if steps is not None else None,
         )
 
     def needed_accuracy(self, study: optuna.Study, cost: CostReport) -> float | None:
@@ -329,11 +347,14 @@ class TrialObjective:
                 self.needed_accuracy(trial.study, cost) if self.exp.recovery.early_stop else None
             )
 
-            def checkpoint(epoch: int, model: torch.nn.Module) -> None:
-                acc = self.task.evaluate(model, "val")[self.primary]
+            student = plan.architecture.family != "base"
+            unit = "epoch" if self.exp.recovery.steps_for(student) is None else "step"
+
+            def checkpoint(done: int, model: torch.nn.Module) -> None:
+                acc = self.task.evaluate(model, "val", subset=True)[self.primary]
                 trial.set_user_attr("checkpoint_accuracy", acc)  # report() is single-objective
                 if needed is not None and acc < needed - EARLY_STOP_MARGIN:
-                    raise StoppedEarly(acc, epoch, needed)
+                    raise StoppedEarly(acc, done, needed, unit)
 
             try:
                 model = self.train(
@@ -342,13 +363,13 @@ class TrialObjective:
                     seed=self.exp.seed + trial.number,
                     checkpoint=None if needed is None else checkpoint,
                 )
-                measured = self.task.evaluate(model, "val")
+                measured = self.task.evaluate(model, "val", subset=True)
                 status = TRAINED
             except StoppedEarly as stop:
                 # Completed with what the checkpoint saw (not trained to the end): the sampler
                 # learns from it, and it is never feasible nor on the front.
                 measured = {self.primary: stop.accuracy}
-                trial.set_user_attr("stopped_at_epoch", stop.epoch)
+                trial.set_user_attr(f"stopped_at_{stop.unit}", stop.epoch)
                 trial.set_user_attr("early_stop_reason", str(stop))
                 status = "stopped_early"
             metrics.update(measured)

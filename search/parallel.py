@@ -7,7 +7,9 @@ itself. Every process runs `run_search` on the same RDB study: Optuna hands each
 exactly one process, heartbeats mark the trial of a dead worker as failed and it is retried
 once by another.
 
-Each worker gets `cores // N` torch threads (at least 1), so workers x threads <= cores.
+Each worker gets `cores // N` torch threads (at least 1), so workers x threads <= cores. With
+`device: cuda`, worker k sees only GPU k mod (number of GPUs) through `CUDA_VISIBLE_DEVICES`:
+`--jobs N` on N GPUs is one worker per GPU.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ if TYPE_CHECKING:  # the study module imports torch and optuna; the lock must st
 
     from .study import SearchResult
 
-__all__ = ["audit_trials", "fail_orphaned_trials", "run_jobs", "run_lock", "threads_per_worker"]
+__all__ = [
+    "audit_trials",
+    "fail_orphaned_trials",
+    "gpu_ids",
+    "public_url",
+    "run_jobs",
+    "run_lock",
+    "threads_per_worker",
+]
 
 _JOIN_TIMEOUT_S = 30
 
@@ -45,7 +55,7 @@ def threads_per_worker(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, jobs))
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """The storage URL with any password masked, for messages."""
     try:
         from sqlalchemy.engine import make_url
@@ -76,7 +86,7 @@ def run_lock(exp: Experiment) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            url = _public_url(exp.storage_url)
+            url = public_url(exp.storage_url)
             raise ConfigError(
                 exp.source,
                 "name",
@@ -197,8 +207,24 @@ def _die_with_parent() -> None:
         return
 
 
-def _worker(exp: Experiment, threads: int, parent: int) -> None:
-    """Body of one worker process: join the study and search until it holds enough trials."""
+def gpu_ids() -> list[str]:
+    """The CUDA devices this process may use, as `CUDA_VISIBLE_DEVICES` names them (all of the
+    machine's when it is unset). Counted without starting CUDA here."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _worker(exp: Experiment, threads: int, parent: int, gpu: str | None = None) -> None:
+    """Body of one worker process: join the study and search until it holds enough trials.
+
+    `gpu`: the one CUDA device this worker sees (set before torch starts CUDA), so `--jobs N`
+    on a machine with N GPUs runs one worker per GPU; the parent keeps the first."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
         os._exit(1)
@@ -241,7 +267,14 @@ def run_jobs(
             nor enqueue the warm-start recipes.
     """
     from .objective import TrialObjective
-    from .study import load_space, load_target, open_study, run_search, warm_start
+    from .study import (
+        check_storage,
+        load_space,
+        load_target,
+        open_study,
+        run_search,
+        warm_start,
+    )
     from .tasks import load_task
     from .validate import check_space_runs_on
 
@@ -258,26 +291,44 @@ def run_jobs(
     # base model is trained (or loaded) once and cached in the run folder for the workers.
     space, profile = load_space(exp), load_target(exp)
     check_space_runs_on(space, profile)
-    task = load_task(exp, log=log)
-    exp.run_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(exp, create=not worker)
-    stored = study.user_attrs.get("profile", {}).get("name")
-    if stored and stored != profile.name:  # run_search refuses it too, but after the spawn
-        raise ConfigError(
-            exp.source,
-            "target",
-            f"the stored study {exp.name!r} was searched "
-            f"for {stored!r}, not {profile.name!r}; give --out for a separate run",
-        )
+    check_storage(exp)
+    run_dir = exp.run_dir
+    # The outermost folder this run would create: removed again if the input is refused.
+    fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
+    try:
+        task = load_task(exp, log=log)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        study = open_study(exp, create=not worker)
+        stored = study.user_attrs.get("profile", {}).get("name")
+        if stored and stored != profile.name:  # run_search refuses it too, but after the spawn
+            raise ConfigError(
+                exp.source,
+                "target",
+                f"the stored study {exp.name!r} was searched "
+                f"for {stored!r}, not {profile.name!r}; give --out for a separate run",
+            )
+    except ConfigError:
+        if fresh is not None:  # bad input leaves no half-written run folder behind
+            import shutil
+
+            shutil.rmtree(fresh, ignore_errors=True)
+        raise
     if not worker and not study.trials:  # the recipes go in once, before any worker asks
         warm_start(study, TrialObjective(exp, task, space, profile))
     del task
 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch
+    gpus = gpu_ids() if exp.device == "cuda" else []
     workers = [
-        ctx.Process(target=_worker, args=(exp, threads, os.getpid()), name=f"search-worker-{k}")
+        ctx.Process(
+            target=_worker,
+            args=(exp, threads, os.getpid(), gpus[k % len(gpus)] if gpus else None),
+            name=f"search-worker-{k}",
+        )
         for k in range(1, jobs)
     ]
+    if gpus:
+        log(f"search: one worker per GPU, round robin over CUDA devices {gpus}")
     for proc in workers:
         proc.start()
     log(f"search: {jobs} processes on study {exp.name!r}, {threads} torch thread(s) each")

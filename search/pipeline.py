@@ -26,14 +26,14 @@ def build(plan: CompressionPlan, task: Task, *, calibrate: bool = True) -> Compr
     `calibrate=False` skips the activation ranges: the cheap half of a trial only needs the
     structure and bit widths to be costed (see `calibrate_build` for the rest).
     """
-    x, y = task.train
+    x, y = task.rows(BUILD_ROWS)
     return compress(
         plan,
         task.base_model,
         input_shape=task.input_shape,
         num_classes=task.num_classes,
-        calib_inputs=x[:BUILD_ROWS],
-        grad_batch=(x[:BUILD_ROWS], y[:BUILD_ROWS]),
+        calib_inputs=x,
+        grad_batch=(x, y),
         calibrate=calibrate,
     )
 
@@ -41,7 +41,7 @@ def build(plan: CompressionPlan, task: Task, *, calibrate: bool = True) -> Compr
 def calibrate_build(compressed: Compressed, task: Task) -> None:
     """The activation ranges `build(..., calibrate=False)` left unset, as `build` sets them."""
     if compressed.activation_bits < 32:
-        calibrate(compressed.model, task.train[0][:BUILD_ROWS])
+        calibrate(compressed.model, task.calibration_inputs(BUILD_ROWS))
 
 
 def recover(
@@ -53,30 +53,39 @@ def recover(
     lr: float,
     batch_size: int,
     seed: int,
+    steps: int | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Fine-tune with the plan's distillation loss against the base model's cached logits.
+    """Fine-tune with the plan's distillation loss against the base model (the teacher).
 
-    `on_epoch(epochs_done, model)` runs after each epoch but the last (see `fit`)."""
+    `steps` (optimizer steps) replaces `epochs` when given. `on_epoch(epochs_done, model)` /
+    `on_step(steps_done, model)` run after each epoch / step but the last (see `fit`). Runs
+    on the task's device, mixed precision there when it is a GPU; returns the model on the
+    CPU."""
     model = compressed.model
-    teacher = task.teacher_logits if plan.distill.enabled else None
     fit(
         model,
         task.train,
         epochs=epochs,
+        steps=steps,
         lr=lr,
         batch_size=batch_size,
         seed=seed,
         device=task.device,
-        teacher_logits=teacher,
+        amp=task.amp,
+        teacher=task.teacher() if plan.distill.enabled else None,
         loss_fn=partial(_loss, cfg=plan),
         on_epoch=on_epoch,
+        on_step=on_step,
     )
-    model.cpu().eval()
+    model.eval()
     if compressed.activation_bits < 32:
-        # Ranges drift while weights move: re-measure them on the final weights.
-        calibrate(model, task.calibration_inputs(CALIBRATION_ROWS))
-    return model
+        # Ranges drift while weights move: re-measure them on the final weights (on the
+        # device the model trained on).
+        inputs = task.calibration_inputs(CALIBRATION_ROWS).to(task.device)
+        calibrate(model.to(task.device), inputs)
+    return model.cpu()
 
 
 def _loss(student, teacher, targets, *, cfg: CompressionPlan):

@@ -43,6 +43,69 @@ def _sqlite_fast_commits(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return (text or type(exc).__name__)[:200]
+
+
+def check_storage(exp: Experiment) -> None:
+    """Refuse a storage URL that cannot work, before anything is trained or written.
+
+    A server is connected to once (10 s timeout); a SQLite file's folder must exist. Raises
+    ConfigError naming `--storage` or the file's `storage` field (exit status 2).
+    """
+    if exp.storage is None:
+        return  # the default: SQLite in the run folder, created with it
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    from .parallel import public_url
+
+    file, field = exp.storage_where
+    shown = public_url(exp.storage)
+    try:
+        url = make_url(exp.storage)
+        url.get_dialect()
+    except ImportError as exc:
+        raise ConfigError(file, field, _driver_hint(exp.storage, exc)) from None
+    except Exception as exc:  # malformed URL or unknown database kind
+        raise ConfigError(
+            file,
+            field,
+            f"{shown!r} is not a usable SQLAlchemy URL ({_first_line(exc)}); "
+            "use sqlite:///path/study.db or postgresql://user:password@host:5432/db",
+        ) from None
+    if url.get_backend_name() == "sqlite":
+        folder = Path(url.database or ".").parent
+        if url.database not in (None, "", ":memory:") and not folder.is_dir():
+            raise ConfigError(file, field, f"the folder {folder} of {shown} does not exist")
+        return
+    connect_args = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except ImportError as exc:
+        raise ConfigError(file, field, _driver_hint(exp.storage, exc)) from None
+    except Exception as exc:
+        raise ConfigError(file, field, f"{shown}: {_first_line(exc)}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise ConfigError(file, field, f"cannot connect to {shown}: {_first_line(orig)}") from None
+    finally:
+        engine.dispose()
+
+
+def _driver_hint(url: str, exc: BaseException) -> str:
+    if url.startswith("postgresql"):
+        return (
+            f"the PostgreSQL driver is not installed ({_first_line(exc)}); "
+            "pip install 'compression-search[postgres]'"
+        )
+    return f"its database driver is not installed ({_first_line(exc)})"
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats: a trial whose worker died is failed and retried once."""
     engine_kwargs: dict[str, Any] = {}
@@ -119,7 +182,18 @@ def counted(trials: Sequence[FrozenTrial]) -> int:
 
 def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
     """Create the study or resume it; refuses a stored study that wants other objectives."""
-    storage = make_storage(exp.storage_url)
+    try:
+        storage = make_storage(exp.storage_url)
+    except Exception as exc:  # tables that cannot be created, a database that went away
+        from .parallel import public_url
+
+        file, field = exp.storage_where
+        orig = getattr(exc, "orig", None) or exc
+        raise ConfigError(
+            file,
+            field,
+            f"cannot open the study in {public_url(exp.storage_url)}: {_first_line(orig)}",
+        ) from None
     directions = [o.direction for o in exp.objectives]
     n_done = 0
     try:
@@ -232,6 +306,7 @@ def run_search(
     space, profile = load_space(exp), load_target(exp)  # validate everything before writing
     check_space_runs_on(space, profile)
     latency_margin(exp, profile)  # `budget_margin: p90` needs a profile with a measured error
+    check_storage(exp)
     run_dir = exp.run_dir
     # The outermost folder this run would create: removed again if the input is refused.
     fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
@@ -335,22 +410,27 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
     refined = dict(study.user_attrs.get("refined", {}))
     for t in front[: exp.recovery.refine_top_k]:
         plan = CompressionPlan.from_dict(t.user_attrs["plan"])
-        epochs, _ = exp.recovery.schedule(plan.architecture.family != "base", refine=True)
-        if refined.get(str(t.number), {}).get("epochs") == epochs:
+        student = plan.architecture.family != "base"
+        epochs, _ = exp.recovery.schedule(student, refine=True)
+        steps = exp.recovery.steps_for(student, refine=True)
+        budget = {"epochs": epochs} if steps is None else {"epochs": epochs, "steps": steps}
+        done = refined.get(str(t.number), {})
+        if (done.get("epochs"), done.get("steps")) == (epochs, steps):
             continue
         compressed, _ = objective.build_and_cost(plan)
-        model = objective.train(compressed, plan, seed=exp.seed + t.number, epochs=epochs)
-        metrics = objective.task.evaluate(model, "val")
+        model = objective.train(compressed, plan, seed=exp.seed + t.number, refine=True)
+        metrics = objective.task.evaluate(model, "val")  # the whole validation split
         path = objective.save_weights(model, t.number, suffix="-refined")
         refined[str(t.number)] = {
             **metrics,
-            "epochs": epochs,
+            **budget,
             "weights": str(path),
-            "accuracy_drop": objective.baseline.metrics[primary] - metrics[primary],
+            "accuracy_drop": objective.full_val_baseline()[primary] - metrics[primary],
         }
+        spent = f"{epochs} epochs" if steps is None else f"{steps} steps"
         log(
             f"refined trial {t.number}: {primary} {t.user_attrs.get(primary):.4f} -> "
-            f"{metrics[primary]:.4f} ({epochs} epochs)"
+            f"{metrics[primary]:.4f} ({spent})"
         )
     study.set_user_attr("refined", refined)
 

@@ -59,7 +59,9 @@ class PostgresServer:
         return self.root / "server.log"
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+        # As users write it: SQLAlchemy 2 maps `postgresql://` to psycopg 3, which the
+        # `postgres` extra installs.
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -115,17 +117,12 @@ class PostgresServer:
 
     def create_database(self, name: str) -> str:
         """A fresh empty database; returns its SQLAlchemy URL."""
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
-        )
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            conn.close()
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
         return self.url(name)
 
     def stop(self) -> None:
@@ -181,5 +178,5 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
-    """`postgresql+psycopg2://postgres@127.0.0.1:PORT/DB` for a fresh, empty database."""
+    """`postgresql://postgres@127.0.0.1:PORT/DB` for a fresh, empty database."""
     return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")

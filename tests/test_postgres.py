@@ -53,7 +53,7 @@ def test_server_is_real_local_and_throwaway(postgres_url: str) -> None:
     assert version.startswith("PostgreSQL")
     assert address.split("/")[0] == "127.0.0.1"
     assert Path(data).is_relative_to(tempfile.gettempdir())
-    assert postgres_url.startswith("postgresql+psycopg2://postgres@127.0.0.1:")
+    assert postgres_url.startswith("postgresql://postgres@127.0.0.1:")  # as users write it
 
 
 def test_optuna_storage_round_trip(postgres_url: str) -> None:
@@ -125,6 +125,61 @@ def test_worker_joins_a_running_search(tmp_path: Path, postgres_url: str) -> Non
     assert first.returncode == 0, err[-3000:]
     assert second.returncode == 0, second.stderr[-3000:]
     _check_shared(postgres_url)
+
+
+@pytest.mark.slow
+def test_two_machines_as_the_readme_sets_them_up(tmp_path: Path, postgres_url: str) -> None:
+    """README, "Many machines": one PostgreSQL server; machine A runs `run`, machine B joins
+    with `worker --jobs 2`, each in its own checkout folder with its own run folder and base
+    model cache; then `report` from B. The URL is written as users write it (`postgresql://`,
+    psycopg 3 from the `postgres` extra)."""
+    assert postgres_url.startswith("postgresql://")
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    exps = [write_tiny_experiment(m, trials=TRIALS + 2) for m in machines]
+    env = cli_env(TINY_TRIAL_SLEEP="0.3")
+    env.pop("COMPRESS_SEARCH_CACHE", None)  # each machine trains (or loads) its own base model
+    common = ["--storage", postgres_url, "--no-progress"]
+    first = subprocess.Popen(
+        cli_command("run", str(exps[0]), *common),
+        cwd=machines[0],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar():
+                        break
+            except sqlalchemy.exc.DBAPIError:
+                pass  # tables not created yet
+            time.sleep(0.2)
+        second = run_cli("worker", str(exps[1]), *common, "--jobs", "2", cwd=machines[1], env=env)
+        out, err = first.communicate(timeout=300)
+    finally:
+        engine.dispose()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    trials = optuna.load_study(study_name="tiny", storage=postgres_url).get_trials()
+    report = audit_trials(trials)
+    assert report["complete"] >= TRIALS + 2 and report["failed"] == 0, report
+    assert report["duplicates"] == [] and report["numbers_unique"], report
+    assert _overlapping([t for t in trials if t.state == TrialState.COMPLETE])
+    for machine in machines:  # each machine's run folder holds its own base model cache
+        assert list((machine / "experiments" / "runs" / "tiny" / "cache").glob("base-*.pt"))
+        assert not (machine / "experiments" / "runs" / "tiny" / "study.db").exists()
+    shown = run_cli(
+        "report", "--storage", postgres_url, "--study", "tiny", "--out", "rep", cwd=machines[1]
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert (machines[1] / "rep" / "trials.csv").read_text().count("\n") - 1 == len(trials)
 
 
 def test_worker_needs_an_existing_study(tmp_path: Path, postgres_url: str) -> None:

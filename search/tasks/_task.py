@@ -1,7 +1,8 @@
-"""A task: data tensors, the trained base model (cached), its teacher logits, and evaluation."""
+"""A task: streamed data splits, the trained base model (cached), its teacher, and evaluation."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -11,54 +12,105 @@ import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import IterableDataset, TensorDataset
 
 from ..config import Experiment, UserTask
 from ..errors import ConfigError
+from ._data import DataSplit
 from ._digits import DigitsCNN, digits_splits
-from ._train import Split, classification_metrics, fit, predict
+from ._train import Teacher, evaluate_split, fit, predict
 
 BASE_TRAINING = {"epochs": 30, "lr": 0.01, "batch_size": 64, "seed": 0}
 
 
 @dataclass
 class Task:
-    """Everything a trial needs that does not depend on the plan, built once per process."""
+    """Everything a trial needs that does not depend on the plan, built once per process.
+
+    The splits stream from the user's datasets (`DataSplit`); nothing is read whole. The search
+    evaluates on `val_subset` fixed validation rows when set (`evaluate(..., subset=True)`);
+    refine and export use the whole validation split, and only export reads the test split.
+    """
 
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
-    train: Split
-    val: Split
-    test: Split
-    base_model: nn.Module  # trained, eval mode; never modified (operators deep-copy it)
+    train: DataSplit
+    val: DataSplit
+    test: DataSplit
+    base_model: nn.Module  # trained, eval mode, on the CPU; never modified (operators copy it)
     base_hash: str  # sha256 of the cached base state_dict file
     device: str = "cpu"
     user_evaluate: Callable[[nn.Module, Any], dict[str, float]] | None = None
+    val_subset: int | None = None
+    amp: bool = True  # mixed precision for recovery when `device` is a GPU
     _teacher_logits: Tensor | None = field(default=None, repr=False)
+    _teacher_model: nn.Module | None = field(default=None, repr=False)
+    _rows: dict[int, tuple[Tensor, Any]] = field(default_factory=dict, repr=False)
 
-    @property
-    def teacher_logits(self) -> Tensor:
-        """The base model's logits on the training split, computed once and reused."""
-        if self._teacher_logits is None:
-            self._teacher_logits = predict(self.base_model, self.train[0], device=self.device)
-        return self._teacher_logits
+    def teacher(self) -> Teacher:
+        """The base model as distillation teacher: `teacher(x, rows) -> logits`.
+
+        An in-memory training split (a `TensorDataset`) gets its logits computed once and
+        looked up by row: they are smaller than the data already held. Any other split runs
+        the teacher online, one forward pass per batch: it needs no pass over the whole split
+        before the first trial, no disk, and stays right when the dataset augments (measured
+        against logits cached on disk in experiments/results/scale.md).
+        """
+        if self.train.in_memory:
+            if self._teacher_logits is None:
+                x_all = self.train.dataset.tensors[0]  # type: ignore[attr-defined]
+                self._teacher_logits = predict(self.base_model, x_all, device=self.device)
+                self.base_model.cpu()
+            logits = self._teacher_logits
+
+            def cached(x: Tensor, rows: Tensor | None) -> Tensor:
+                assert rows is not None
+                return logits[rows].to(x.device, non_blocking=True)
+
+            return cached
+        if self._teacher_model is None:
+            self._teacher_model = copy.deepcopy(self.base_model).to(self.device).eval()
+        model = self._teacher_model
+
+        def online(x: Tensor, _rows: Tensor | None) -> Tensor:
+            with torch.no_grad():
+                return model(x)
+
+        return online
+
+    def rows(self, n: int) -> tuple[Tensor, Any]:
+        """`n` fixed training rows (x, y): the first of an in-memory split, seeded random rows
+        of a map-style one (folders are often sorted by class), the first of a stream."""
+        if n not in self._rows:
+            if self.train.in_memory:
+                x_all, y_all = self.train.dataset.tensors  # type: ignore[attr-defined]
+                self._rows[n] = (x_all[:n].float(), y_all[:n])
+            else:
+                self._rows[n] = self.train.take(n)
+        return self._rows[n]
 
     def calibration_inputs(self, n: int = 256) -> Tensor:
-        """A fixed slice of training inputs for activation ranges and Taylor importance."""
-        return self.train[0][:n]
+        """Fixed training inputs for activation ranges and Taylor importance (see `rows`)."""
+        return self.rows(n)[0]
 
-    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
-        x, y = {"val": self.val, "test": self.test, "train": self.train}[split]
+    def evaluate(
+        self, model: nn.Module, split: str = "val", *, subset: bool = False
+    ) -> dict[str, float]:
+        """Metrics on a split, streamed; `subset`: the search's fixed `val_subset` rows."""
+        data = {"val": self.val, "test": self.test, "train": self.train}[split]
+        if subset:
+            data = data.subset(self.val_subset)
         if self.user_evaluate is not None:
-            metrics = self.user_evaluate(model, torch.utils.data.TensorDataset(x, y))
+            metrics = self.user_evaluate(model, data.dataset)
             return {str(k): float(v) for k, v in metrics.items()}
-        return classification_metrics(predict(model, x, device=self.device), y, self.num_classes)
+        return evaluate_split(model, data, self.num_classes, device=self.device)
 
 
 def _cache_dir(exp: Experiment) -> Path:
@@ -132,41 +184,22 @@ def _load_weights(model: nn.Module, path: Path, *, file: str, field_name: str) -
         ) from None
 
 
-def _as_tensors(
+def _as_split(
     dataset: Any, name: str, exp: Experiment, shape: tuple[int, ...], num_classes: int | None
-) -> Split:
-    """Materialise a dataset of (x, y) once, checking shapes against the experiment."""
-    where = "task.data"
-    try:
-        n = len(dataset)
-        rows = [dataset[i] for i in range(n)]
-        xs = torch.stack([torch.as_tensor(r[0], dtype=torch.float32) for r in rows])
-        ys = (
-            torch.as_tensor([int(r[1]) for r in rows])
-            if num_classes
-            else torch.stack([torch.as_tensor(r[1]) for r in rows])
-        )
-    except Exception as exc:  # any malformed dataset: say what was expected
+) -> DataSplit:
+    """The user's dataset as a split, its first batches checked (the rest as they stream)."""
+    if not isinstance(dataset, IterableDataset) and not (
+        hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+    ):
         raise ConfigError(
             exp.source,
-            where,
-            f"the {name} split must be a sized dataset of (x, y) "
-            f"pairs ({type(exc).__name__}: {exc})",
-        ) from None
-    if n == 0:
-        raise ConfigError(exp.source, where, f"the {name} split is empty")
-    if tuple(xs.shape[1:]) != shape:
-        raise ConfigError(
-            exp.source,
-            where,
-            f"the {name} split has inputs of shape "
-            f"{list(xs.shape[1:])}, but input_shape is {list(shape)}",
+            "task.data",
+            f"the {name} split must be a torch Dataset (map-style with __len__, or an "
+            f"IterableDataset) of (x, y) pairs, got {type(dataset).__name__}",
         )
-    if num_classes and (ys.min() < 0 or ys.max() >= num_classes):
-        raise ConfigError(
-            exp.source, where, f"the {name} split has labels outside [0, {num_classes - 1}]"
-        )
-    return xs, ys
+    split = DataSplit(name, dataset, exp.source, shape, num_classes)
+    split.check()
+    return split
 
 
 def _resolve_device(requested: str, log: Callable[[str], None]) -> str:
@@ -181,14 +214,19 @@ def load_task(exp: Experiment, *, log: Callable[[str], None] = print) -> Task:
     device = _resolve_device(exp.device, log)
     if isinstance(exp.task, UserTask):
         return _load_user_task(exp, exp.task, device, log)
-    train, val, test = digits_splits()
+    train, val, test = (
+        DataSplit(name, TensorDataset(x, y), exp.source, (1, 8, 8), 10)
+        for (x, y), name in zip(digits_splits(), ("train", "val", "test"))
+    )
     settings = {"task": "digits", "model": "DigitsCNN(width=32)", **BASE_TRAINING}
 
     def make() -> nn.Module:
         return DigitsCNN(width=32, num_classes=10)
 
-    model, digest = _cached_base(exp, settings, make, train, log, user_weights=None)
-    return Task("digits", (1, 8, 8), 10, train, val, test, model, digest, device)
+    model, digest = _cached_base(exp, settings, make, train, device, log, user_weights=None)
+    return Task(
+        "digits", (1, 8, 8), 10, train, val, test, model, digest, device, amp=exp.recovery.amp
+    )
 
 
 def _load_user_task(
@@ -205,15 +243,41 @@ def _load_user_task(
         return model
 
     make()  # fail early on a bad factory, before any data work
-    splits = make_data()
+    try:
+        splits = make_data()
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's factory failed: name it, no traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            exp.source, "task.data", f"{spec.data} raised {type(exc).__name__}: {first}"
+        ) from None
     if not (isinstance(splits, (tuple, list)) and len(splits) == 3):
         raise ConfigError(exp.source, "task.data", f"{spec.data} must return (train, val, test)")
     classes = None if evaluate else spec.num_classes
     train, val, test = (
-        _as_tensors(d, n, exp, spec.input_shape, classes)
+        replace(
+            _as_split(d, n, exp, spec.input_shape, classes),
+            workers=spec.workers,
+            pin_memory=device == "cuda",
+        )
         for d, n in zip(splits, ("train", "val", "test"))
     )
     weights = Path(spec.weights) if spec.weights else None
+    if not train.sized:  # a stream without a length cannot be counted in epochs
+        if weights is None and spec.train_steps is None:
+            raise ConfigError(
+                exp.source,
+                "task.train_steps",
+                "the train split is a stream without a length: "
+                "give the base training a step budget (or task.weights)",
+            )
+        if exp.recovery.steps is None and exp.recovery.epochs > 0:
+            raise ConfigError(
+                exp.source,
+                "recovery.steps",
+                "the train split is a stream without a length: give recovery a step budget",
+            )
     settings = {
         "task": spec.model,
         "data": spec.data,
@@ -222,7 +286,9 @@ def _load_user_task(
         **BASE_TRAINING,
     }
     settings["epochs"] = spec.train_epochs
-    model, digest = _cached_base(exp, settings, make, train, log, user_weights=weights)
+    if spec.train_steps is not None:
+        settings["steps"] = spec.train_steps
+    model, digest = _cached_base(exp, settings, make, train, device, log, user_weights=weights)
     return Task(
         spec.model,
         spec.input_shape,
@@ -234,6 +300,8 @@ def _load_user_task(
         digest,
         device,
         user_evaluate=evaluate,
+        val_subset=spec.val_subset,
+        amp=exp.recovery.amp,
     )
 
 
@@ -241,7 +309,8 @@ def _cached_base(
     exp: Experiment,
     settings: dict[str, Any],
     make: Callable[[], nn.Module],
-    train: Split,
+    train: DataSplit,
+    device: str,
     log: Callable[[str], None],
     *,
     user_weights: Path | None,
@@ -256,19 +325,25 @@ def _cached_base(
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         log(f"base model: reusing the cached one at {path}")
         return model.eval(), file_sha256(path)
-    log(f"base model: training it ({settings['epochs']} epochs); it is cached for the next run")
+    steps = settings.get("steps")
+    budget = f"{steps} steps" if steps is not None else f"{settings['epochs']} epochs"
+    log(f"base model: training it ({budget}); it is cached for the next run")
     torch.manual_seed(settings["seed"])
     model = make()
     fit(
         model,
         train,
         epochs=settings["epochs"],
+        steps=steps,
         lr=settings["lr"],
         batch_size=settings["batch_size"],
         seed=settings["seed"],
+        device=device,
+        amp=exp.recovery.amp,
     )
+    model.cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)  # atomic: concurrent workers never read a half-written file
-    return model.cpu().eval(), file_sha256(path)
+    return model.eval(), file_sha256(path)
