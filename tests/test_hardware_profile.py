@@ -51,7 +51,8 @@ def test_builtin_profiles_load(name: str) -> None:
 def test_mcu_is_the_stm32f746() -> None:
     p = load_profile("mcu")
     assert p.memory["sram_kb"] == 320 and p.memory["flash_kb"] == 1024
-    assert p.weights_in == "flash" and p.depthwise_in_place
+    # Its arena is TFLite Micro's (greedy planner, no in-place depthwise): see test_tflite.py.
+    assert p.weights_in == "flash" and p.memory_planner == "tflm" and not p.depthwise_in_place
     assert 4 not in p.weight_bits  # no int4 runtime on the board
     assert p.hard_limits() == {"memory_kb": 320.0, "flash_kb": 1024.0}
 

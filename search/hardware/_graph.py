@@ -822,7 +822,17 @@ def _tflm_graph(
                 and kind_of.get(ins[0]) == "elementwise"
             ):
                 continue  # fused into the ADD (or other op) before it
-            ops.append((_tflm_kind(n, modules), 0))
+            kind_ = _tflm_kind(n, modules)
+            if kind_ == "concat":
+                # A concat's inputs share its int8 scale: an input that other ops also read
+                # gets a requantized copy (a QUANTIZE right after its producer).
+                for a in ins:
+                    root = _buffer_root(a, kind_of)
+                    if len(users[a]) > 1 and root in live:
+                        ops.append(("quantize", 0))
+                        e, first, _ = live[root]
+                        buffers.append((e, first + 1, 2 * nodes.index(n)))
+            ops.append((kind_, 0))
     buffers += [(e, a, t) for e, a, t in live.values()]
     return tuple(buffers), tuple(ops)
 

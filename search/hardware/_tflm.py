@@ -36,6 +36,7 @@ OP_DATA_BYTES = {
     "pool": 32,
     "pad": 56,
     "softmax": 112,
+    "quantize": 32,
     "transpose": 0,
     "reshape": 0,
     "other": 32,
