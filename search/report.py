@@ -7,22 +7,31 @@ functions (`figures(run)` returns them by name) so tests can inspect them withou
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from .config import METRIC_DIRECTIONS
 from .pareto import (
     Objective,
     RunData,
     TrialRecord,
     _atomic_write,
-    flatten_plan,
     layer_rows,
     load_run,
     write_outputs,
+)
+from .plan_summary import (
+    FEATURES,
+    SHARE_FIGURES,
+    PlanShares,
+    latency_band,
+    latency_error,
+    latency_text,
+    layer_shares,
+    summary_features,
 )
 
 # load_run and write_outputs live in search.pareto; they are re-exported here for callers that
@@ -38,7 +47,8 @@ BUDGET = "#9467bd"
 UNTRAINED = "over budget / not trained"
 RUG_Y = 0.03  # height (fraction of the plot) of the rug of untrained plans
 MAX_LAYER_PLANS = 40  # plans offered in the per-layer view's menu
-MAX_PARCOORDS_DIMS = 55  # plotly's parcoords takes at most 60 dimensions
+LATENCY = "latency_ms"  # the predicted latency: the metric the profile's error band is for
+BEFORE_C, AFTER_C = "#9ecae1", "#d62728"  # the why-this-plan bars: base model, the plan
 
 _UNITS = {"ms": "ms", "bytes": "bytes", "kb": "kB", "s": "s"}
 
@@ -77,10 +87,15 @@ def _hover(run: RunData, t: TrialRecord) -> str:
     if t.number == run.knee:
         standing += ", knee"
     lines = [f"<b>trial {t.number}</b> ({html.escape(standing)})"]
+    error = latency_error(run)
     for j, o in enumerate(run.objectives):
-        if t.values is not None:
-            v = "not trained" if o.direction == "maximize" and not t.trained else t.values[j]
-            lines.append(f"{html.escape(_label(o.metric))}: {_fmt(v)}")
+        if t.values is None:
+            continue
+        if o.metric == LATENCY and error is not None:
+            lines.append(f"latency: {latency_text(t.values[j], error)}")
+            continue
+        v = "not trained" if o.direction == "maximize" and not t.trained else t.values[j]
+        lines.append(f"{html.escape(_label(o.metric))}: {_fmt(v)}")
     over = [f"{c} {v:+.0%}" for c, v in t.constraints.items() if v > 0]
     if over:
         lines.append("over budget: " + html.escape(", ".join(over)))
@@ -140,6 +155,71 @@ def _pair_axes(objectives: Sequence[Objective]) -> list[tuple[int, int]]:
     return pairs
 
 
+def _log_ok(run: RunData, metric: str, direction: str) -> bool:
+    """A cost axis goes on a log scale: minimised, and every recorded value positive."""
+    vals = [v for t in run.trials if (v := t.value(metric)) is not None]
+    return direction == "minimize" and bool(vals) and min(vals) > 0
+
+
+def _scale_menu(axes: Sequence[str], *, x: float = 1.0, y: float = 1.0) -> dict[str, Any]:
+    """Buttons log | linear that switch the given layout axes (`xaxis`, `scene.yaxis`, ...)."""
+    return {
+        "type": "buttons",
+        "direction": "right",
+        "buttons": [
+            {
+                "label": kind,
+                "method": "relayout",
+                "args": [{f"{a}.type": kind for a in axes}],
+            }
+            for kind in ("log", "linear")
+        ],
+        "x": x,
+        "xanchor": "right",
+        "y": y,
+        "yanchor": "bottom",
+        "pad": {"t": 0, "r": 0, "b": 4, "l": 0},
+        "showactive": True,
+        "font": {"size": 11},
+        "bgcolor": "#f3f3f3",
+    }
+
+
+def _errors(run: RunData, trials: Sequence[TrialRecord], metric: str) -> dict[str, Any] | None:
+    """Error bars of the profile's latency band on a latency axis (None: no band)."""
+    error = latency_error(run)
+    if metric != LATENCY or error is None:
+        return None
+    vals = [float(t.value(metric) or 0.0) for t in trials]
+    return {
+        "type": "data",
+        "symmetric": True,
+        "array": [v * error for v in vals],
+        "color": "rgba(214,39,40,0.55)",
+        "thickness": 1.5,
+        "width": 4,
+    }
+
+
+def _budget_line(run: RunData, o: Objective) -> tuple[float, str] | None:
+    """Where an objective's budget line goes, with its label.
+
+    With `budget_margin: p90` the latency budget is drawn where it is (the stored constraint
+    values put it at budget / (1 + p90)), and the error bars show each plan's bound against it.
+    """
+    b = run.budget_lines.get(o.metric)
+    if b is None:
+        return None
+    kind = "floor" if o.direction == "maximize" else "budget"
+    label = f"{_label(o.metric)} {kind} {_fmt(b)}"
+    margin = run.experiment.get("budget_margin")
+    real = run.budgets.get(o.metric)
+    if o.metric == LATENCY and margin == "p90" and isinstance(real, (int, float)):
+        b = float(real)
+        label = f"latency budget {_fmt(b)}, checked at the p90 bound"
+    return b, label
+
+
 def _front_2d(run: RunData, xi: int, yi: int) -> Any:
     import plotly.graph_objects as go
 
@@ -167,10 +247,13 @@ def _front_2d(run: RunData, xi: int, yi: int) -> Any:
                     )
                 )
             continue
+        on_front = name in ("Pareto front", "knee")
         fig.add_trace(
             go.Scatter(
                 x=[t.values[xi] for t in trials if t.values],
                 y=[t.values[yi] for t in trials if t.values],
+                error_x=_errors(run, trials, ox.metric) if on_front else None,
+                error_y=_errors(run, trials, oy.metric) if on_front else None,
                 mode="markers",
                 name=name,
                 marker=marker,
@@ -196,29 +279,51 @@ def _front_2d(run: RunData, xi: int, yi: int) -> Any:
                 showlegend=False,
             )
         )
+    # Budgets as line traces on hidden 0-1 axes: they stay put when an axis turns log/linear.
     for axis, o in (("x", ox), ("y", oy)):
-        b = run.budget_lines.get(o.metric)
-        if b is None:
+        line = _budget_line(run, o)
+        if line is None:
             continue
-        kwargs = {
-            "line": {"color": BUDGET, "dash": "dash", "width": 2},
-            "annotation_text": f"{_label(o.metric)} "
-            f"{'floor' if o.direction == 'maximize' else 'budget'} {_fmt(b)}",
-            "annotation_font_color": BUDGET,
-        }
+        b, label = line
+        span = (
+            {"yaxis": "y2", "x": [b, b], "y": [0, 1]}
+            if axis == "x"
+            else {"xaxis": "x2", "x": [0, 1], "y": [b, b]}
+        )
+        fig.add_trace(
+            go.Scatter(
+                **span,
+                mode="lines+text",
+                line={"color": BUDGET, "dash": "dash", "width": 2},
+                text=["", label] if axis == "x" else [label, ""],
+                textposition="bottom right" if axis == "x" else "top right",
+                textfont={"color": BUDGET, "size": 11},
+                name=f"{_label(o.metric)} budget",
+                hoverinfo="skip",
+                showlegend=False,
+                cliponaxis=False,
+            )
+        )
         if axis == "x":
-            fig.add_vline(x=b, annotation_position="top right", **kwargs)
+            rug = True  # the hidden y2 axis is needed
         else:
-            fig.add_hline(y=b, annotation_position="bottom right", **kwargs)
+            fig.update_layout(
+                xaxis2={"overlaying": "x", "range": [0, 1], "visible": False, "fixedrange": True}
+            )
+    logs = [a for a, o in (("xaxis", ox), ("yaxis", oy)) if _log_ok(run, o.metric, o.direction)]
+    band = " ±p90" if LATENCY in (ox.metric, oy.metric) and latency_error(run) is not None else ""
     fig.update_layout(
-        title=f"{_label(oy.metric)} vs {_label(ox.metric)}",
+        title={"text": f"{_label(oy.metric)} vs {_label(ox.metric)}{band}", "x": 0.01},
         xaxis_title=f"{_label(ox.metric)} ({'lower' if ox.sign > 0 else 'higher'} is better)",
         yaxis_title=f"{_label(oy.metric)} ({'lower' if oy.sign > 0 else 'higher'} is better)",
-        height=420,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        height=440,
+        margin={"l": 60, "r": 20, "t": 70, "b": 50},
         legend={"orientation": "h", "y": -0.2},
         template="plotly_white",
+        updatemenus=[_scale_menu(logs, y=1.02)] if logs else [],
     )
+    for a in logs:
+        fig.update_layout({a: {"type": "log"}})
     if rug:
         fig.update_layout(
             yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True}
@@ -251,8 +356,14 @@ def _front_3d(run: RunData) -> Any | None:
             return t.values[j]
         return t.value(metric)
 
+    maximised = any(
+        METRIC_DIRECTIONS.get(m) == "maximize" or (j is not None and run.objectives[j].sign < 0)
+        for m, j in axes
+    )
     fig = go.Figure()
     for name, trials, marker in _groups(run):
+        if name == UNTRAINED and maximised:
+            continue  # never trained: no accuracy to place them at
         pts = [(t, [coord(t, a) for a in axes]) for t in trials]
         pts = [(t, c) for t, c in pts if all(v is not None for v in c)]
         if not pts:
@@ -273,39 +384,39 @@ def _front_3d(run: RunData) -> Any | None:
                 hovertemplate="%{text}<extra></extra>",
             )
         )
+    scene: dict[str, Any] = {}
+    logs = []
+    for a, (metric, _j) in zip(("xaxis", "yaxis", "zaxis"), axes):
+        scene[a] = {"title": {"text": _label(metric)}}
+        if _log_ok(run, metric, METRIC_DIRECTIONS.get(metric, "minimize")):
+            scene[a]["type"] = "log"
+            logs.append(f"scene.{a}")
     fig.update_layout(
-        title="Front in 3-D",
-        scene={
-            "xaxis_title": _label(axes[0][0]),
-            "yaxis_title": _label(axes[1][0]),
-            "zaxis_title": _label(axes[2][0]),
-        },
+        title={"text": "Front in 3-D", "x": 0.01},
+        scene=scene,
         height=560,
-        margin={"l": 0, "r": 0, "t": 40, "b": 0},
+        margin={"l": 0, "r": 0, "t": 70, "b": 0},
         template="plotly_white",
         legend={"orientation": "h"},
+        updatemenus=[_scale_menu(logs, y=1.0)] if logs else [],
     )
     return fig
 
 
 def _parcoords(run: RunData) -> Any | None:
+    """Parallel coordinates on the plans' summary features (one axis each, whatever the depth
+    of the network), then the objectives and feasibility. Per-layer detail: the per-layer view.
+    """
     import plotly.graph_objects as go
 
     trials = [t for t in run.trials if t.plan is not None and t.state == "COMPLETE"]
     if not trials:
         return None
-    flat = [flatten_plan(t.plan) for t in trials]
-    keys: list[str] = []
-    for f in flat:
-        keys.extend(k for k in f if k not in keys)
+    feats = [summary_features(run, t) for t in trials]
     dims = []
-    for k in keys:
-        col = [f.get(k) for f in flat]
-        if len({json.dumps(v, sort_keys=True, default=str) for v in col}) <= 1:
-            continue  # a constant says nothing here
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in col):
-            dims.append({"label": k, "values": [float(v) for v in col if v is not None]})
-        else:
+    for k in FEATURES:
+        col = [f[k] for f in feats]
+        if k == "family":
             cats = sorted({str(v) for v in col})
             dims.append(
                 {
@@ -315,8 +426,8 @@ def _parcoords(run: RunData) -> Any | None:
                     "ticktext": cats,
                 }
             )
-        if len(dims) >= MAX_PARCOORDS_DIMS:
-            break
+        elif any(v is not None for v in col):
+            dims.append({"label": k, "values": [float("nan") if v is None else v for v in col]})
     for j, o in enumerate(run.objectives):
         dims.append(
             {
@@ -361,10 +472,13 @@ def _parcoords(run: RunData) -> Any | None:
         )
     )
     fig.update_layout(
-        title=f"Plan parameters (colour: {_label(o0.metric)} of feasible trials, yellow = better;"
-        " grey = infeasible)",
-        height=480,
-        margin={"l": 80, "r": 80, "t": 90, "b": 40},
+        title={
+            "text": f"Plans at a glance (colour: {_label(o0.metric)} of feasible trials, "
+            "yellow = better; grey = infeasible)",
+            "x": 0.01,
+        },
+        height=460,
+        margin={"l": 70, "r": 70, "t": 100, "b": 30},
     )
     return fig
 
@@ -494,10 +608,132 @@ def _layers(run: RunData) -> Any | None:
     return fig
 
 
+def _amount(v: float, unit: str) -> str:
+    """`3.68 ms`, `366 kB` (1 kB = 1024 bytes, as the budgets count)."""
+    if unit == "bytes":
+        return f"{v / 1024:.3g} kB" if v >= 1024 else f"{v:.0f} B"
+    return f"{v:.3g} {unit}"
+
+
+def _why_total(shares: PlanShares, key: str, unit: str) -> str:
+    before, after = shares.total(key, "before"), shares.total(key, "after")
+    ratio = f" ({after / before:.0%})" if before > 0 else ""
+    return f"{_amount(before, unit)} \u2192 {_amount(after, unit)}{ratio}"
+
+
+def _why(run: RunData) -> Any | None:
+    """Why this plan: each layer's latency, weight bytes and activation memory in the base model
+    and in a front plan, as fractions of the base model's total (a menu picks the plan)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    cands = [(t, layer_shares(run, t)) for t in _layer_candidates(run)]
+    data = [(t, sh) for t, sh in cands if sh is not None and sh.layers]
+    if not data:
+        return None
+    n_fig = len(SHARE_FIGURES)
+    fig = make_subplots(
+        rows=1,
+        cols=n_fig,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        subplot_titles=[label for _, label, _ in SHARE_FIGURES],
+    )
+    per = 2 * n_fig
+    titles = []
+    for i, (_t, sh) in enumerate(data):
+        names = [s_.layer for s_ in sh.layers]
+        for col, (key, label, unit) in enumerate(SHARE_FIGURES, start=1):
+            for side, color, who in (
+                ("before", BEFORE_C, "base model"),
+                ("after", AFTER_C, "plan"),
+            ):
+                hover = [
+                    f"<b>{html.escape(s_.layer)}</b> ({s_.kind})"
+                    + (f" {html.escape(s_.plan)}" if s_.plan else "")
+                    + f"<br>{label}: base {_amount(float(s_.before[key]), unit)}, "
+                    f"plan {_amount(float(s_.after[key]), unit)}"
+                    + f"<br>share: {sh.share(s_, key, 'before'):.0%} of the base's, "
+                    f"{sh.share(s_, key, 'after'):.0%} of the plan's"
+                    for s_ in sh.layers
+                ]
+                fig.add_trace(
+                    go.Bar(
+                        y=names,
+                        x=[sh.of_base(s_, key, side) for s_ in sh.layers],
+                        orientation="h",
+                        marker_color=color,
+                        name=who,
+                        legendgroup=who,
+                        showlegend=col == 1,
+                        visible=i == 0,
+                        hovertext=hover,
+                        hovertemplate="%{hovertext}<extra>" + who + "</extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
+        titles.append(
+            [f"{label}: {_why_total(sh, key, unit)}" for key, label, unit in SHARE_FIGURES]
+        )
+    annotations = list(fig.layout.annotations)
+
+    def heads(i: int) -> list[dict[str, Any]]:
+        return [{**a.to_plotly_json(), "text": text} for a, text in zip(annotations, titles[i])]
+
+    def title(i: int) -> str:
+        t, sh = data[i]
+        tag = " (knee)" if t.number == run.knee else ""
+        note = "; a student network: its layers replace the base model's" if sh.student else ""
+        return f"Why trial {t.number}{tag}: {html.escape(t.plan_text)}{note}"
+
+    buttons = []
+    for i, (t, _sh) in enumerate(data):
+        vis = [False] * (per * len(data))
+        vis[per * i : per * i + per] = [True] * per
+        tag = " (knee)" if t.number == run.knee else ""
+        buttons.append(
+            {
+                "label": f"trial {t.number}{tag}",
+                "method": "update",
+                "args": [{"visible": vis}, {"title.text": title(i), "annotations": heads(i)}],
+            }
+        )
+    n_layers = max(len(sh.layers) for _, sh in data)
+    fig.update_layout(
+        title={"text": title(0), "x": 0.01},
+        annotations=heads(0),
+        barmode="group",
+        bargap=0.25,
+        height=max(380, 22 * n_layers + 190),
+        margin={"l": 90, "r": 20, "t": 110, "b": 60},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.08, "x": 0.0},
+        updatemenus=[
+            {
+                "buttons": buttons,
+                "x": 1.0,
+                "xanchor": "right",
+                "y": 1.0,
+                "yanchor": "bottom",
+                "pad": {"b": 28},
+                "showactive": True,
+            }
+        ],
+    )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(tickformat=".0%", rangemode="tozero")
+    fig.update_xaxes(
+        title_text="share of the base model's total (activations: of its peak)", row=1, col=2
+    )
+    return fig
+
+
 def figures(run: RunData) -> dict[str, Any]:
     """Every figure of the report by name (plotly Figures); absent when there is nothing to draw.
 
-    Names: `front_<x>_<y>` per objective pair, `front_3d`, `parcoords`, `hypervolume`, `layers`.
+    Names: `front_<x>_<y>` per objective pair, `front_3d`, `parcoords`, `hypervolume`, `layers`,
+    `why`.
     """
     out: dict[str, Any] = {}
     for xi, yi in _pair_axes(run.objectives):
@@ -509,10 +745,18 @@ def figures(run: RunData) -> dict[str, Any]:
         ("parcoords", _parcoords),
         ("hypervolume", _hv_history),
         ("layers", _layers),
+        ("why", _why),
     ):
         fig = make(run)
         if fig is not None:
             out[name] = fig
+    for fig in out.values():
+        # plotly's mode bar, upright in the right margin: off the titles and menus.
+        fig.update_layout(
+            modebar={"orientation": "v"},
+            margin_r=max(fig.layout.margin.r or 0, 40),
+            title_x=0.01,
+        )
     return out
 
 
@@ -572,7 +816,20 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
+class _Band:
+    """A latency table cell: sorts on the value, shows the p90 band beside it."""
+
+    def __init__(self, value: float, error: float | None) -> None:
+        self.value, self.error = value, error
+
+
 def _cell(v: Any) -> str:
+    if isinstance(v, _Band):
+        text = _fmt(v.value)
+        if v.error is not None:
+            lo, hi = latency_band(v.value, v.error)
+            text += f" ({lo:.3g}-{hi:.3g})"
+        return f'<td data-v="{html.escape(str(v.value))}">{html.escape(text)}</td>'
     raw = "" if v is None else (str(int(v)) if isinstance(v, bool) else str(v))
     return f'<td data-v="{html.escape(raw)}">{html.escape(_fmt(v))}</td>'
 
@@ -580,7 +837,11 @@ def _cell(v: Any) -> str:
 def _trial_table(run: RunData, trials: Sequence[TrialRecord], *, table_id: str) -> str:
     front = set(run.front)
     head = ["trial", "state", "status", "feasible", "front"]
-    head += [_label(o.metric) for o in run.objectives]
+    error = latency_error(run)
+    head += [
+        _label(o.metric) + (" ±p90" if o.metric == LATENCY and error is not None else "")
+        for o in run.objectives
+    ]
     head += [f"{c} (over if > 0)" for c in run.constraint_names]
     refined = any(t.refined for t in run.trials)
     p0 = run.objectives[0].metric
@@ -598,8 +859,10 @@ def _trial_table(run: RunData, trials: Sequence[TrialRecord], *, table_id: str) 
             if t.number in front
             else ("" if t.feasible else "infeasible")
         )
-        cells = [t.number, t.state, t.status, t.feasible, t.number in front]
-        cells += list(t.values) if t.values is not None else [None] * len(run.objectives)
+        cells: list[Any] = [t.number, t.state, t.status, t.feasible, t.number in front]
+        for j, o in enumerate(run.objectives):
+            v = t.values[j] if t.values is not None else None
+            cells.append(_Band(v, error) if o.metric == LATENCY and v is not None else v)
         cells += [t.constraints.get(c) for c in run.constraint_names]
         if refined:
             cells.append((t.refined or {}).get(p0))
@@ -628,7 +891,27 @@ def _header(run: RunData) -> str:
         f"{c['failed']} failed, {c['pruned']} stopped early, {c['duplicate']} repeats, "
         f"{c['running']} running · "
         f"<b>{c['front']}</b> on the front · hypervolume <b>{run.hypervolume:.4f}</b><br>"
-        f"<b>picks</b> {html.escape(pick_text)}</div>"
+        f"<b>picks</b> {html.escape(pick_text)}{_latency_meta(run)}</div>"
+    )
+
+
+def _latency_meta(run: RunData) -> str:
+    """Where the latencies come from, how far they can be trusted, which bound was checked."""
+    if run.experiment.get("latency") == "measured":
+        return "<br><b>latency</b> measured with ONNX Runtime on the search machine"
+    error = latency_error(run)
+    err = run.profile.get("latency_error") if run.profile else None
+    source = err.get("source") if isinstance(err, dict) else None
+    trust = (
+        f"measured error ±{error:.0%} (p90{', ' + source if source else ''})"
+        if error is not None
+        else "no measured error in the profile"
+    )
+    margin = run.experiment.get("budget_margin") or "none"
+    checked = "its p90 bound (budget_margin: p90)" if margin == "p90" else "the prediction"
+    return (
+        f"<br><b>latency</b> predicted by the cost model, {html.escape(trust)}; "
+        f"budget checked against {html.escape(checked)}"
     )
 
 
@@ -664,6 +947,11 @@ def report_html(run: RunData) -> str:
         "(the front point whose worst normalised objective is best); grey: infeasible; "
         "x: over budget, not trained; dashed: budgets. Hover a point for its plan.</p>"
     )
+    if latency_error(run) is not None:
+        parts.append(
+            '<p class="note">Bars on the latency axis: the profile\'s measured error band, '
+            f"±{latency_error(run):.0%} (p90 of |predicted/measured - 1|).</p>"
+        )
     parts.append('<div class="grid">' + "".join(div(k) for k in fronts) + "</div>")
     sections = [
         ("front_3d", "3-D view", ""),
@@ -678,6 +966,14 @@ def report_html(run: RunData) -> str:
             + ".",
         ),
         ("layers", "Per-layer plan", "Pick a front plan from the menu."),
+        (
+            "why",
+            "Why this plan",
+            "Each layer's latency, weight bytes and activation memory (the bytes it reads and "
+            "writes; the largest layer sets the peak) in the base model and in the plan, as a "
+            "share of the base model's total (activations: of its peak), from the cost model's "
+            "rows recorded at search time. Pick a front plan from the menu.",
+        ),
     ]
     for name, title, note in sections:
         if name in figs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -21,15 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
+from optuna.trial import create_trial
 
 from search.pareto import load_run
+from search.plan_summary import FEATURES, latency_error, layer_shares, summary_features
 from search.report import figures, render_report, report_html
 
 try:  # the study builder lives beside this file
-    from test_pareto import MAX_DROP, SPECS, make_study
+    from test_pareto import BASE, BUDGETS, MAX_DROP, SPECS, make_study, make_trial
 except ImportError:  # tests/ imported as a package
-    from tests.test_pareto import MAX_DROP, SPECS, make_study
+    from tests.test_pareto import BASE, BUDGETS, MAX_DROP, SPECS, make_study, make_trial
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
@@ -37,6 +41,52 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory):
     return load_run(make_study(tmp_path_factory.mktemp("rep") / "study.db"), "demo")
+
+
+# The cost model's per-kernel rows as the objective records them (name, kind, latency_ms,
+# weight_bytes, activation bytes): the base model, and every plan (conv2 factorized in two).
+BASE_ROWS = [
+    ["conv1", "conv", 1.0, 1000, 400],
+    ["conv2", "conv", 2.0, 3000, 800],
+    ["relu", "elementwise", 0.5, 0, 800],
+    ["fc", "linear", 0.5, 1000, 100],
+]
+PLAN_ROWS = [
+    ["conv1", "conv", 0.2, 250, 100],
+    ["conv2.0", "conv", 0.3, 400, 200],
+    ["conv2.1", "conv", 0.2, 300, 150],
+    ["relu", "elementwise", 0.2, 0, 200],
+    ["fc", "linear", 0.1, 250, 25],
+]
+P90 = 0.2
+
+
+def make_costed_study(path: Path, **experiment: Any) -> str:
+    """The demo study as a newer search records it: per-layer cost rows on every costed
+    trial and the base model, a profile with a measured latency error, base MACs."""
+    url = make_study(path, specs=[])
+    study = optuna.load_study(study_name="demo", storage=url)
+    error = {"p90": P90, "source": "test rows", "rows": 5}
+    study.set_user_attr("profile", {"name": "testboard", "latency_error": error})
+    study.set_user_attr("experiment", {"name": "demo", **experiment})
+    study.set_user_attr("base_layer_costs", BASE_ROWS)
+    study.set_user_attr("base_metrics", {**BASE, "macs": 400_000})
+    for i, spec in enumerate(SPECS):
+        t = make_trial(i, *spec, budgets=BUDGETS)
+        attrs = dict(t.user_attrs)
+        if t.values is not None:
+            attrs["layer_costs"] = PLAN_ROWS
+        study.add_trial(
+            create_trial(
+                state=t.state, values=t.values, user_attrs=attrs, constraints=t.constraints or None
+            )
+        )
+    return url
+
+
+@pytest.fixture(scope="module")
+def costed(tmp_path_factory: pytest.TempPathFactory):
+    return load_run(make_costed_study(tmp_path_factory.mktemp("cost") / "study.db"), "demo")
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +126,58 @@ def test_one_2d_front_per_objective_pair(run) -> None:
     assert "infeasible" not in {t.name for t in fig.data if t.marker.color == "#1f77b4"}
 
 
+def _budget_lines(fig: Any) -> dict[str, tuple[float, str]]:
+    """Budget line traces: "x"/"y" -> (position, label). They span hidden 0-1 axes, so they
+    stay put when the data axis turns log or linear."""
+    out = {}
+    for t in fig.data:
+        if t.name and t.name.endswith("budget"):
+            if t.yaxis == "y2":
+                assert t.x[0] == t.x[1] and tuple(t.y) == (0, 1)
+                out["x"] = (t.x[0], t.text[1])
+            else:
+                assert t.xaxis == "x2" and t.y[0] == t.y[1] and tuple(t.x) == (0, 1)
+                out["y"] = (t.y[0], t.text[0])
+    return out
+
+
 def test_budgets_are_drawn_as_lines(run) -> None:
     fig = figures(run)["front_latency_ms_accuracy"]
-    vertical = [s.x0 for s in fig.layout.shapes if s.x0 == s.x1 and s.xref == "x"]
-    horizontal = [s.y0 for s in fig.layout.shapes if s.y0 == s.y1 and s.yref == "y"]
-    assert vertical == [2.0]  # the latency budget
-    assert horizontal == [pytest.approx(0.9 - MAX_DROP)]  # the accuracy floor
+    lines = _budget_lines(fig)
+    assert lines["x"] == (2.0, "latency (ms) budget 2")  # the latency budget
+    assert lines["y"][0] == pytest.approx(0.9 - MAX_DROP)  # the accuracy floor
+    assert lines["y"][1].startswith("accuracy floor 0.55")
+    assert fig.layout.yaxis2.range == (0, 1) and fig.layout.xaxis2.range == (0, 1)
     size = figures(run)["front_latency_ms_weight_bytes"]
-    assert any(s.y0 == s.y1 == pytest.approx(32 * 1024) for s in size.layout.shapes)
+    assert _budget_lines(size)["y"][0] == pytest.approx(32 * 1024)
+
+
+def test_cost_axes_are_log_with_a_linear_toggle(run) -> None:
+    figs = figures(run)
+    fig = figs["front_latency_ms_accuracy"]
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type != "log"  # accuracy: linear
+    (menu,) = fig.layout.updatemenus
+    assert [b.label for b in menu.buttons] == ["log", "linear"]
+    assert [b.args[0] for b in menu.buttons] == [{"xaxis.type": "log"}, {"xaxis.type": "linear"}]
+    both = figs["front_latency_ms_weight_bytes"]
+    assert both.layout.xaxis.type == both.layout.yaxis.type == "log"
+    assert both.layout.updatemenus[0].buttons[1].args[0] == {
+        "xaxis.type": "linear",
+        "yaxis.type": "linear",
+    }
+    scene = figs["front_3d"].layout.scene
+    assert scene.yaxis.type == scene.zaxis.type == "log" and scene.xaxis.type != "log"
+    assert figs["front_3d"].layout.updatemenus[0].buttons[1].args[0] == {
+        "scene.yaxis.type": "linear",
+        "scene.zaxis.type": "linear",
+    }
+
+
+def test_mode_bar_stands_in_the_right_margin(run) -> None:
+    for name, fig in figures(run).items():
+        assert fig.layout.modebar.orientation == "v", name
+        assert fig.layout.margin.r >= 40, name
+        assert fig.layout.title.x < 0.1, name  # titles on the left, away from it
 
 
 def test_hover_shows_the_plan(run) -> None:
@@ -105,10 +199,13 @@ def test_3d_parcoords_hypervolume_and_layers(run) -> None:
 
     par = figs["parcoords"].data[0]
     labels = [d.label for d in par.dimensions]
-    assert "prune.ratios.conv1" in labels and "quantize.weight_bits.conv1" in labels
-    assert "lowrank.mode" not in labels  # constant across trials: left out
-    assert labels[-4:] == ["accuracy", "latency (ms)", "weight (bytes)", "feasible"]
+    # Summary features, one axis each whatever the depth; per-layer detail is elsewhere.
+    features = [f for f in FEATURES if f != "kept MACs"]  # the study records no base MACs
+    assert labels == [*features, "accuracy", "latency (ms)", "weight (bytes)", "feasible"]
     assert len(par.dimensions[0].values) == 6  # the COMPLETE trials
+    bits = dict(zip(labels, par.dimensions))["mean weight bits"]
+    # Trial i has bits (8, 4, 16, 32)[i % 4] on conv1 and conv2 and 8 on fc.
+    assert list(bits.values) == [pytest.approx((2 * b + 8) / 3) for b in (8, 4, 16, 32, 8, 16)]
 
     hv = figs["hypervolume"].data[0]
     assert list(hv.y) == [h for _, h in run.hypervolume_history]
@@ -148,6 +245,125 @@ def test_nothing_feasible_banner(infeasible_run) -> None:
     figs = figures(infeasible_run)
     assert "layers" in figs  # the per-layer view offers the least-violating plans
     assert not any(t.name == "Pareto front" for t in figs["front_latency_ms_accuracy"].data)
+
+
+# --- error bands, summary features and the why-this-plan view ----------------------------------
+def test_latency_band_in_hover_bars_header_and_table(costed, run) -> None:
+    fig = figures(costed)["front_latency_ms_accuracy"]
+    knee = _trace(fig, "knee")
+    assert "latency: 1 ms (0.8-1.2 ms, p90)" in knee.text[0]  # trial 1: 1.0 ms, p90 20 %
+    assert list(knee.error_x.array) == [pytest.approx(1.0 * P90)]
+    front = _trace(fig, "Pareto front")
+    assert list(front.error_x.array) == [pytest.approx(v * P90) for v in front.x]
+    assert _trace(fig, "feasible").error_x.array is None  # bars on the front only
+    assert fig.layout.title.text.endswith("±p90")
+    text = report_html(costed)
+    assert "measured error ±20% (p90, test rows); budget checked against the prediction" in text
+    assert "latency (ms) ±p90</th>" in text and '<td data-v="1.0">1 (0.8-1.2)</td>' in text
+    # A run whose profile has no measured error shows no band anywhere.
+    plain = figures(run)["front_latency_ms_accuracy"]
+    assert "latency (ms): 1<br>" in _trace(plain, "knee").text[0]
+    assert _trace(plain, "knee").error_x.array is None
+    assert "no measured error in the profile" in report_html(run)
+
+
+def test_latency_band_is_off_for_measured_latency(costed) -> None:
+    measured = dataclasses.replace(costed, experiment={"latency": "measured"})
+    assert latency_error(costed) == P90 and latency_error(measured) is None
+    assert (
+        "latency (ms): 1<br>"
+        in _trace(figures(measured)["front_latency_ms_accuracy"], "knee").text[0]
+    )
+
+
+def test_p90_margin_draws_the_real_budget(tmp_path: Path) -> None:
+    run = load_run(make_costed_study(tmp_path / "study.db", budget_margin="p90"), "demo")
+    lines = _budget_lines(figures(run)["front_latency_ms_accuracy"])
+    assert lines["x"] == (2.0, "latency budget 2, checked at the p90 bound")
+    assert "budget checked against its p90 bound (budget_margin: p90)" in report_html(run)
+
+
+def test_summary_features_of_a_plan(costed) -> None:
+    t = costed.trial(1)  # conv1, conv2 pruned 10 %, 4 bits; fc 8 bits; conv2 keeps half its rank
+    assert summary_features(costed, t) == {
+        "family": "base",
+        "mean weight bits": pytest.approx(16 / 3),
+        "kept MACs": pytest.approx(200_000 / 400_000),
+        "mean prune ratio": pytest.approx(0.2 / 3),
+        "kept rank": pytest.approx(2.5 / 3),
+        "sparsity": 0.0,
+    }
+    par = figures(costed)["parcoords"].data[0]
+    assert [d.label for d in par.dimensions][: len(FEATURES)] == list(FEATURES)
+
+
+def test_why_this_plan_shares_by_hand(costed) -> None:
+    sh = layer_shares(costed, costed.trial(1))
+    assert sh is not None and not sh.student
+    assert [s.layer for s in sh.layers] == ["conv1", "conv2", "relu", "fc"]
+    conv2 = sh.layers[1]
+    # The factorized pair conv2.0 + conv2.1 is conv2: latencies and bytes add, the wider
+    # kernel's activations count.
+    assert conv2.after == {"latency_ms": 0.5, "weight_bytes": 700.0, "activation_bytes": 200.0}
+    assert conv2.before == {"latency_ms": 2.0, "weight_bytes": 3000.0, "activation_bytes": 800}
+    assert conv2.plan == "w4 p10% r0.5"
+    assert sh.total("latency_ms", "before") == 4.0
+    assert sh.total("latency_ms", "after") == pytest.approx(1.0)
+    assert sh.share(conv2, "latency_ms", "before") == 0.5
+    assert sh.share(conv2, "latency_ms", "after") == pytest.approx(0.5)
+    assert sh.of_base(conv2, "latency_ms", "after") == 0.125
+    assert sh.of_base(conv2, "weight_bytes", "after") == pytest.approx(700 / 5000)
+    # Activation memory is a peak: shares are of the largest layer, not of a sum.
+    assert sh.total("activation_bytes", "before") == 800
+    assert sh.total("activation_bytes", "after") == 200
+    assert sh.of_base(sh.layers[0], "activation_bytes", "before") == 0.5
+
+
+def test_why_this_plan_for_a_student(costed) -> None:
+    t = dataclasses.replace(
+        costed.trial(1),
+        plan={"architecture": {"family": "mobilenetv2", "width": 0.5, "depth": 1}},
+        layer_costs=(
+            ("features.0", "conv", 0.1, 100, 50),  # same name as nothing in the base: its own
+            ("features.1.conv.0", "conv", 0.2, 200, 60),
+            ("features.1.conv.1", "dwconv", 0.1, 50, 80),
+            ("add", "elementwise", 0.05, 0, 40),
+            ("conv1", "conv", 0.1, 10, 10),  # a base layer's name, still the student's layer
+        ),
+    )
+    sh = layer_shares(costed, t)
+    assert sh is not None and sh.student
+    names = [s.layer for s in sh.layers]
+    assert names[:4] == ["conv1", "conv2", "relu", "fc"]  # the base model's, now all gone
+    assert all(s.after["latency_ms"] == 0 for s in sh.layers[:4])
+    assert names[4:] == [
+        "student features.0",
+        "student features.1",
+        "student element-wise ops",
+        "student conv1",
+    ]
+    block = sh.layers[5]
+    assert block.before["latency_ms"] == 0 and block.after["latency_ms"] == pytest.approx(0.3)
+    assert block.after["activation_bytes"] == 80
+
+
+def test_why_this_plan_figure(costed, run) -> None:
+    fig = figures(costed)["why"]
+    n = len(costed.front)
+    assert len(fig.data) == 6 * n  # base and plan bars for three figures, per front plan
+    first = [t for t in fig.data if t.visible]
+    assert [t.name for t in first] == ["base model", "plan"] * 3
+    assert list(first[0].y) == ["conv1", "conv2", "relu", "fc"]
+    assert list(first[0].x) == [0.25, 0.5, 0.125, 0.125]  # base latency shares
+    assert list(first[1].x) == pytest.approx([0.05, 0.125, 0.05, 0.025])  # the plan's
+    assert "conv2</b> (conv) w4 p10% r0.5" in first[1].hovertext[1]
+    heads = [a.text for a in fig.layout.annotations]
+    assert heads[0] == "latency: 4 ms \u2192 1 ms (25%)"
+    assert heads[1] == "weight bytes: 4.88 kB \u2192 1.17 kB (24%)"
+    buttons = fig.layout.updatemenus[0].buttons
+    assert buttons[0].label == "trial 1 (knee)" and len(buttons) == n
+    assert "Why trial 1 (knee)" in fig.layout.title.text
+    assert "why" not in figures(run)  # a run recorded without cost rows: no view
 
 
 # --- the page in a real browser --------------------------------------------------------------
@@ -306,6 +522,22 @@ def _red_pixels(png: bytes) -> int:
     return int((np.abs(rgb - [0xD6, 0x27, 0x28]).max(axis=2) < 20).sum())
 
 
+# Pairs of elements of one plot that overlap on screen: the mode bar against the title and the
+# menus (the log/linear toggle, the plan picker).
+OVERLAPS = """(function(){
+  function box(e){var r=e.getBoundingClientRect();return r.width&&r.height?r:null;}
+  function hit(a,b){return a&&b&&a.left<b.right&&b.left<a.right&&a.top<b.bottom&&b.top<a.bottom;}
+  var out=[];
+  document.querySelectorAll('.js-plotly-plot').forEach(function(d){
+    var bar=d.querySelector('.modebar'); if(!bar){return;}
+    var others=[...d.querySelectorAll('.gtitle, .updatemenu-header-group, .updatemenu-button')];
+    others.forEach(function(o){
+      if(hit(box(bar),box(o))){out.push(d.id+': '+o.getAttribute('class'));}
+    });
+  });
+  return out;})()"""
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(
@@ -313,9 +545,11 @@ def _red_pixels(png: bytes) -> int:
     reason=f"headless Chromium not found at {CHROMIUM} (apt-get install chromium "
     "or set CHROMIUM=/path/to/chromium)",
 )
-def test_report_in_headless_chromium(run, tmp_path: Path) -> None:
+@pytest.mark.parametrize("width", [1400, 800])
+def test_report_in_headless_chromium(costed, tmp_path: Path, width: int) -> None:
+    run = costed
     path = render_report(run, tmp_path / "report.html")
-    browser = Chromium()
+    browser = Chromium(width=width)
     try:
         browser.open(path, ready=PLOT_READY)
         time.sleep(0.5)  # let the resize-on-load settle before the screenshot
@@ -327,10 +561,29 @@ def test_report_in_headless_chromium(run, tmp_path: Path) -> None:
             ".length"
         )
         assert n_points == sum(1 for t in run.trials if t.values is not None) + 1  # + knee star
+        # The p90 band: error bars drawn on the front's latency axis.
+        bars = browser.eval(
+            "document.querySelectorAll('#fig-front_latency_ms_accuracy .errorbar').length"
+        )
+        assert bars == len(run.front) + 1  # the front's points and the knee's star
+        assert browser.eval(OVERLAPS) == []  # the mode bar is off the titles and menus
+        # Every plot fits the page: nothing wider than the window.
+        assert browser.eval("document.documentElement.scrollWidth") <= width
+        # The why-this-plan view draws its bars.
+        assert browser.eval("document.querySelectorAll('#fig-why .bars .point').length") > 0
         png = browser.screenshot()
         (tmp_path / "report.png").write_bytes(png)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert _red_pixels(png) > 100, "the Pareto front's red markers are not on screen"
+        # The log/linear toggle switches the cost axis.
+        axis = "document.getElementById('fig-front_latency_ms_accuracy').layout.xaxis.type"
+        assert browser.eval(axis) == "log"
+        browser.eval(
+            "[...document.querySelectorAll('#fig-front_latency_ms_accuracy .updatemenu-button')]"
+            ".find(b=>b.textContent==='linear').dispatchEvent(new MouseEvent('click'))"
+        )
+        time.sleep(0.3)
+        assert browser.eval(axis) == "linear"
         # The table sorts on a header click: accuracy ascending, blanks last.
         order = browser.eval(
             "(function(){var th=[...document.querySelectorAll('#trials th')]"
