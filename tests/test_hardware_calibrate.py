@@ -249,6 +249,7 @@ MCU_TRUE = profile_from_dict(
         "efficiency": {"conv": 0.5, "dwconv": 0.17, "linear": 0.4, "elementwise": 0.5},
         "layer_overhead_us": {"conv": 20, "dwconv": 20, "linear": 10, "elementwise": 5},
         "model_overhead_us": 100,
+        "output_overhead_ns": 50,  # ~10 cycles per output element
         "memory": {"sram_kb": 320},
     }
 )

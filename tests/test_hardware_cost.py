@@ -306,3 +306,17 @@ def test_channels_off_the_vector_width_take_the_slow_path() -> None:
     dw = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False))
     slow_dw = estimate_cost(dw, (12, 8, 8), blocked).layers[0]
     assert slow_dw.compute_ms == pytest.approx(64 * 12 * 9 / (1e9 * 0.25 * 0.25) * 1e3)
+
+
+def test_output_overhead_charges_each_conv_output() -> None:
+    """An MCU's per-output epilogue makes a depthwise layer cost more per MAC than a dense one."""
+    from torch import nn
+
+    from search.hardware import estimate_cost, load_profile
+
+    base = load_profile("mcu").with_updates(output_overhead_ns=0.0)
+    slow = base.with_updates(output_overhead_ns=100.0)
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8))
+    a = estimate_cost(net, (8, 16, 16), base, activation_bits=8).latency_ms
+    b = estimate_cost(net, (8, 16, 16), slow, activation_bits=8).latency_ms
+    assert b - a == pytest.approx(8 * 16 * 16 * 100e-9 * 1e3, rel=1e-6)

@@ -50,20 +50,24 @@ RESULTS = REPO / "experiments" / "results"
 MEASUREMENTS = REPO / "hardware_profiles" / "measurements"
 SOURCE = "experiments/results/devices.json"
 
+
 # The fit's starting point per profile (stated before looking at the rows, not fitted):
 # MCUs run dense int8 convs near 1 cycle/MAC (efficiency 0.5 of SMLAD's 2 MACs/cycle) and
 # depthwise ones near 2.5 cycles/MAC; phone CPUs lose more on depthwise (load/store bound);
 # GPUs and NPUs pay a fixed launch per layer.
-_MCU_PRIOR = {
-    "efficiency": {"conv": 0.5, "dwconv": 0.2, "linear": 0.5, "elementwise": 0.5},
-    "layer_overhead_us": {"conv": 20, "dwconv": 20, "linear": 10, "elementwise": 5},
-    "model_overhead_us": 100.0,
-}
+# On an MCU each conv/linear output also costs ~10 cycles (requantize, clamp, store).
+def _mcu_prior(mhz: float) -> dict[str, Any]:
+    return {
+        "efficiency": {"conv": 0.5, "dwconv": 0.2, "linear": 0.5, "elementwise": 0.5},
+        "layer_overhead_us": {"conv": 20, "dwconv": 20, "linear": 10, "elementwise": 5},
+        "model_overhead_us": 100.0,
+        "output_overhead_ns": round(10 / mhz * 1e3, 2),
+    }
+
+
+CLOCK_MHZ = {"mcu": 216.0, "mcu_h7": 400.0, "mcu_m4": 120.0, "mcu_m33": 200.0}
 PRIORS: dict[str, dict[str, Any]] = {
-    "mcu": _MCU_PRIOR,
-    "mcu_h7": _MCU_PRIOR,
-    "mcu_m4": _MCU_PRIOR,
-    "mcu_m33": _MCU_PRIOR,
+    **{name: _mcu_prior(mhz) for name, mhz in CLOCK_MHZ.items()},
     "phone": {
         "efficiency": {"conv": 0.5, "dwconv": 0.15, "linear": 0.4, "elementwise": 0.2},
         "layer_overhead_us": {"conv": 5, "dwconv": 5, "linear": 3, "elementwise": 2},
@@ -89,7 +93,6 @@ FILES = {
     "phone_npu": "phone_gpu_published.csv",
     "cloud_gpu": "phone_gpu_published.csv",
 }
-CLOCK_MHZ = {"mcu": 216.0, "mcu_h7": 400.0, "mcu_m4": 120.0, "mcu_m33": 200.0}
 TARGETS = {"mcu": ("within_20pct_loo", 0.8), "other": ("within_25pct_loo", 0.7)}
 
 
@@ -133,6 +136,7 @@ def _fitted_figures(p: HardwareProfile) -> dict[str, Any]:
         else None,
         "layer_overhead_us": dict(p.layer_overhead_us),
         "model_overhead_us": p.model_overhead_us,
+        "output_overhead_ns": p.output_overhead_ns,
         "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
     }
 
@@ -254,6 +258,10 @@ def write_profile_figures(name: str, profile: HardwareProfile) -> None:
                 continue
             if block == "model_overhead_us":
                 line = f"model_overhead_us: {profile.model_overhead_us:g}  # fitted by devices.py"
+            if block == "output_overhead_ns":
+                line = (
+                    f"output_overhead_ns: {profile.output_overhead_ns:g}  # fitted by devices.py"
+                )
         else:
             m = re.match(r"^  ([a-z]+): ", line)
             if m and block == "efficiency":

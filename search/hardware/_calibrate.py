@@ -59,8 +59,8 @@ class Sample:
 def _terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np.ndarray, ...]]:
     """Per op kind: compute seconds at efficiency 1, bytes moved, and an unaligned-conv mask."""
     act = sample.activation_bits / 8
-    rows: dict[str, tuple[list[float], list[float], list[int]]] = {
-        k: ([], [], []) for k in OP_KINDS
+    rows: dict[str, tuple[list[float], list[float], list[int], list[float]]] = {
+        k: ([], [], [], []) for k in OP_KINDS
     }
     s = sample.batch_scale
     block = profile.channel_block
@@ -78,15 +78,17 @@ def _terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np.ndarr
                 k.in_channels, k.out_channels, k.groups
             )
             rows[k.kind][2].append(0 if not off else (1 if k.groups <= 1 else 2))
+            rows[k.kind][3].append(k.out_elems * s)
         elif k.residual and profile.fused_add and (block <= 1 or k.out_channels % block == 0):
             continue
         else:
             rows["elementwise"][0].append(0.0)
             rows["elementwise"][1].append((k.in_elems + k.out_elems) * act * s)
             rows["elementwise"][2].append(0)
+            rows["elementwise"][3].append(0.0)
     return {
-        k: (np.asarray(c), np.asarray(m), np.asarray(u, dtype=int))
-        for k, (c, m, u) in rows.items()
+        k: (np.asarray(c), np.asarray(m), np.asarray(u, dtype=int), np.asarray(o))
+        for k, (c, m, u, o) in rows.items()
     }
 
 
@@ -97,9 +99,10 @@ def _predict(
     model_s: float,
     bandwidth: float,
     inv_unaligned: tuple[float, float] = (1.0, 1.0),
+    output_s: float = 0.0,
 ) -> float:
     total = model_s
-    for kind, (c, b, unaligned) in terms.items():
+    for kind, (c, b, unaligned, outs) in terms.items():
         if not len(c):
             continue
         if kind == "elementwise":
@@ -108,6 +111,7 @@ def _predict(
             factor = np.choose(unaligned, (1.0, inv_unaligned[0], inv_unaligned[1]))
             scale = inv_eff[kind] * factor
             total += float(np.maximum(c * scale, b / bandwidth).sum())
+            total += float(outs.sum()) * output_s
         total += len(c) * over_s[kind]
     return total
 
@@ -175,7 +179,8 @@ def fit_profile(
     def residuals(z: np.ndarray) -> np.ndarray:
         x = full(z)
         inv, over, model, bw, inv_un = unpack(x)
-        pred = np.asarray([_predict(t, inv, over, model, bw, inv_un) for t in terms])
+        out_s = base.output_overhead_ns * 1e-9
+        pred = np.asarray([_predict(t, inv, over, model, bw, inv_un, out_s) for t in terms])
         r = np.log(np.maximum(pred, 1e-12) / measured)
         return np.concatenate([r, prior_weight * (z - x0_arr[free])])
 
@@ -228,6 +233,7 @@ def predicted_ms(sample: Sample, profile: HardwareProfile) -> float:
             1.0 / profile.unaligned_efficiency["conv"],
             1.0 / profile.unaligned_efficiency["dwconv"],
         ),
+        profile.output_overhead_ns * 1e-9,
     )
     return pred * 1e3
 
@@ -246,6 +252,7 @@ DEVICE_PRIORS = {
     "layer_overhead": 0.3,
     "model_overhead": 0.3,
     "bandwidth": 1.0,
+    "output_overhead": 0.3,
 }
 
 
@@ -276,8 +283,9 @@ def fit_device(
     over0 = {k: base.layer_overhead_us[k] + 1e-3 for k in OP_KINDS}
     inv_un = (1.0 / base.unaligned_efficiency["conv"], 1.0 / base.unaligned_efficiency["dwconv"])
     # x: log conv scale, log dw ratio, log linear ratio, log elementwise scale,
-    #    log overhead multiplier, log model overhead (us), log bandwidth multiplier
-    x0 = np.asarray([0.0, 0.0, 0.0, 0.0, 0.0, math.log(base.model_overhead_us + 1.0), 0.0])
+    #    log overhead multiplier, log model overhead (us), log bandwidth multiplier,
+    #    log output-overhead multiplier (moves only where the base has one)
+    x0 = np.asarray([0.0, 0.0, 0.0, 0.0, 0.0, math.log(base.model_overhead_us + 1.0), 0.0, 0.0])
     weights = np.asarray(
         [
             0.0,
@@ -287,10 +295,14 @@ def fit_device(
             w["layer_overhead"],
             w["model_overhead"],
             w["bandwidth"],
+            w["output_overhead"],
         ]
     )
+    out0 = base.output_overhead_ns * 1e-9
 
-    def unpack(x: np.ndarray) -> tuple[dict[str, float], dict[str, float], float, float]:
+    def unpack(
+        x: np.ndarray,
+    ) -> tuple[dict[str, float], dict[str, float], float, float, float]:
         g = math.exp(x[0])
         inv = {
             "conv": inv0["conv"] * g,
@@ -302,24 +314,26 @@ def fit_device(
         inv = {k: max(v, 1.0) for k, v in inv.items()}
         over = {k: over0[k] * math.exp(x[4]) * 1e-6 for k in OP_KINDS}
         model = max(math.exp(x[5]) - 1.0, 0.0) * 1e-6
-        return inv, over, model, base.bandwidth_bytes_per_s * math.exp(x[6])
+        bw = base.bandwidth_bytes_per_s * math.exp(x[6])
+        return inv, over, model, bw, out0 * math.exp(x[7])
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        inv, over, model, bw = unpack(x)
-        pred = np.asarray([_predict(t, inv, over, model, bw, inv_un) for t in terms])
+        inv, over, model, bw, out_s = unpack(x)
+        pred = np.asarray([_predict(t, inv, over, model, bw, inv_un, out_s) for t in terms])
         r = np.log(np.maximum(pred, 1e-12) / measured)
         return np.concatenate([r, weights * (x - x0)])
 
-    lo = np.asarray([-12.0, -5.0, -5.0, -5.0, -8.0, 0.0, -5.0])
-    hi = np.asarray([12.0, 5.0, 5.0, 5.0, 8.0, math.log(1e7), 5.0])
+    lo = np.asarray([-12.0, -5.0, -5.0, -5.0, -8.0, 0.0, -5.0, -5.0])
+    hi = np.asarray([12.0, 5.0, 5.0, 5.0, 8.0, math.log(1e7), 5.0, 5.0])
     result = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi))
-    inv, over, model, bw = unpack(result.x)
+    inv, over, model, bw, out_s = unpack(result.x)
     data = base.to_dict()
     data.update(
         efficiency={k: float(f"{min(1.0, 1.0 / inv[k]):.4g}") for k in OP_KINDS},
         layer_overhead_us={k: round(over[k] * 1e6, 3) for k in OP_KINDS},
         model_overhead_us=round(model * 1e6, 3),
         bandwidth_bytes_per_s=float(f"{bw:.4g}"),
+        output_overhead_ns=float(f"{out_s * 1e9:.4g}"),
     )
     return profile_from_dict(data, file=base.file)
 

@@ -117,6 +117,8 @@ def price_kernels(
             compute_s = macs / (profile.peak_macs_per_s[precision] * eff)
             memory_s = moved / bw
             t = max(compute_s, memory_s) + profile.layer_overhead_us[k.kind] * 1e-6
+            # Requantizing and storing each output (an MCU's scalar epilogue) is not MAC work.
+            t += k.out_elems * batch_scale * profile.output_overhead_ns * 1e-9
         elif k.residual and profile.fused_add and _fusable(k, profile):
             # Folded into the conv that produces one operand: no pass of its own.
             precision, macs, wbytes, moved = activation_bits, 0, 0, 0

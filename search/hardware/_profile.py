@@ -27,7 +27,8 @@ _FIELDS_DOC = (
     "name, description, sources, peak_macs_per_s, native_precisions, fallback_precision, "
     "bandwidth_bytes_per_s, efficiency, layer_overhead_us, model_overhead_us, threads, batch, "
     "memory, weights_in, runtime_flash_kb, budgets, sparse_support, depthwise_in_place, "
-    "fused_add, channel_block, unaligned_efficiency, runtime, latency_error, memory_planner"
+    "fused_add, channel_block, unaligned_efficiency, output_overhead_ns, runtime, latency_error, "
+    "memory_planner"
 )
 RUNTIME_KEYS = ("name", "version", "note")
 LATENCY_ERROR_KEYS = ("p90", "source", "rows")
@@ -100,6 +101,9 @@ class HardwareProfile:
     unaligned_efficiency: Mapping[str, float] = field(
         default_factory=lambda: {"conv": 1.0, "dwconv": 1.0}
     )
+    # Time per output element of a conv/linear (requantize, clamp, store), in ns: on an MCU
+    # ~10 cycles each, what makes a depthwise or small-channel layer slow per MAC.
+    output_overhead_ns: float = 0.0
     # The software the latencies are for ({name, version, note}): the same chip runs a network
     # 2-4x faster or slower under another runtime, so a profile is calibrated on one.
     runtime: Mapping[str, str] | None = None
@@ -241,6 +245,11 @@ class HardwareProfile:
                 "memory_planner",
                 f"{self.memory_planner!r} is not one of {list(MEMORY_PLANNERS)}",
             )
+        object.__setattr__(
+            self,
+            "output_overhead_ns",
+            _number(f, "output_overhead_ns", self.output_overhead_ns, lo=0.0),
+        )
         if self.runtime is not None:
             rt = _mapping(f, "runtime", self.runtime, RUNTIME_KEYS)
             for key in RUNTIME_KEYS:
