@@ -583,7 +583,7 @@ def _tflite_into(
     torch_test: Mapping[str, Any],
 ) -> dict[str, Any]:
     """`model.tflite` + C array in `tmp`; its test metrics in TFLite Micro and its arena."""
-    from .tflite import TflmModel, convert, operators, write_c_array
+    from .tflite import LiteRtModel, TflmModel, convert, operators, write_c_array
 
     bits = dict(compressed.layer_bits)
     wider = sorted(k for k, b in bits.items() if b != 8)
@@ -600,7 +600,7 @@ def _tflite_into(
     )
     size = write_c_array(tmp / "model.tflite", tmp)
     tflm = TflmModel(tmp / "model.tflite", where=where)
-    tflm_test = task.evaluate(tflm, "test")  # type: ignore[arg-type]
+    tflm_test = task.evaluate(tflm, "test")
     gap = abs(float(tflm_test[primary]) - float(torch_test[primary]))
     if gap > ONNX_TOLERANCE:
         log(
@@ -608,6 +608,7 @@ def _tflite_into(
             f"{gap * 100:.2f} points from PyTorch's {torch_test[primary]:.4f} (limit 1 point)"
         )
     arena = tflm.arena()
+    litert_ms = LiteRtModel(tmp / "model.tflite").latency_ms()  # what a phone's runtime does
     runtime_flash = int(profile.runtime_flash_kb * 1024)
     why = ""
     if not int8:
@@ -634,6 +635,7 @@ def _tflite_into(
             "runtime_flash_bytes": runtime_flash,
             "predicted_flash_bytes": int(cost.flash_bytes),
             "flash_vs_predicted": round((size + runtime_flash) / max(cost.flash_bytes, 1) - 1, 4),
+            "litert_host_latency_ms": round(litert_ms, 4),
         },
     }
 
@@ -776,6 +778,11 @@ def _card(
             f"| flash (.tflite + {tfl['runtime_flash_bytes']:,} B runtime) | "
             f"{tfl['predicted_flash_bytes']:,} B | {tfl['flash_bytes']:,} B | "
             f"{_pct(tfl['flash_bytes'], tfl['predicted_flash_bytes'])} |",
+            "",
+        ]
+        lines += [
+            f"The same `.tflite` in LiteRT (XNNPACK, one thread) on the exporting machine: "
+            f"{_f(tfl['litert_host_latency_ms'])} ms per inference (this host, not the board).",
             "",
         ]
         if tfl.get("why_float"):

@@ -6,7 +6,8 @@ calibrated on training rows) when `int8`, else float32, which TFLite Micro runs 
 reference kernels. `write_c_array` writes `model_data.cc`/`.h`, the flatbuffer as the aligned C
 array a firmware links. `TflmModel` runs a `.tflite` in the TFLite Micro Python interpreter
 (reference kernels, the board's memory planner) like a torch module, and reports the arena
-that interpreter allocated (`print_allocations()`).
+that interpreter allocated (`print_allocations()`). `LiteRtModel` runs the same file in LiteRT
+with XNNPACK, as a phone app would, and times it here.
 
 Needs the optional extra `pip install -e ".[tflite]"` (litert-torch, tflite-micro); both are
 imported only inside the functions that use them. A model the converter or TFLite Micro cannot
@@ -29,6 +30,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Arena",
+    "LiteRtModel",
     "TflmModel",
     "convert",
     "missing_extra",
@@ -356,3 +358,68 @@ class TflmModel:
         if len(found) != 3:
             raise RuntimeError(f"unexpected print_allocations() output: {_one_line(text)}")
         return Arena(**found)
+
+
+# --- LiteRT (phones) --------------------------------------------------------------------------
+class LiteRtModel(TflmModel):
+    """The same `.tflite` in LiteRT (`ai-edge-litert`, XNNPACK delegate), as a phone runs it.
+
+    LiteRT comes with litert-torch (the `[tflite]` extra). Its XNNPACK kernels round int8
+    slightly differently from TFLM's reference kernels; outputs agree within a few steps.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int = 1, where: str = "<model>") -> None:
+        _require(where)
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        with _captured_fds():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.litert = Interpreter(model_path=str(self.path), num_threads=threads)
+            self.litert.allocate_tensors()
+        self.input = self.litert.get_input_details()[0]
+        self.output = self.litert.get_output_details()[0]
+        self.input["quantization_parameters"] = _litert_q(self.input)
+        self.output["quantization_parameters"] = _litert_q(self.output)
+        self.invoked = False
+
+    def run_one(self, x: Any) -> Any:
+        import numpy as np
+
+        dtype = self.input["dtype"]
+        q = self._qparams(self.input)
+        if q is not None and np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
+        self.litert.set_tensor(self.input["index"], np.ascontiguousarray(x).astype(dtype))
+        self.litert.invoke()
+        y = np.array(self.litert.get_tensor(self.output["index"]))
+        qo = self._qparams(self.output)
+        if qo is not None and np.issubdtype(y.dtype, np.integer):
+            return (y.astype(np.float32) - qo[1]) * qo[0]
+        return y.astype(np.float32)
+
+    def latency_ms(self, *, repeats: int = 50) -> float:
+        """Median batch-1 latency of `invoke()` on this machine, after a warm-up."""
+        import statistics
+        import time
+
+        import numpy as np
+
+        x = np.zeros(tuple(int(d) for d in self.input["shape"]), self.input["dtype"])
+        self.litert.set_tensor(self.input["index"], x)
+        for _ in range(5):
+            self.litert.invoke()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.litert.invoke()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+
+    def arena(self) -> Arena:
+        raise NotImplementedError("LiteRT has no arena; use TflmModel")
+
+
+def _litert_q(details: dict[str, Any]) -> dict[str, Any]:
+    scale, zero = details.get("quantization", (0.0, 0))
+    return {"scales": [scale] if scale else [], "zero_points": [zero]}

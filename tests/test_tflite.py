@@ -296,3 +296,25 @@ def test_tflm_lut_compression_of_4_bit_weights_runs_but_decodes_into_the_arena(
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     assert np.array_equal(plain.run_one(x), lut.run_one(x))
     assert lut.arena().head >= plain.arena().head + 64 * 16 * 9  # decoded conv weights
+
+
+@needs_extra
+def test_the_tflite_runs_in_litert_with_xnnpack(tmp_path: Path) -> None:
+    from search.tflite import LiteRtModel, TflmModel, convert
+
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    path = convert(
+        model, tmp_path / "m.tflite", input_shape=(1, 8, 8), calib_inputs=torch.randn(64, 1, 8, 8)
+    )
+    x = torch.randn(16, 1, 8, 8)
+    want = model(x).detach()
+    litert = LiteRtModel(path)
+    got = litert(x)
+    assert (got - want).abs().max() < 0.05 * want.abs().max() + 0.02
+    # XNNPACK and TFLM's reference kernels agree on the int8 model within a couple of steps.
+    step = float(litert.output["quantization_parameters"]["scales"][0])
+    assert (got - TflmModel(path)(x)).abs().max() <= 2 * step + 1e-6
+    assert 0 < litert.latency_ms(repeats=5) < 1000
+    fp32 = LiteRtModel(convert(model, tmp_path / "f.tflite", input_shape=(1, 8, 8), int8=False))
+    assert torch.allclose(fp32(x), want, atol=1e-4)

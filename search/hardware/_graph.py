@@ -726,7 +726,7 @@ def _liveness(
     return peak_at(False), peak_at(True), intervals
 
 
-def _same_padding(m: nn.Module, in_shape: tuple[int, ...] | None) -> bool:
+def _same_padding(m: Any, in_shape: tuple[int, ...] | None) -> bool:
     """Whether a conv's zero padding is what TFLite's SAME (or VALID) gives: no PAD op then.
 
     The converter maps other paddings to an explicit PAD in front of the conv (TF's SAME pads
@@ -738,7 +738,7 @@ def _same_padding(m: nn.Module, in_shape: tuple[int, ...] | None) -> bool:
     pads = tuple(pad) if isinstance(pad, (tuple, list)) else (pad, pad)
     if not any(pads):
         return True
-    for p, k, s, d, n in zip(pads, m.kernel_size, m.stride, m.dilation, in_shape[2:]):  # type: ignore[attr-defined]
+    for p, k, s, d, n in zip(pads, m.kernel_size, m.stride, m.dilation, in_shape[2:]):
         ke = (k - 1) * d + 1
         total = max((-(-n // s) - 1) * s + ke - n, 0)
         if (total // 2, total - total // 2) != (p, p):
@@ -786,15 +786,16 @@ def _tflm_graph(
             if isinstance(m, nn.modules.conv._ConvNd) and ins:
                 in_shape = shapes[ins[0].name]
                 if not _same_padding(m, in_shape):
-                    pads = m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2
+                    pad: Any = m.padding
+                    pads = pad if isinstance(pad, tuple) else (pad,) * 2
                     padded = in_shape[0] * in_shape[1]
                     for n_, p in zip(in_shape[2:], pads):
                         padded *= n_ + 2 * int(p)
                     ops.append(("pad", 0))
                     buffers.append((padded, i - 1, i))
-                    src = _buffer_root(ins[0], kind_of)
-                    if src in live and live[src][2] == i:
-                        live[src][2] = i - 1  # the PAD is its last reader now
+                    root = _buffer_root(ins[0], kind_of)
+                    if root in live and live[root][2] == i:
+                        live[root][2] = i - 1  # the PAD is its last reader now
                 groups = getattr(m, "groups", 1)
                 dw = groups > 1 and groups == m.in_channels
                 ops.append(("dwconv" if dw else "conv", int(m.out_channels)))
