@@ -527,7 +527,7 @@ def _layers(run: RunData) -> Any | None:
         rows=3,
         cols=1,
         shared_xaxes=True,
-        vertical_spacing=0.06,
+        vertical_spacing=0.1,
         subplot_titles=("weight bits", "prune ratio (channels removed)", "kept rank fraction"),
     )
     per = 3
@@ -602,9 +602,10 @@ def _layers(run: RunData) -> Any | None:
         margin={"l": 60, "r": 20, "t": 110, "b": 60},
         template="plotly_white",
     )
-    fig.update_yaxes(range=[0, 33], row=1, col=1)
-    fig.update_yaxes(range=[0, 1], row=2, col=1)
-    fig.update_yaxes(range=[0, 1.05], row=3, col=1)
+    # Headroom above each panel's top value for the bar labels, clear of the next title.
+    fig.update_yaxes(range=[0, 38], row=1, col=1)
+    fig.update_yaxes(range=[0, 1.2], row=2, col=1)
+    fig.update_yaxes(range=[0, 1.2], row=3, col=1)
     return fig
 
 
@@ -674,18 +675,21 @@ def _why(run: RunData) -> Any | None:
                     col=col,
                 )
         titles.append(
-            [f"{label}: {_why_total(sh, key, unit)}" for key, label, unit in SHARE_FIGURES]
+            [f"{label}<br>{_why_total(sh, key, unit)}" for key, label, unit in SHARE_FIGURES]
         )
     annotations = list(fig.layout.annotations)
 
     def heads(i: int) -> list[dict[str, Any]]:
-        return [{**a.to_plotly_json(), "text": text} for a, text in zip(annotations, titles[i])]
+        return [
+            {**a.to_plotly_json(), "text": text, "font": {"size": 12}}
+            for a, text in zip(annotations, titles[i])
+        ]
 
     def title(i: int) -> str:
         t, sh = data[i]
         tag = " (knee)" if t.number == run.knee else ""
         note = "; a student network: its layers replace the base model's" if sh.student else ""
-        return f"Why trial {t.number}{tag}: {html.escape(t.plan_text)}{note}"
+        return f"Why trial {t.number}{tag}<br><sup>{html.escape(t.plan_text)}{note}</sup>"
 
     buttons = []
     for i, (t, _sh) in enumerate(data):
@@ -706,7 +710,7 @@ def _why(run: RunData) -> Any | None:
         barmode="group",
         bargap=0.25,
         height=max(380, 22 * n_layers + 190),
-        margin={"l": 90, "r": 20, "t": 110, "b": 60},
+        margin={"l": 90, "r": 20, "t": 140, "b": 40},
         template="plotly_white",
         legend={"orientation": "h", "y": -0.08, "x": 0.0},
         updatemenus=[
@@ -716,16 +720,13 @@ def _why(run: RunData) -> Any | None:
                 "xanchor": "right",
                 "y": 1.0,
                 "yanchor": "bottom",
-                "pad": {"b": 28},
+                "pad": {"b": 52},
                 "showactive": True,
             }
         ],
     )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(tickformat=".0%", rangemode="tozero")
-    fig.update_xaxes(
-        title_text="share of the base model's total (activations: of its peak)", row=1, col=2
-    )
     return fig
 
 

@@ -358,8 +358,9 @@ def test_why_this_plan_figure(costed, run) -> None:
     assert list(first[1].x) == pytest.approx([0.05, 0.125, 0.05, 0.025])  # the plan's
     assert "conv2</b> (conv) w4 p10% r0.5" in first[1].hovertext[1]
     heads = [a.text for a in fig.layout.annotations]
-    assert heads[0] == "latency: 4 ms \u2192 1 ms (25%)"
-    assert heads[1] == "weight bytes: 4.88 kB \u2192 1.17 kB (24%)"
+    assert heads[0] == "latency<br>4 ms \u2192 1 ms (25%)"
+    assert heads[1] == "weight bytes<br>4.88 kB \u2192 1.17 kB (24%)"
+    assert heads[2] == "peak activations<br>800 B \u2192 200 B (25%)"
     buttons = fig.layout.updatemenus[0].buttons
     assert buttons[0].label == "trial 1 (knee)" and len(buttons) == n
     assert "Why trial 1 (knee)" in fig.layout.title.text
