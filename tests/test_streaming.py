@@ -197,3 +197,74 @@ def test_step_budgets_are_spelled_in_the_experiment():
     assert rec.steps_for(False) == 100 and rec.steps_for(True) == 300
     assert rec.steps_for(False, refine=True) == 100  # never shorter than the search's
     assert Recovery().steps_for(False) is None  # epochs, as before
+
+
+IMAGEFOLDER_TASK = """\
+import torchvision
+from torchvision import datasets, transforms
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def make_model():
+    return torchvision.models.mobilenet_v2(num_classes=3)
+
+
+def load_data():
+    train_tf = transforms.Compose([
+        transforms.RandomResizedCrop(32, scale=(0.8, 1.0)), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(MEAN, STD),
+    ])
+    eval_tf = transforms.Compose([
+        transforms.Resize(36), transforms.CenterCrop(32),
+        transforms.ToTensor(), transforms.Normalize(MEAN, STD),
+    ])
+    root = "data/shapes"
+    return (
+        datasets.ImageFolder(f"{root}/train", train_tf),
+        datasets.ImageFolder(f"{root}/val", eval_tf),
+        datasets.ImageFolder(f"{root}/test", eval_tf),
+    )
+"""
+
+
+def test_readme_torchvision_model_on_an_image_folder_with_a_step_budget(in_tmp: Path):
+    """The README's "Bring your own model": torchvision MobileNetV2, an ImageFolder of JPEGs
+    with augmentation, base training and recovery budgeted in steps, a validation subset."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        for c, colour in enumerate(("red", "green", "blue")):
+            folder = in_tmp / "data" / "shapes" / split / colour
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(40, 40, 3, generator=g) * 80).to(torch.uint8)
+                pixels[..., c] += 150
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.jpg")
+    (in_tmp / "mytask.py").write_text(IMAGEFOLDER_TASK)
+    (in_tmp / "tiny_space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    exp = {
+        "name": "folder",
+        "task": {
+            "model": "mytask:make_model",
+            "data": "mytask:load_data",
+            "input_shape": [3, 32, 32],
+            "num_classes": 3,
+            "train_steps": 3,
+            "workers": 1,
+            "val_subset": 9,
+        },
+        "target": "phone",
+        "space": "tiny_space.yaml",
+        "max_accuracy_drop": None,
+        "trials": 2,
+        "recovery": {"steps": 2, "batch_size": 8, "early_stop": False, "refine_top_k": 1},
+    }
+    (in_tmp / "folder.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    sys.modules.pop("mytask", None)
+    assert main(["run", "folder.yaml", "--out", "run", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="folder", storage=f"sqlite:///{in_tmp}/run/study.db")
+    assert [t.user_attrs.get("status") for t in study.trials].count("trained") >= 1
+    refined = study.user_attrs["refined"]
+    assert refined and all(r["steps"] == 2 for r in refined.values())

@@ -437,6 +437,10 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if result.get("notes"):
         lines += ["Notes:", "", *[f"- {n}" for n in result["notes"]], ""]
+    if result.get("real_sized"):  # written by scale_real.py
+        from scale_real import markdown as real_sized_markdown
+
+        lines += [real_sized_markdown(result["real_sized"])]
     return "\n".join(lines)
 
 
@@ -572,6 +576,11 @@ def main() -> None:
 
 def write(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "scale.json"
+    if "real_sized" not in result and earlier.is_file():  # scale_real.py's section stays
+        kept = json.loads(earlier.read_text()).get("real_sized")
+        if kept:
+            result["real_sized"] = kept
     (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "scale.md").write_text(markdown(result))
 
