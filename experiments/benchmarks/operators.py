@@ -138,9 +138,10 @@ def main() -> None:
         )
 
     start = time.perf_counter()
-    teacher = predict(task.base_model, task.train[0])
+    x_train = task.train.dataset.tensors[0]  # digits: an in-memory TensorDataset
+    teacher = predict(task.base_model, x_train)
     teacher_s = time.perf_counter() - start
-    assert teacher.shape[0] == len(task.train[0])
+    assert teacher.shape[0] == len(x_train)
 
     rows = []
     for operator, strength, plan in plans(layers_for):
@@ -225,7 +226,7 @@ def _onnx_accuracy(model: nn.Module, task) -> float:
         path = export_onnx(model, Path(tmp) / "q.onnx", input_shape=task.input_shape, int8=True,
                            calib_inputs=task.calibration_inputs(256))  # fmt: skip
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        x, y = task.test
+        x, y = task.test.dataset.tensors
         logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     return round(classification_metrics(logits, y, task.num_classes)["accuracy"], 4)
 
