@@ -2,7 +2,7 @@
 
 The browser test drives Chromium over the DevTools protocol on a pipe (stdlib only): it records
 console errors, uncaught exceptions and every network request, then takes a screenshot.
-Regenerate the README screenshot with `python tests/test_report.py RUN_DIR OUT.png`.
+Regenerate the README screenshots with `python tests/test_report.py RUN_DIR OUT.png WHY.png`.
 """
 
 from __future__ import annotations
@@ -462,15 +462,27 @@ class Chromium:
             time.sleep(0.25)
         raise TimeoutError(f"page not ready after {timeout} s: {ready}")
 
-    def screenshot(self, *, scale: float = 1.0, until: str | None = None) -> bytes:
-        """PNG of the viewport, or of the page down to the bottom of the element `until`."""
+    def screenshot(
+        self, *, scale: float = 1.0, until: str | None = None, start: str | None = None
+    ) -> bytes:
+        """PNG of the viewport, or of the page down to the bottom of the element `until`
+        (from the top of the element `start`, else of the page)."""
         width, height = self.eval("[window.innerWidth, window.innerHeight]")
-        if until is not None:
-            height = self.eval(
-                f"document.querySelector({json.dumps(until)}).getBoundingClientRect().bottom"
-                " + window.scrollY + 8"
+        top = 0
+        if start is not None:
+            top = self.eval(
+                f"document.querySelector({json.dumps(start)}).getBoundingClientRect().top"
+                " + window.scrollY - 8"
             )
-        clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": scale}
+        if until is not None:
+            height = (
+                self.eval(
+                    f"document.querySelector({json.dumps(until)}).getBoundingClientRect().bottom"
+                    " + window.scrollY + 8"
+                )
+                - top
+            )
+        clip = {"x": 0, "y": top, "width": width, "height": height, "scale": scale}
         data = self.send(
             "Page.captureScreenshot",
             {"format": "png", "clip": clip, "captureBeyondViewport": until is not None},
@@ -599,19 +611,25 @@ def test_report_in_headless_chromium(costed, tmp_path: Path, width: int) -> None
 
 
 def main(argv: list[str]) -> int:
-    """`python tests/test_report.py RUN_DIR OUT.png`: screenshot a run's report (README)."""
+    """`python tests/test_report.py RUN_DIR OUT.png [WHY.png]`: screenshot a run's report for
+    the README: the header and the Pareto fronts, and optionally the why-this-plan view."""
     run_dir, out = Path(argv[0]), Path(argv[1])
+    why = Path(argv[2]) if len(argv) > 2 else None
     browser = Chromium(width=1280, height=900)
     try:
         browser.open(run_dir / "report.html", ready=PLOT_READY)
         time.sleep(1.0)
         problems = browser.problems()
         # The header and the first row of Pareto fronts.
-        png = browser.screenshot(scale=0.75, until=".grid > div")
+        shots = {out: browser.screenshot(scale=0.75, until=".grid > div")}
+        if why is not None:
+            shots[why] = browser.screenshot(scale=0.75, start="#fig-why", until="#fig-why")
     finally:
         browser.close()
-    out.write_bytes(png)
-    print(f"wrote {out} ({len(png) // 1024} kB); console problems: {problems or 'none'}")
+    for path, png in shots.items():
+        path.write_bytes(png)
+        print(f"wrote {path} ({len(png) // 1024} kB)")
+    print(f"console problems: {problems or 'none'}")
     return 0
 
 
