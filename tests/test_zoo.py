@@ -70,3 +70,12 @@ def test_depthwise_share_tells_the_families_apart() -> None:
     assert "dwconv" in kinds["ds_cnn"] and "dwconv" in kinds["mobilenet_v1_025"]
     assert "dwconv" not in kinds["resnet8"]
     assert kinds["fc_autoencoder"] <= {"linear", "elementwise"}
+
+
+def test_mlperf_detectors_match_published_size() -> None:
+    """SSD-ResNet34 at 1200x1200: 433.4 GFLOPs (2 per MAC) and 20.1 M parameters."""
+    entry = REFERENCE_NETWORKS["ssd_resnet34"]
+    model = reference_network("ssd_resnet34")
+    macs = sum(k.macs for k in summarize(model, (1, *entry.input_shape)).kernels)
+    assert 2 * macs == pytest.approx(433.4e9, rel=0.01)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(20.06e6, rel=0.01)

@@ -193,6 +193,99 @@ class FCAutoEncoder(nn.Module):
         return self.net(x)
 
 
+# -- MLPerf Inference detectors (GPU rows): the networks without box decoding and NMS ----------
+
+
+class _SSDHeads(nn.Module):
+    """Per feature map: a box and a class conv (what SSD adds after its backbone)."""
+
+    def __init__(
+        self, channels: tuple[int, ...], anchors: tuple[int, ...], classes: int, kernel: int
+    ) -> None:
+        super().__init__()
+        pad, stride = (1, 3) if kernel == 3 else (0, 1)
+        self.boxes = nn.ModuleList(
+            nn.Conv2d(c, a * 4, kernel, stride, pad) for c, a in zip(channels, anchors)
+        )
+        self.scores = nn.ModuleList(
+            nn.Conv2d(c, a * classes, kernel, stride, pad) for c, a in zip(channels, anchors)
+        )
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        outs = []
+        for x, box, score in zip(maps, self.boxes, self.scores):
+            outs.append(torch.flatten(box(x), 1))
+            outs.append(torch.flatten(score(x), 1))
+        return torch.cat(outs, 1)
+
+
+def _extra(cin: int, mid: int, cout: int, stride: int = 2, pad: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, mid, 1), nn.ReLU(), nn.Conv2d(mid, cout, 3, stride, pad), nn.ReLU()
+    )
+
+
+class SSDMobileNetV1(nn.Module):
+    """MLPerf Inference SSD-MobileNet-v1 (300x300, COCO 91 classes; mlcommons/inference
+    ssd_mobilenet_v1.py): MobileNetV1 taps at 19x19x512 and 10x10x1024, four extra blocks, 1x1
+    box and class convs (3 anchors on the first map, 6 on the others)."""
+
+    def __init__(self, classes: int = 91) -> None:
+        super().__init__()
+        self.features = MobileNetV1(1.0, classes, act=nn.ReLU6).features
+        self.extras = nn.ModuleList(
+            [_extra(1024, 256, 512), _extra(512, 128, 256), _extra(256, 128, 256)]
+            + [_extra(256, 64, 128)]
+        )
+        self.heads = _SSDHeads((512, 1024, 512, 256, 256, 128), (3, 6, 6, 6, 6, 6), classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in (22, 26):  # the pointwise outputs of blocks 11 and 13
+                maps.append(x)
+        for block in self.extras:
+            x = block(x)
+            maps.append(x)
+        return self.heads(maps)
+
+
+class SSDResNet34(nn.Module):
+    """MLPerf Inference SSD-ResNet34 (1200x1200, COCO 81 classes; mlcommons/inference
+    ssd_r34.py): ResNet-34 through layer3 with layer3 at stride 1 (150x150x256), five extra
+    blocks, 3x3 stride-3 box and class convs on maps of 50, 25, 13, 7, 3, 3."""
+
+    def __init__(self, classes: int = 81) -> None:
+        super().__init__()
+        import torchvision
+
+        r = torchvision.models.resnet34(weights=None)
+        r.layer3[0].conv1.stride = (1, 1)
+        r.layer3[0].downsample[0].stride = (1, 1)
+        self.backbone = nn.Sequential(
+            r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3
+        )
+        self.extras = nn.ModuleList(
+            [
+                _extra(256, 256, 512),
+                _extra(512, 256, 512),
+                _extra(512, 128, 256),
+                _extra(256, 128, 256, pad=0),
+                _extra(256, 128, 256, stride=1, pad=0),
+            ]
+        )
+        self.heads = _SSDHeads((256, 512, 512, 256, 256, 256), (4, 6, 6, 6, 4, 4), classes, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.backbone(x)
+        maps = [x]
+        for block in self.extras:
+            x = block(x)
+            maps.append(x)
+        return self.heads(maps)
+
+
 # -- Builders ------------------------------------------------------------------------------------
 
 
@@ -370,6 +463,21 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_torchvision, "efficientnet_b0"),
             "depthwise",
             "torchvision EfficientNet-B0, 224x224x3: 0.39 G MACs, 5.3 M params",
+        ),
+        _entry(
+            "ssd_mobilenet_v1",
+            (3, 300, 300),
+            lambda: _eval(SSDMobileNetV1()),
+            "depthwise",
+            "MLPerf Inference SSD-MobileNet-v1, 300x300, COCO: 1.2 G MACs (no box decoding/NMS)",
+        ),
+        _entry(
+            "ssd_resnet34",
+            (3, 1200, 1200),
+            lambda: _eval(SSDResNet34()),
+            "dense-cnn",
+            "MLPerf Inference SSD-ResNet34, 1200x1200, COCO: 433 GFLOPs, 20 M params "
+            "(no box decoding/NMS)",
         ),
         _entry(
             "inception_v3",
