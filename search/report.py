@@ -973,7 +973,8 @@ def report_html(run: RunData) -> str:
             "Each layer's latency, weight bytes and activation memory (the bytes it reads and "
             "writes; the largest layer sets the peak) in the base model and in the plan, as a "
             "share of the base model's total (activations: of its peak), from the cost model's "
-            "rows recorded at search time. Pick a front plan from the menu.",
+            "rows recorded at search time; the totals leave out the per-inference overhead, "
+            "which is no layer's. Pick a front plan from the menu.",
         ),
     ]
     for name, title, note in sections:
