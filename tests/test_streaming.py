@@ -268,3 +268,16 @@ def test_readme_torchvision_model_on_an_image_folder_with_a_step_budget(in_tmp: 
     assert [t.user_attrs.get("status") for t in study.trials].count("trained") >= 1
     refined = study.user_attrs["refined"]
     assert refined and all(r["steps"] == 2 for r in refined.values())
+
+
+def test_one_gpu_per_worker_follows_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch):
+    """`--jobs N` with `device: cuda`: worker k sees GPU k mod N of those this process may use
+    (the parent keeps the first); an unset variable means every GPU of the machine."""
+    from search.parallel import gpu_ids
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert gpu_ids() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert gpu_ids() == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_ids() == [str(i) for i in range(torch.cuda.device_count())]
