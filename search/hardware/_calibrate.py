@@ -842,6 +842,12 @@ def _host_channel_block() -> int:
     return 1
 
 
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
 def _host_ram_kb() -> float:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -954,6 +960,11 @@ def calibrate_host(
             "fused_add": True,
             "channel_block": _host_channel_block(),
             "unaligned_efficiency": {"conv": 0.7, "dwconv": 0.3},
+            "runtime": {
+                "name": "ONNX Runtime (CPU execution provider)",
+                "version": _onnxruntime_version(),
+                "note": f"fp32, sequential, ORT_ENABLE_ALL, {threads} thread(s)",
+            },
         },
         file=str(out_path or "<host>"),
     )
