@@ -1,7 +1,9 @@
 """report.html: a self-contained, offline review page drawn only from `search.pareto.RunData`.
 
 plotly.js is inlined once, so the file opens without a network. Figures are built by small pure
-functions (`figures(run)` returns them by name) so tests can inspect them without a browser.
+functions (`figures(run)` returns them by name) so tests can inspect them without a browser; the
+numbers they plot beyond the trial records (summary features, per-layer shares, the latency
+band) come from `search.plan_summary`.
 """
 
 from __future__ import annotations
@@ -469,6 +471,8 @@ def _parcoords(run: RunData) -> Any | None:
                 ],
             },
             dimensions=dims,
+            labelfont={"size": 11},
+            tickfont={"size": 10},
         )
     )
     fig.update_layout(
