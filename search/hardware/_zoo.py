@@ -299,6 +299,15 @@ def _torchvision(name: str, **kwargs: object) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
+def _resnet50_v1() -> nn.Module:
+    """ResNet-50 v1 (Caffe-style): the stride of a downsampling bottleneck on its first 1x1 conv,
+    not on the 3x3 as in torchvision's v1.5 (3.9 vs 4.1 G MACs)."""
+    model = _torchvision("resnet50")
+    for stage in (model.layer2, model.layer3, model.layer4):
+        stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
+    return model
+
+
 def _mobilenet_v2(alpha: float, classes: int) -> nn.Module:
     # torchvision's width rounding matches Keras's MobileNetV2 (_make_divisible by 8; the last
     # conv stays 1280 for alpha < 1).
@@ -456,6 +465,13 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_torchvision, "resnet50"),
             "dense-cnn",
             "torchvision ResNet-50 (v1.5), 224x224x3: 4.1 G MACs, 25.6 M params",
+        ),
+        _entry(
+            "resnet50_v1",
+            (3, 224, 224),
+            _resnet50_v1,
+            "dense-cnn",
+            "ResNet-50 v1 (Caffe-style, stride on the 1x1), 224x224x3: 3.9 G MACs, 25.6 M params",
         ),
         _entry(
             "efficientnet_b0",
