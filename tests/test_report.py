@@ -347,6 +347,28 @@ def test_why_this_plan_for_a_student(costed) -> None:
     assert block.after["activation_bytes"] == 80
 
 
+def test_why_this_plan_from_a_real_search(in_tmp: Path) -> None:
+    from search.config import load_experiment
+    from search.study import run_search
+    from tests._tiny import write_tiny_experiment
+
+    exp = load_experiment(write_tiny_experiment(in_tmp, trials=4)).with_overrides(out="run")
+    result = run_search(exp, progress=False, log=lambda _m: None)
+    real = load_run(result.storage_url, exp.name)
+    overhead_ms = real.profile["model_overhead_us"] / 1000
+    # The search records the cost model's rows: they add up to the predicted latency.
+    base = sum(row[2] for row in real.base_layer_costs) + overhead_ms
+    assert base == pytest.approx(real.base_metrics["latency_ms"], rel=1e-4)
+    assert real.front
+    for t in real.front_trials:
+        sh = layer_shares(real, t)
+        assert sh is not None and not sh.student
+        assert [s.layer for s in sh.layers] == [row[0] for row in real.base_layer_costs]
+        latency = sh.total("latency_ms", "after") + overhead_ms
+        assert latency == pytest.approx(t.value("latency_ms"), rel=1e-4)
+    assert "why" in figures(real)
+
+
 def test_why_this_plan_figure(costed, run) -> None:
     fig = figures(costed)["why"]
     n = len(costed.front)
