@@ -960,7 +960,13 @@ def report_html(run: RunData) -> str:
     parts.append('<div class="grid">' + "".join(div(k) for k in fronts) + "</div>")
     sections = [
         ("front_3d", "3-D view", ""),
-        ("parcoords", "Plan parameters", "Drag along an axis to filter."),
+        (
+            "parcoords",
+            "Plan parameters",
+            "Every plan in a few numbers: "
+            + "; ".join(f"{k}: {v}" for k, v in FEATURES.items())
+            + ". Per-layer detail: the per-layer view below. Drag along an axis to filter.",
+        ),
         (
             "hypervolume",
             "Hypervolume history",
