@@ -842,6 +842,11 @@ def _card(
             f"| {_f(m.get('latency_ms'))} ms | {_f(m['measured_latency_ms'])} ms | "
             f"{prof.get('threads', 1)} |",
         ]
+    elif tfl:
+        lines.append(
+            f"Not measured on the board: `{prof.get('name')}` is not this machine. The "
+            f"`.tflite` ran in LiteRT here in {_f(tfl['litert_host_latency_ms'])} ms (see above)."
+        )
     else:
         lines.append(
             f"Not measured: `{prof.get('name')}` is not this machine (the host "

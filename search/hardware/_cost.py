@@ -204,16 +204,24 @@ def estimate_cost(
     )
     peak = int(math.ceil(peak_elems * act_bytes))
     tail = 0
+    stored = weight_bytes
     if profile.memory_planner == "tflm" and summary.tflm_buffers:
-        # TFLite Micro: its greedy planner's arena head, plus the persistent tail.
+        # TFLite Micro runs what `export --format tflite` writes: full-integer int8 when every
+        # layer and the activations are at 8 bits, else float32 throughout (its float kernels).
+        layers = [k.layer for k in summary.kernels if k.kind in COMPUTE_KINDS and k.layer]
+        int8 = activation_bits == 8 and all(layer_bits.get(k, 32) == 8 for k in layers)
+        if not int8:
+            act_bytes = 4
+            _, stored = price_kernels(
+                summary.kernels, profile, layer_bits={}, activation_bits=32, layer_density={}
+            )
+            stored += (summary.other_param_numel + summary.folded_bias_numel) * 4
+        # Its greedy planner's arena head, the persistent tail, the flatbuffer's own tables.
         peak = greedy_plan([(math.ceil(e * act_bytes), s, t) for e, s, t in summary.tflm_buffers])
         tail = arena_tail(summary.tflm_ops, len(summary.tflm_buffers))
+        stored += flatbuffer_overhead(summary.tflm_ops, len(summary.tflm_buffers), int8=int8)
     memory = peak + tail + (weight_bytes if profile.weights_in == "ram" else 0)
-    flash = weight_bytes + int(profile.runtime_flash_kb * 1024)
-    if profile.memory_planner == "tflm" and summary.tflm_buffers:
-        flash += flatbuffer_overhead(
-            summary.tflm_ops, len(summary.tflm_buffers), int8=activation_bits == 8
-        )
+    flash = stored + int(profile.runtime_flash_kb * 1024)
     latency = sum(r.latency_ms for r in rows) + profile.model_overhead_us * 1e-3
     return CostReport(
         params=summary.params,
