@@ -2,8 +2,9 @@
 
     python experiments/benchmarks/_device_memory.py   # alone: prints the markdown
 
-`memory_section()` (called by devices.py) converts each network below to a full-integer int8
-`.tflite` (litert-torch + PT2E, `search.tflite.convert`), runs it in the TFLite Micro Python
+`memory_section()` (called by devices.py) converts each network below to a `.tflite` as
+`export --format tflite` does (full-integer int8 when every layer is at 8 bits, else float32;
+litert-torch + PT2E, `search.tflite.convert`), runs it in the TFLite Micro Python
 interpreter and reads the arena it allocated (`print_allocations()` after `invoke()`), then
 compares:
 
@@ -108,28 +109,45 @@ def _digits_plans() -> dict[str, CompressionPlan]:
         "digits: ShuffleNetV2 student x0.5 int8": CompressionPlan(
             architecture=ArchitectureConfig("shufflenetv2", 0.5, 1), quantize=int8
         ),
+        # Wider than 8 bits: the export is float32, which TFLM runs on its float kernels.
+        "digits: pruned 25% w16 a8 (float32 in TFLM)": CompressionPlan(
+            prune=PruneConfig(global_ratio=0.25),
+            quantize=QuantizeConfig(default_weight_bits=16, activation_bits=8),
+        ),
     }
 
 
-def networks() -> list[tuple[str, str, Callable[[], tuple[nn.Module, tuple[int, ...]]]]]:
-    """(name, kind, build) for every network checked; build returns (model, input shape)."""
-    out: list[tuple[str, str, Callable[[], tuple[nn.Module, tuple[int, ...]]]]] = []
+Built = tuple[nn.Module, tuple[int, ...], dict[str, int]]
+
+
+def _int8(model: nn.Module, shape: tuple[int, ...]) -> Built:
+    return model, shape, {x.name: 8 for x in compressible_layers(model)}
+
+
+def networks() -> list[tuple[str, str, Callable[[], Built]]]:
+    """(name, kind, build) for every network checked; build returns (model, input shape,
+    weight bits per layer); activations are at 8 bits."""
+    out: list[tuple[str, str, Callable[[], Built]]] = []
     for name in REFERENCES:
         out.append(
             (
                 name,
                 "reference",
-                lambda n=name: (reference_network(n), tuple(REFERENCE_NETWORKS[n].input_shape)),
+                lambda n=name: _int8(
+                    reference_network(n), tuple(REFERENCE_NETWORKS[n].input_shape)
+                ),
             )
         )
     for name, plan in _digits_plans().items():
         kind = "student" if plan.architecture.family != "base" else "digits plan"
         out.append((name, kind, lambda p=plan: _digits_model(p)))
-    out.append(("user net (add, concat, depthwise)", "user", lambda: (UserNet(), (3, 32, 32))))
+    out.append(
+        ("user net (add, concat, depthwise)", "user", lambda: _int8(UserNet(), (3, 32, 32)))
+    )
     return out
 
 
-def _digits_model(plan: CompressionPlan) -> tuple[nn.Module, tuple[int, ...]]:
+def _digits_model(plan: CompressionPlan) -> Built:
     from search.tasks import DigitsCNN
 
     torch.manual_seed(0)
@@ -140,7 +158,7 @@ def _digits_model(plan: CompressionPlan) -> tuple[nn.Module, tuple[int, ...]]:
     done = compress(
         plan, base, input_shape=shape, num_classes=10, calib_inputs=x, grad_batch=(x, y)
     )
-    return done.model.eval(), shape
+    return done.model.eval(), shape, dict(done.layer_bits)
 
 
 def measure(name: str, kind: str, build: Callable[[], Any], profile: Any) -> dict[str, Any]:
@@ -148,8 +166,8 @@ def measure(name: str, kind: str, build: Callable[[], Any], profile: Any) -> dic
     from search.errors import ConfigError
     from search.tflite import TflmModel, convert, operators
 
-    model, shape = build()
-    bits = {x.name: 8 for x in compressible_layers(model)}
+    model, shape, bits = build()
+    int8 = all(b == 8 for b in bits.values())
     cost = estimate_cost(model, shape, profile, layer_bits=bits, activation_bits=8)
     old = estimate_cost(
         model,
@@ -159,13 +177,16 @@ def measure(name: str, kind: str, build: Callable[[], Any], profile: Any) -> dic
         activation_bits=8,
     )
     row: dict[str, Any] = {"network": name, "kind": kind, "input_shape": list(shape)}
+    row["tflite_kind"] = "int8" if int8 else "float32"
     row["macs"] = int(cost.macs)
     row["params"] = int(cost.params)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.tflite"
         try:
-            convert(model, path, input_shape=shape, calib_inputs=torch.randn(32, *shape))
+            convert(
+                model, path, input_shape=shape, calib_inputs=torch.randn(32, *shape), int8=int8
+            )
             tflm = TflmModel(path)
             arena = tflm.arena()
         except ConfigError as exc:
