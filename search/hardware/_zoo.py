@@ -302,9 +302,13 @@ def _torchvision(name: str, **kwargs: object) -> nn.Module:
 def _resnet50_v1() -> nn.Module:
     """ResNet-50 v1 (Caffe-style): the stride of a downsampling bottleneck on its first 1x1 conv,
     not on the 3x3 as in torchvision's v1.5 (3.9 vs 4.1 G MACs)."""
-    model = _torchvision("resnet50")
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None).eval()
     for stage in (model.layer2, model.layer3, model.layer4):
-        stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
+        block = stage[0]
+        assert isinstance(block, torchvision.models.resnet.Bottleneck)
+        block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
     return model
 
 
