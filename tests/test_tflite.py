@@ -318,3 +318,24 @@ def test_the_tflite_runs_in_litert_with_xnnpack(tmp_path: Path) -> None:
     assert 0 < litert.latency_ms(repeats=5) < 1000
     fp32 = LiteRtModel(convert(model, tmp_path / "f.tflite", input_shape=(1, 8, 8), int8=False))
     assert torch.allclose(fp32(x), want, atol=1e-4)
+
+
+def test_export_tflite_without_the_extra_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import search.tflite
+    from search.errors import ConfigError
+    from search.export import export_winner
+
+    try:
+        from test_pareto import make_study
+    except ImportError:
+        from tests.test_pareto import make_study
+
+    make_study(tmp_path / "study.db")
+    monkeypatch.setattr(search.tflite, "missing_extra", lambda: "tflite-micro is not installed")
+    with pytest.raises(ConfigError, match="--format.*tflite-micro is not installed"):
+        export_winner(tmp_path, fmt="tflite")
+    with pytest.raises(ConfigError, match="--format.*'coreml' is not one of"):
+        export_winner(tmp_path, fmt="coreml")
+    assert not (tmp_path / "winner").exists()
