@@ -67,9 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "tflite"],
-        help="onnx (default) or tflite: int8 .tflite + C array, checked in TFLite Micro "
-        '(needs pip install -e ".[tflite]")',
+        choices=["onnx", "onnx-fp16", "tflite"],
+        help="onnx (default; int8 QDQ for 8-bit layers), onnx-fp16 (float16, for GPUs) or "
+        'tflite: int8 .tflite + C array, checked in TFLite Micro (pip install -e ".[tflite]")',
     )
 
     app = sub.add_parser("apply", help="rebuild a winner from its base model and check it")

@@ -43,7 +43,7 @@ __all__ = ["ApplyResult", "ExportResult", "apply_winner", "export_winner"]
 WINNER_FORMAT = "compression-search/winner/1"
 ARTIFACTS = ("model.pt", "model.onnx", "card.md")
 TFLITE_ARTIFACTS = ("model.pt", "model.tflite", "model_data.cc", "model_data.h", "card.md")
-FORMATS = ("onnx", "tflite")
+FORMATS = ("onnx", "onnx-fp16", "tflite")
 ONNX_TOLERANCE = 0.01  # ONNX Runtime vs PyTorch test accuracy: within 1 point
 APPLY_TOLERANCE = 0.005  # apply vs export test accuracy: within 0.5 point
 SIZE_KEYS = ("params", "weight_bytes", "flash_bytes", "state_dict_numel")
@@ -325,7 +325,8 @@ def export_winner(
         out: the winner folder (default `RUN_DIR/winner`).
         allow_infeasible: export even when the trial, or every trial, breaks a budget.
         measure_latency: measure ONNX Runtime latency here; default: only for the host profile.
-        fmt: `onnx` (default) or `tflite` (int8 `.tflite` + C array, checked in TFLite Micro).
+        fmt: `onnx` (default), `onnx-fp16` (float16 ONNX for GPUs: TensorRT, ONNX Runtime's
+            CUDA and TensorRT providers) or `tflite` (int8 `.tflite` + C array, run in TFLM).
 
     Raises:
         ConfigError: unknown trial or pick, nothing feasible (without `allow_infeasible`),
@@ -483,9 +484,11 @@ def _export_into(
             model,
             tmp / "model.onnx",
             input_shape=tuple(task.input_shape),
-            int8=bool(int8_layers),
+            int8=bool(int8_layers) and fmt == "onnx",
             calib_inputs=task.calibration_inputs(CALIBRATION_ROWS),
         )
+        if fmt == "onnx-fp16":
+            _to_float16(tmp / "model.onnx")
         onnx_test = task.evaluate(_OnnxModel(tmp / "model.onnx"), "test")  # type: ignore[arg-type]
         onnx_gap = abs(float(onnx_test[primary]) - float(test[primary]))
         if onnx_gap > ONNX_TOLERANCE:
@@ -543,9 +546,12 @@ def _export_into(
         "constraints": dict(t.constraints),
         "skipped_layers": dict(t.skipped_layers),
         "onnx": {
-            "int8_qdq_layers": int8_layers,
-            "fp32_layers": sorted(k for k, b in compressed.layer_bits.items() if b != 8),
+            "int8_qdq_layers": int8_layers if fmt == "onnx" else [],
+            "fp32_layers": sorted(k for k, b in compressed.layer_bits.items() if b != 8)
+            if fmt == "onnx"
+            else [],
             "activation_bits": compressed.activation_bits,
+            "float16": fmt == "onnx-fp16",
         },
         "profile": dict(run.profile),
         "experiment": dict(run.experiment),
@@ -567,6 +573,14 @@ def _export_into(
         "# A compression-search winner. Rebuild it: python -m search apply winner.yaml\n"
         + yaml.safe_dump(_plain(record), sort_keys=False)
     )
+
+
+def _to_float16(path: Path) -> None:
+    """Rewrite an fp32 ONNX file as float16 (its input and output stay float32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
 
 
 def _tflite_into(
@@ -727,6 +741,11 @@ def _card(
             f"- TFLite: a {'full-integer int8' if tfl['kind'] == 'int8' else 'float32'} "
             f"`.tflite` ({tfl['bytes']:,} bytes, {len(tfl['operators'])} operators)"
             + (f"; float32 because of {tfl['why_float']}." if tfl.get("why_float") else ".")
+        )
+    elif r["onnx"].get("float16"):
+        lines.append(
+            "- ONNX: float16 weights and compute, for GPUs (TensorRT, ONNX Runtime's CUDA and "
+            "TensorRT providers); input and output stay float32."
         )
     else:
         o = r["onnx"]

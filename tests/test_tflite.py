@@ -339,3 +339,21 @@ def test_export_tflite_without_the_extra_is_one_error(
     with pytest.raises(ConfigError, match="--format.*'coreml' is not one of"):
         export_winner(tmp_path, fmt="coreml")
     assert not (tmp_path / "winner").exists()
+
+
+@pytest.mark.slow
+def test_cli_export_onnx_fp16_for_gpus(int8_run: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from search.cli import main
+
+    out = tmp_path / "fp16"
+    assert main(["export", str(int8_run), "--format", "onnx-fp16", "--out", str(out)]) == 0
+    w = yaml.safe_load((out / "winner.yaml").read_text())
+    assert w["onnx"]["float16"] is True and w["onnx"]["int8_qdq_layers"] == []
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert {i.data_type for i in graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    m = w["metrics"]
+    assert abs(m["onnx_test"]["accuracy"] - m["test"]["accuracy"]) <= 0.01
+    assert "float16 weights and compute" in (out / "card.md").read_text()
