@@ -222,6 +222,26 @@ _KEYS = (
 )
 
 
+def unassigned_rows() -> list[dict[str, Any]]:
+    """Published rows no built-in profile models (another core, runtime or GPU), and why."""
+    out = []
+    for file in sorted(set(FILES.values())):
+        with (MEASUREMENTS / file).open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                if not r.get("profile"):
+                    out.append(
+                        {
+                            "network": r["network"] or None,
+                            "model": r["model"],
+                            "board": _board(r),
+                            "runtime": _runtime(r),
+                            "published": float(r["latency_ms"]),
+                            "why": r["why"],
+                        }
+                    )
+    return out
+
+
 def host_section() -> dict[str, Any]:
     path = RESULTS / "predictor.json"
     if not path.is_file():
@@ -314,9 +334,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"{result['setup']['date']}; load average {result['setup']['load_avg_before']} before, "
         f"{result['setup']['load_avg_after']} after.",
         "",
-        "Each profile is fitted (`fit_device`: one MAC rate, depthwise and linear ratios, one "
-        "overhead multiplier, per-inference overhead; priors in devices.py) to the published "
-        "rows of its own runtime. LOO: each row is predicted by a fit without its network.",
+        "Each profile is fitted (`fit_device`: one free MAC rate; depthwise and linear ratios, "
+        "overheads and, on MCUs, the per-output overhead pulled towards the priors in "
+        "devices.py) to the published rows of its own runtime, read through "
+        "`read_measurements`. LOO: each row is predicted by a fit without its network.",
         "",
         "| profile | runtime | rows | networks | within 20 % | within 25 % | within 30 % | "
         "MAPE | p90 error | Spearman |",
@@ -386,6 +407,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 "Left out: " + "; ".join(f"{e['model']} ({e['why']})" for e in sec["excluded"]),
             ]
         md += [""]
+    md += ["## Published rows no profile models", ""]
+    md += ["| model | board | runtime | published ms | why |", "|---|---|---|---:|---|"]
+    for r in result["unassigned"]:
+        md.append(
+            f"| {r['model'][:40]} | {r['board'][:32]} | {r['runtime'][:40]} | "
+            f"{r['published']:g} | {r['why']} |"
+        )
+    md += [""]
     return md
 
 
@@ -424,6 +453,7 @@ def main() -> None:
         },
         "profiles": profiles,
         "host": host,
+        "unassigned": unassigned_rows(),
     }
     memory_md: list[str] = []
     hook = Path(__file__).with_name("_device_memory.py")

@@ -264,13 +264,14 @@ def fit_device(
 ) -> HardwareProfile:
     """Fit `base` to a handful of whole-network measurements with few free parameters.
 
-    Free: one MAC-rate scale (the conv efficiency); the depthwise and linear efficiencies as
-    ratios to it, one multiplier on every layer overhead, and the per-inference overhead, each
-    pulled towards the base profile's value by a prior (`DEVICE_PRIORS`). The element-wise
-    efficiency stays near the base. Five parameters, four of them regularised: a device
-    measured on three or four networks cannot support per-kind overheads, and the base
-    profile's ratios (depthwise slower per MAC than dense) are the physics it falls back on.
-    Least squares on log latency, so every network weighs the same whatever its size.
+    Free: one MAC-rate scale (the conv efficiency). Pulled towards the base profile's value
+    by a prior (`DEVICE_PRIORS`): the depthwise and linear efficiencies as ratios to it, the
+    element-wise efficiency, one multiplier on every layer overhead, the per-inference
+    overhead, the bandwidth (held nearly fixed) and the per-output overhead (only where the
+    base has one). A device measured on three or four networks cannot support per-kind
+    overheads, and the base profile's ratios (depthwise slower per MAC than dense) are the
+    physics it falls back on. Least squares on log latency, so every network weighs the same
+    whatever its size.
     """
     from scipy.optimize import least_squares
 
