@@ -262,7 +262,8 @@ def markdown(s: dict[str, Any]) -> list[str]:
         "## Memory vs TFLite Micro",
         "",
         f"Profile `{s['profile']}` (memory_planner: `{s['memory_planner']}`) against the arena "
-        "the TFLite Micro interpreter allocated for the int8 `.tflite` of each network "
+        "the TFLite Micro interpreter allocated for the `.tflite` of each network (int8; float32 "
+        "where the name says so) "
         "(`print_allocations()` after `invoke()`), and against the `.tflite` size plus the "
         f"profile's runtime ({s['runtime_flash_bytes']:,} B).",
         "",

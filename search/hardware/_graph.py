@@ -620,7 +620,10 @@ def _summarize_fx(model: nn.Module, input_shape: tuple[int, ...]) -> GraphSummar
         kind_of[n] = "elementwise"
 
     peak, peak_ip, intervals = _liveness(nodes, kind_of, shapes, users, modules)
-    tflm_buffers, tflm_ops = _tflm_graph(nodes, kind_of, shapes, users, modules, intervals)
+    try:
+        tflm_buffers, tflm_ops = _tflm_graph(nodes, kind_of, shapes, users, modules, intervals)
+    except Exception:  # noqa: BLE001 - a graph the TFLM model does not know: liveness instead
+        tflm_buffers, tflm_ops = (), ()
     params, conv_lin, other = _param_numels(model)
     # Batch norms folded into a conv leave only that conv's bias behind.
     folded_norm_params = sum(
