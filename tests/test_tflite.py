@@ -121,6 +121,30 @@ def test_operator_tflm_lacks_is_one_error_naming_it(tmp_path: Path) -> None:
         TflmModel(path)
 
 
+class _CumProd(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumprod(self.fc(x), -1)
+
+
+@needs_extra
+def test_operator_the_converter_lacks_is_one_error_naming_it(tmp_path: Path) -> None:
+    from search.errors import ConfigError
+    from search.tflite import convert
+
+    with pytest.raises(ConfigError, match=r"litert-torch cannot convert.*aten\.cumprod"):
+        convert(
+            _CumProd().eval(),
+            tmp_path / "c.tflite",
+            input_shape=(8,),
+            calib_inputs=torch.randn(4, 8),
+        )
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
 @needs_extra
 def test_float_export_runs_in_tflm(tmp_path: Path) -> None:
     from search.tflite import TflmModel, convert
