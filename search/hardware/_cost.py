@@ -212,10 +212,15 @@ def estimate_cost(
         int8 = activation_bits == 8 and all(layer_bits.get(k, 32) == 8 for k in layers)
         if not int8:
             act_bytes = 4
-            _, stored = price_kernels(
-                summary.kernels, profile, layer_bits={}, activation_bits=32, layer_density={}
-            )
-            stored += (summary.other_param_numel + summary.folded_bias_numel) * 4
+        # The flatbuffer stores every weight dense (no sparse format), at 8 bits or float32.
+        _, stored = price_kernels(
+            summary.kernels,
+            profile,
+            layer_bits=layer_bits if int8 else {},
+            activation_bits=activation_bits if int8 else 32,
+            layer_density={},
+        )
+        stored += (summary.other_param_numel + summary.folded_bias_numel) * 4
         # Its greedy planner's arena head, the persistent tail, the flatbuffer's own tables.
         peak = greedy_plan([(math.ceil(e * act_bytes), s, t) for e, s, t in summary.tflm_buffers])
         tail = arena_tail(summary.tflm_ops, len(summary.tflm_buffers))
