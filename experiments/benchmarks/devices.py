@@ -93,7 +93,6 @@ FILES = {
     "phone_npu": "phone_gpu_published.csv",
     "cloud_gpu": "phone_gpu_published.csv",
 }
-TARGETS = {"mcu": ("within_20pct_loo", 0.8), "other": ("within_25pct_loo", 0.7)}
 
 
 def _git_commit() -> str:
@@ -165,12 +164,9 @@ def profile_section(name: str) -> tuple[dict[str, Any], Calibration | None]:
             }
         )
     checks = []
-    check_samples = []
-    try:
-        check_samples = read_measurements(path, profile=name, use="check")
-    except Exception:  # noqa: BLE001 - a profile with no check rows
-        check_samples = []
-    for s, r in zip(check_samples, _rows(path, name, "check")):
+    check_rows = _rows(path, name, "check")
+    check_samples = read_measurements(path, profile=name, use="check") if check_rows else []
+    for s, r in zip(check_samples, check_rows):
         scale = 1.0
         if name in CLOCK_MHZ and r.get("mhz"):
             scale = CLOCK_MHZ[name] / float(r["mhz"])  # same cycles on a slower/faster clock
