@@ -223,6 +223,10 @@ def test_cli_export_tflite(int8_run: Path, capsys: pytest.CaptureFixture[str]) -
     card = (win / "card.md").read_text()
     assert "## Memory in TFLite Micro" in card and "test, TFLite Micro" in card
     assert f"{t['arena']['total']:,} B" in card
+    # apply rebuilds it from the base model and checks every artifact's hash, C array included.
+    from search.export import apply_winner
+
+    assert apply_winner(win / "winner.yaml").ok
 
 
 @needs_extra
