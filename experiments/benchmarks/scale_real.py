@@ -1,7 +1,7 @@
 """Real-sized data: torchvision ResNet-18 and MobileNetV2 at 3x224x224 on an on-disk dataset.
 
     python experiments/benchmarks/scale_real.py [--images 50000] [--small 10000]
-        [--data DIR] [--keep-data]
+        [--data DIR] [--keep-data] [--render]
 
 The benchmark writes a synthetic image dataset (uint8 `.npy` shards of 1,000 images, 10
 classes, 150,528 bytes an image: 7.5 GB for 50,000) into `--data` (default: a folder in the
@@ -235,8 +235,8 @@ print("RESULT " + json.dumps({
 def generate(root: Path, split: str, n: int, seed: int, log: Any) -> None:
     """`n` images of `split` as shards `split-00000.x.npy` (uint8) and `.y.npy` (labels).
     The class shows as a brighter quadrant of one channel: learnable, like a real task."""
-    rng = np.random.default_rng(seed)
     for s in range(0, n, SHARD):
+        rng = np.random.default_rng([seed, s // SHARD])  # a shard is the same when remade
         name = root / f"{split}-{s // SHARD:05d}"
         x_path, y_path = Path(f"{name}.x.npy"), Path(f"{name}.y.npy")
         if x_path.is_file() and y_path.is_file():
@@ -353,7 +353,15 @@ def main() -> None:
     parser.add_argument("--keep-data", action="store_true")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--render", action="store_true", help="only re-render scale.md (and notes) from scale.json"
+    )
     args = parser.parse_args()
+    if args.render:
+        result = json.loads((args.out / "scale.json").read_text())
+        result["real_sized"]["notes"] = notes(result["real_sized"])
+        write(result, args.out)
+        return
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -438,16 +446,21 @@ def main() -> None:
     scale_json = args.out / "scale.json"
     result = json.loads(scale_json.read_text()) if scale_json.is_file() else {}
     result["real_sized"] = real
-    args.out.mkdir(parents=True, exist_ok=True)
-    scale_json.write_text(json.dumps(result, indent=2) + "\n")
+    write(result, args.out)
+    log(f"wrote {scale_json} and {args.out / 'scale.md'}")
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    """scale.json with the `real_sized` section; scale.md with scale.py's sections first."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     if "throughput" in result:
         from scale import markdown as scale_markdown
 
         text = scale_markdown(result)
     else:
-        text = markdown(real)
-    (args.out / "scale.md").write_text(text)
-    log(f"wrote {scale_json} and {args.out / 'scale.md'}")
+        text = markdown(result["real_sized"])
+    (out / "scale.md").write_text(text)
 
 
 def notes(real: dict[str, Any]) -> list[str]:
@@ -463,6 +476,10 @@ def notes(real: dict[str, Any]) -> list[str]:
                 f"the network {b['cost_s']} s; build + cost of a trial's plan "
                 f"{max((t['build_s'] or 0) for t in b['trials'])} s at most."
             )
+    out.append(
+        "Loader workers are forked from the process: their peak RSS counts the pages they share "
+        "with it (copy on write), so it is not memory on top of the process's."
+    )
     t = real["teacher"]
     out.append(
         "Teacher: online costs one teacher forward per recovery step; a disk cache costs one "

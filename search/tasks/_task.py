@@ -53,6 +53,7 @@ class Task:
     _teacher_logits: Tensor | None = field(default=None, repr=False)
     _teacher_model: nn.Module | None = field(default=None, repr=False)
     _rows: dict[int, tuple[Tensor, Any]] = field(default_factory=dict, repr=False)
+    _subsets: dict[str, DataSplit] = field(default_factory=dict, repr=False)
 
     def teacher(self) -> Teacher:
         """The base model as distillation teacher: `teacher(x, rows) -> logits`.
@@ -106,7 +107,9 @@ class Task:
         """Metrics on a split, streamed; `subset`: the search's fixed `val_subset` rows."""
         data = {"val": self.val, "test": self.test, "train": self.train}[split]
         if subset:
-            data = data.subset(self.val_subset)
+            if split not in self._subsets:  # the same rows every time
+                self._subsets[split] = data.subset(self.val_subset)
+            data = self._subsets[split]
         if self.user_evaluate is not None:
             metrics = self.user_evaluate(model, data.dataset)
             return {str(k): float(v) for k, v in metrics.items()}
