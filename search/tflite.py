@@ -130,6 +130,8 @@ def convert(
         ConfigError: the extra is missing, or the converter cannot lower an operator.
     """
     _require(where)
+    if int8 and calib_inputs is None:
+        raise ValueError("int8 conversion needs calib_inputs (training rows)")
     import torch
 
     from .compress._export import folded
@@ -189,7 +191,7 @@ def _convert(model: Any, example: tuple[Any, ...], calib_inputs: Any) -> Any:
 
 
 def _strip_names(path: Path) -> None:
-    """Drop the tensor names (module paths, 5-17 % of a small model's flash) in place.
+    """Drop the tensor names (long module paths, several % of a small model's flash) in place.
 
     TFLM never reads them; the flatbuffer is re-packed and then re-aligned by TFLM's own tool
     (the Python packer does not align buffers). Inputs and outputs keep their signature names.
