@@ -181,6 +181,9 @@ def _report(args: argparse.Namespace) -> int:
     if args.storage:
         if not args.study:
             raise ConfigError("<command line>", "--study", "is required with --storage")
+        from .study import check_storage_url
+
+        check_storage_url(args.storage, "<command line>", "--storage")
         out = Path(args.out or args.run_dir or Path("experiments/runs") / args.study)
         _write_outputs(args.storage, args.study, out, summary=True)
         return 0
@@ -200,6 +203,10 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(
             "<command line>", "run_dir", "give a run folder or --storage and --study"
         )
+    if args.storage:
+        from .study import check_storage_url
+
+        check_storage_url(args.storage, "<command line>", "--storage")
     result = export_winner(
         Path(args.run_dir) if args.run_dir else None,
         storage=args.storage,

@@ -49,25 +49,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_storage(exp: Experiment) -> None:
-    """Refuse a storage URL that cannot work, before anything is trained or written.
+    """Refuse the experiment's storage URL if it cannot work, before anything is trained or
+    written (see `check_storage_url`); the default SQLite file in the run folder is not
+    checked: it is created with the folder."""
+    if exp.storage is not None:
+        check_storage_url(exp.storage, *exp.storage_where)
 
-    A server is connected to once (10 s timeout); a SQLite file's folder must exist. Raises
-    ConfigError naming `--storage` or the file's `storage` field (exit status 2).
+
+def check_storage_url(storage: str, file: str, field: str) -> None:
+    """A server is connected to once (10 s timeout); a SQLite file's folder must exist.
+
+    Raises:
+        ConfigError: naming `file` and `field` (`--storage` or the `storage` field), the
+            password masked (exit status 2).
     """
-    if exp.storage is None:
-        return  # the default: SQLite in the run folder, created with it
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
     from .parallel import public_url
 
-    file, field = exp.storage_where
-    shown = public_url(exp.storage)
+    shown = public_url(storage)
     try:
-        url = make_url(exp.storage)
+        url = make_url(storage)
         url.get_dialect()
     except ImportError as exc:
-        raise ConfigError(file, field, _driver_hint(exp.storage, exc)) from None
+        raise ConfigError(file, field, _driver_hint(storage, exc)) from None
     except Exception as exc:  # malformed URL or unknown database kind
         raise ConfigError(
             file,
@@ -84,7 +90,7 @@ def check_storage(exp: Experiment) -> None:
     try:
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
     except ImportError as exc:
-        raise ConfigError(file, field, _driver_hint(exp.storage, exc)) from None
+        raise ConfigError(file, field, _driver_hint(storage, exc)) from None
     except Exception as exc:
         raise ConfigError(file, field, f"{shown}: {_first_line(exc)}") from None
     try:
