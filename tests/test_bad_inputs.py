@@ -56,6 +56,7 @@ QUICK = {
     "storage_not_a_url",
     "unknown_objective",
     "negative_lr",
+    "zero_recovery_steps",
 }
 
 
