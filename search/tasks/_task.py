@@ -76,8 +76,10 @@ class Task:
                 return logits[rows].to(x.device, non_blocking=True)
 
             return cached
-        if self._teacher_model is None:
-            self._teacher_model = copy.deepcopy(self.base_model).to(self.device).eval()
+        if self._teacher_model is None:  # a copy on a GPU: the base model stays on the CPU
+            on_cpu = torch.device(self.device).type == "cpu"
+            base = self.base_model if on_cpu else copy.deepcopy(self.base_model)
+            self._teacher_model = base.to(self.device).eval()
         model = self._teacher_model
 
         def online(x: Tensor, _rows: Tensor | None) -> Tensor:
