@@ -785,7 +785,7 @@ table.sortable th[data-order=desc]::after{content:" \\25BC"}
 tr.front td{background:#fdecea} tr.knee td{background:#e3f4e1;font-weight:600}
 tr.infeasible td{color:#888} .scroll{max-height:600px;overflow:auto}
 table.sortable td:nth-last-child(2){min-width:260px}
-.note{color:#666;font-size:.85em}
+.note{color:#666;font-size:.85em} td.band{white-space:nowrap}
 """
 
 # Sort on header click: numbers numerically, everything else as text; blanks last.
@@ -830,11 +830,11 @@ class _Band:
 
 def _cell(v: Any) -> str:
     if isinstance(v, _Band):
-        text = _fmt(v.value)
-        if v.error is not None:
-            lo, hi = latency_band(v.value, v.error)
-            text += f" ({lo:.3g}-{hi:.3g})"
-        return f'<td data-v="{html.escape(str(v.value))}">{html.escape(text)}</td>'
+        if v.error is None:
+            return _cell(v.value)
+        lo, hi = latency_band(v.value, v.error)
+        text = f"{v.value:.3g} ({lo:.3g}-{hi:.3g})"
+        return f'<td class="band" data-v="{html.escape(str(v.value))}">{html.escape(text)}</td>'
     raw = "" if v is None else (str(int(v)) if isinstance(v, bool) else str(v))
     return f'<td data-v="{html.escape(raw)}">{html.escape(_fmt(v))}</td>'
 

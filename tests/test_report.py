@@ -259,7 +259,10 @@ def test_latency_band_in_hover_bars_header_and_table(costed, run) -> None:
     assert fig.layout.title.text.endswith("±p90")
     text = report_html(costed)
     assert "measured error ±20% (p90, test rows); budget checked against the prediction" in text
-    assert "latency (ms) ±p90</th>" in text and '<td data-v="1.0">1 (0.8-1.2)</td>' in text
+    assert (
+        "latency (ms) ±p90</th>" in text
+        and '<td class="band" data-v="1.0">1 (0.8-1.2)</td>' in text
+    )
     # A run whose profile has no measured error shows no band anywhere.
     plain = figures(run)["front_latency_ms_accuracy"]
     assert "latency (ms): 1<br>" in _trace(plain, "knee").text[0]
