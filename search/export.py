@@ -427,16 +427,19 @@ def _export_into(
     elif not t.trained:
         weights_from = "trained at export"
         rec = exp.recovery
-        epochs, lr = rec.schedule(plan.architecture.family != "base")
+        student = plan.architecture.family != "base"
+        epochs, lr = rec.schedule(student)
+        steps = rec.steps_for(student)
         log(
             f"trial {t.number} was not trained during the search ({t.status}); "
-            f"training it now ({epochs} epochs)"
+            f"training it now ({f'{steps} steps' if steps is not None else f'{epochs} epochs'})"
         )
         model = recover(
             compressed,
             plan,
             task,
             epochs=epochs,
+            steps=steps,
             lr=lr,
             batch_size=rec.batch_size,
             seed=exp.seed + t.number,

@@ -174,3 +174,32 @@ def test_export_from_a_storage_url_by_pick(real_run: Path, tmp_path: Path) -> No
     assert w["pick"] == "min-size" and result.trial == w["trial"]
     assert w["metrics"]["measured_latency_ms"] is None
     assert "Not measured" in (tmp_path / "w" / "card.md").read_text()
+
+
+@pytest.mark.slow
+def test_export_trains_a_never_trained_plan_for_its_step_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan costed over budget was never trained: export trains it, in steps when the
+    experiment budgets recovery in steps."""
+    from search.cli import main
+
+    try:
+        from _tiny import write_tiny_experiment
+    except ImportError:
+        from tests._tiny import write_tiny_experiment
+
+    monkeypatch.chdir(tmp_path)
+    exp = write_tiny_experiment(
+        tmp_path,
+        trials=2,
+        budgets={"latency_ms": 1e-6, "memory_kb": 1e6, "flash_kb": 1e6},
+        recovery={"epochs": 1, "steps": 3, "batch_size": 16, "lr": 0.01},
+    )
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    run_dir = tmp_path / "experiments" / "runs" / "tiny"
+    lines: list[str] = []
+    export_winner(run_dir, trial=0, allow_infeasible=True, log=lines.append)
+    w = yaml.safe_load((run_dir / "winner" / "winner.yaml").read_text())
+    assert w["weights_from"] == "trained at export"
+    assert any("training it now (3 steps)" in line for line in lines), lines
