@@ -11,7 +11,8 @@ from torch import nn
 from search.hardware import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
 from search.hardware._graph import summarize
 
-# Published figures (shared/device_measurements/README.md; MLPerf Tiny's int8 models, BN folded).
+# MLPerf Tiny's int8 reference models (mlcommons/tiny, benchmark/training/<task>/, the 2021
+# definitions; ResNet-8 at 16/32/64 filters), BN folded: MACs and parameters.
 PUBLISHED = {
     "resnet8": (12.50e6, 77.7e3),
     "ds_cnn": (2.66e6, 22.6e3),

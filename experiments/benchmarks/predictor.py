@@ -1,6 +1,6 @@
 """The latency predictor's report card: predicted vs measured on this machine.
 
-    /work/venv/bin/python experiments/benchmarks/predictor.py [--quick] [--threads 1]
+    python experiments/benchmarks/predictor.py [--quick] [--threads 1]
 
 1. Calibrates the host (`calibrate_host`: ONNX Runtime micro-benchmarks of single ops, fitted
    profile). This profile never sees any of the networks below.

@@ -1,7 +1,7 @@
 """Scale-out and crash figures on PostgreSQL: trials per minute with 1 and 2 worker processes,
 and a kill-and-resume campaign that counts lost and duplicated trials.
 
-    /work/venv/bin/python experiments/benchmarks/scale.py [--trials 30] [--rounds 2]
+    python experiments/benchmarks/scale.py [--trials 30] [--rounds 2]
         [--campaign-trials 30] [--kills 4] [--storage URL]
 
 1. Throughput. `python -m search run EXP --storage URL --jobs N` with N = 1 and N = 2 on the
