@@ -91,19 +91,59 @@ def layer_macs_per_position(layer: Layer) -> int:
     return layer.out_channels * (layer.in_channels // layer.groups) * kh * kw
 
 
+# Low-rank arithmetic (the factorization itself is in _lowrank): here, because which layers
+# are factorizable is decided from it.
+
+
+def is_spatial(layer: Layer, mode: str) -> bool:
+    """Whether low-rank `mode` splits this layer k x 1 then 1 x k (a 1x1 conv never is)."""
+    return (
+        mode == "spatial" and isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+    )
+
+
+def full_rank(layer: Layer, mode: str) -> int:
+    """The rank at which the factorization is exact."""
+    if isinstance(layer, nn.Linear):
+        return min(layer.in_features, layer.out_features)
+    kh, kw = layer.kernel_size
+    if is_spatial(layer, mode):
+        return min(layer.in_channels * kh, layer.out_channels * kw)
+    return min(layer.out_channels, layer.in_channels * kh * kw)
+
+
+def lowrank_macs(layer: Layer, rank: int, mode: str) -> int:
+    """MACs per output position of the factorized pair (stride counted for the spatial mode)."""
+    if isinstance(layer, nn.Linear):
+        return rank * (layer.in_features + layer.out_features)
+    kh, kw = layer.kernel_size
+    if is_spatial(layer, mode):
+        # the k x 1 half runs at full width: the 1 x k half applies the horizontal stride
+        return rank * layer.in_channels * kh * layer.stride[1] + layer.out_channels * rank * kw
+    return rank * layer.in_channels * kh * kw + layer.out_channels * rank
+
+
+def lowrank_gain(layer: Layer, rank: int, mode: str) -> int:
+    """MACs per output position saved by factorizing at `rank` (<= 0: no saving)."""
+    if isinstance(layer, nn.Linear):
+        dense = layer.in_features * layer.out_features
+    else:
+        kh, kw = layer.kernel_size
+        dense = layer.out_channels * layer.in_channels // layer.groups * kh * kw
+    return dense - lowrank_macs(layer, rank, mode)
+
+
 def compressible_layers(model: nn.Module) -> list[LayerInfo]:
     """The Conv2d / Linear layers of `model`, as the search space sees them.
 
     `prunable` is False for the logits layer, for depthwise convolutions (their channels follow
     the layer that feeds them) and for projections inside attention blocks. `factorizable` is True
-    when keeping half the rank would cut the layer's MACs (see `_lowrank.lowrank_macs`).
+    when keeping half the rank would cut the layer's MACs (see `lowrank_macs`).
 
     Example:
         >>> [x.name for x in compressible_layers(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)))]
         ['0', '1']
     """
-    from ._lowrank import full_rank, lowrank_gain  # circular: lowrank uses the helpers above
-
     logits = output_layer(model)
     fixed = fixed_width(model)
     out = []

@@ -18,45 +18,16 @@ from torch import nn
 
 from spaces import LowRankConfig
 
-from ._layers import Layer, layer_modules, reads_weight_directly, set_module
+from ._layers import (
+    Layer,
+    full_rank,
+    is_spatial,
+    layer_modules,
+    lowrank_gain,
+    reads_weight_directly,
+    set_module,
+)
 from ._registry import Context, register_handler
-
-
-def _spatial(layer: Layer, mode: str) -> bool:
-    return (
-        mode == "spatial" and isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-    )
-
-
-def full_rank(layer: Layer, mode: str) -> int:
-    """The rank at which the factorization is exact."""
-    if isinstance(layer, nn.Linear):
-        return min(layer.in_features, layer.out_features)
-    kh, kw = layer.kernel_size
-    if _spatial(layer, mode):
-        return min(layer.in_channels * kh, layer.out_channels * kw)
-    return min(layer.out_channels, layer.in_channels * kh * kw)
-
-
-def lowrank_macs(layer: Layer, rank: int, mode: str) -> int:
-    """MACs per output position of the factorized pair (stride counted for the spatial mode)."""
-    if isinstance(layer, nn.Linear):
-        return rank * (layer.in_features + layer.out_features)
-    kh, kw = layer.kernel_size
-    if _spatial(layer, mode):
-        # the k x 1 half runs at full width: the 1 x k half applies the horizontal stride
-        return rank * layer.in_channels * kh * layer.stride[1] + layer.out_channels * rank * kw
-    return rank * layer.in_channels * kh * kw + layer.out_channels * rank
-
-
-def lowrank_gain(layer: Layer, rank: int, mode: str) -> int:
-    """MACs per output position saved by factorizing at `rank` (<= 0: no saving)."""
-    if isinstance(layer, nn.Linear):
-        dense = layer.in_features * layer.out_features
-    else:
-        kh, kw = layer.kernel_size
-        dense = layer.out_channels * layer.in_channels // layer.groups * kh * kw
-    return dense - lowrank_macs(layer, rank, mode)
 
 
 def _split(w2d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +52,7 @@ def factorize(layer: Layer, rank: int, mode: str = "svd") -> nn.Sequential:
         second = nn.Linear(rank, layer.out_features, bias=bias, device=device, dtype=dtype)
         first.weight.copy_(b)
         second.weight.copy_(a)
-    elif not _spatial(layer, mode):
+    elif not is_spatial(layer, mode):
         cout, cin, kh, kw = w.shape
         a, b = _split(w.reshape(cout, cin * kh * kw), rank)
         first = nn.Conv2d(
@@ -118,7 +89,7 @@ def _why_not(model: nn.Module, name: str, layer: Layer, mode: str) -> str | None
         return "its container reads the weight directly"
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         return "grouped or depthwise convolution"
-    if _spatial(layer, mode) and layer.padding_mode != "zeros":
+    if is_spatial(layer, mode) and layer.padding_mode != "zeros":
         return "spatial mode needs zero padding"
     return None
 
