@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from ._resources import resolve
+from .budgets import BUDGET_KEYS
 from .errors import ConfigError
 
 # Metrics the built-in pipeline measures, with the direction that is better.
@@ -27,7 +28,6 @@ METRIC_DIRECTIONS = {
     "macs": "minimize",
     "params": "minimize",
 }
-BUDGET_KEYS = ("latency_ms", "memory_kb", "flash_kb")
 SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
 # Which latency a budget is checked against: the prediction, or its pessimistic p90 bound
 # (prediction x (1 + the profile's measured p90 error)).

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..config import BUDGET_KEYS  # one list of budget names for experiments and profiles
+from ..budgets import BUDGET_KEYS  # one list of budget names for experiments and profiles
 from ..errors import ConfigError
 
 OP_KINDS = ("conv", "dwconv", "linear", "elementwise")
