@@ -192,6 +192,35 @@ def test_fit_counts_steps_and_runs_the_device_path_on_cpu():
     assert next(model.parameters()).device.type == "cpu"
 
 
+def test_fake_quant_trains_under_mixed_precision():
+    """Recovery on a GPU runs under autocast: the activation quantizers get bfloat16 inputs
+    (CPU autocast stands in for the GPU's) and keep their float32 ranges."""
+    from search.compress._quantization import (
+        activation_quantizers,
+        attach_activation_quant,
+        attach_weight_quant,
+        calibrate,
+    )
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 4)
+    )
+    for layer in (model[0], model[3]):
+        attach_weight_quant(layer, 8)
+        attach_activation_quant(layer, 8)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,))
+    calibrate(model, x)
+    model.train()
+    for _ in range(2):  # the second batch moves the ranges (an average of the batches')
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        assert out.dtype == torch.bfloat16
+        nn.functional.cross_entropy(out.float(), y).backward()
+    assert all(q.min_val.dtype == torch.float32 for q in activation_quantizers(model))
+    assert model[0].parametrizations.weight.original.grad is not None
+
+
 def test_step_budgets_are_spelled_in_the_experiment():
     rec = Recovery(steps=100, student_steps=300, refine_steps=50)
     assert rec.steps_for(False) == 100 and rec.steps_for(True) == 300

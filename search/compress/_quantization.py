@@ -88,8 +88,11 @@ class ActivationFakeQuant(nn.Module):
             return x
         if self.bits >= 32:
             return x
+        # Under autocast (mixed-precision recovery on a GPU) x is bfloat16 or float16: ranges
+        # and rounding stay float32 (lerp_ takes one dtype; 8-bit levels need the precision).
+        xf = x.float()
         if self.training:
-            lo, hi = x.detach().min(), x.detach().max()
+            lo, hi = xf.detach().min(), xf.detach().max()
             if not self.tracking:
                 self.min_val.copy_(lo)
                 self.max_val.copy_(hi)
@@ -100,8 +103,8 @@ class ActivationFakeQuant(nn.Module):
         elif not bool(torch.isfinite(self.min_val)):
             return x
         scale, zero = self.qparams()
-        q = (torch.clamp(torch.round(x / scale) + zero, 0, 2**self.bits - 1) - zero) * scale
-        return x + (q - x).detach()
+        q = (torch.clamp(torch.round(xf / scale) + zero, 0, 2**self.bits - 1) - zero) * scale
+        return (xf + (q - xf).detach()).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
