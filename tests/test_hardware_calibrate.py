@@ -350,3 +350,22 @@ def test_calibrate_cli_prints_the_leave_one_network_out_error(tmp_path: Path, ca
     assert rc == 2 and len(err) == 1
     assert err[0].startswith(f"error: {bad}: header:") and "unknown columns" in err[0]
     assert not (tmp_path / "never.yaml").exists()
+
+
+def test_a_builtin_base_starts_from_its_stated_figures_not_its_fitted_ones(tmp_path: Path) -> None:
+    """The built-in YAML holds figures fitted to all published rows; a leave-one-network-out
+    that leaned on them would let each held-out network inform its own prediction."""
+    from search.hardware._calibrate import calibrate, read_measurements
+
+    samples = read_measurements(_zoo_csv(tmp_path, MCU_TRUE))
+    fitted = load_profile("mcu")
+    other = fitted.with_updates(
+        efficiency={"conv": 0.9, "dwconv": 0.9, "linear": 0.9, "elementwise": 0.9},
+        model_overhead_us=5000.0,
+    )
+    a, b = calibrate(samples, fitted), calibrate(samples, other)
+    assert [r.predicted_ms for r in a.loo] == [r.predicted_ms for r in b.loo]
+    assert a.profile == b.profile
+    # A profile of the user's own (any other name) is its own start.
+    mine = calibrate(samples, other.with_updates(name="myboard"))
+    assert [r.predicted_ms for r in mine.loo] != [r.predicted_ms for r in a.loo]

@@ -5,11 +5,12 @@
 For each built-in device profile, reads the published rows of its own runtime from
 hardware_profiles/measurements/*_published.csv (the project's calibrate-from-CSV path:
 `read_measurements` with zoo networks, `calibrate` = `fit_device` + leave-one-network-out),
-starting from the priors below, not from the figures already in the YAML (those are this
-script's output). Reports, per profile: every fitted row predicted by a fit that never saw its
-network, shares within +-20/25/30 %, MAPE, the 90th percentile of |error|, Spearman, and the
-fitted figures; then the "check" rows (same board with another runtime, a sibling board scaled
-by clock, framework-overhead GPU rows) predicted by the full fit, which are never fitted.
+starting from the figures stated in `search.hardware._calibrate.FIT_STARTS`, not from those
+already in the YAML (they are this script's output). Reports, per profile: every fitted row
+predicted by a fit that never saw its network, shares within +-20/25/30 %, MAPE, the 90th
+percentile of |error|, Spearman, and the fitted figures; then the "check" rows (same board with
+another runtime, a sibling board scaled by clock, framework-overhead GPU rows) predicted by the
+full fit, which are never fitted.
 `host` takes its error from experiments/results/predictor.json (62 networks the host
 calibration never saw). `--write-profiles` writes the fitted figures and the stored error into
 hardware_profiles/<name>.yaml. Memory: if experiments/benchmarks/_device_memory.py exists, its
@@ -20,7 +21,6 @@ devices.json and devices.md. Asserts nothing. About a minute on 2 cores.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import os
@@ -32,15 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from search.hardware import load_profile  # noqa: E402
+from search.hardware import load_profile, profile_from_dict  # noqa: E402
 from search.hardware._calibrate import (  # noqa: E402
     DEVICE_PRIORS,
+    FIT_STARTS,
+    MCU_CLOCK_MHZ,
     Calibration,
     calibrate,
+    csv_rows,
     predicted_ms,
     read_measurements,
 )
@@ -51,39 +55,6 @@ MEASUREMENTS = REPO / "hardware_profiles" / "measurements"
 SOURCE = "experiments/results/devices.json"
 
 
-# The fit's starting point per profile (stated before looking at the rows, not fitted):
-# MCUs run dense int8 convs near 1 cycle/MAC (efficiency 0.5 of SMLAD's 2 MACs/cycle) and
-# depthwise ones near 2.5 cycles/MAC; phone CPUs lose more on depthwise (load/store bound);
-# GPUs and NPUs pay a fixed launch per layer.
-# On an MCU each conv/linear output also costs ~10 cycles (requantize, clamp, store).
-def _mcu_prior(mhz: float) -> dict[str, Any]:
-    return {
-        "efficiency": {"conv": 0.5, "dwconv": 0.2, "linear": 0.5, "elementwise": 0.5},
-        "layer_overhead_us": {"conv": 20, "dwconv": 20, "linear": 10, "elementwise": 5},
-        "model_overhead_us": 100.0,
-        "output_overhead_ns": round(10 / mhz * 1e3, 2),
-    }
-
-
-CLOCK_MHZ = {"mcu": 216.0, "mcu_h7": 400.0, "mcu_m4": 120.0, "mcu_m33": 200.0}
-PRIORS: dict[str, dict[str, Any]] = {
-    **{name: _mcu_prior(mhz) for name, mhz in CLOCK_MHZ.items()},
-    "phone": {
-        "efficiency": {"conv": 0.5, "dwconv": 0.15, "linear": 0.4, "elementwise": 0.2},
-        "layer_overhead_us": {"conv": 5, "dwconv": 5, "linear": 3, "elementwise": 2},
-        "model_overhead_us": 50.0,
-    },
-    "phone_npu": {
-        "efficiency": {"conv": 0.3, "dwconv": 0.1, "linear": 0.2, "elementwise": 0.3},
-        "layer_overhead_us": {"conv": 3, "dwconv": 3, "linear": 3, "elementwise": 2},
-        "model_overhead_us": 100.0,
-    },
-    "cloud_gpu": {
-        "efficiency": {"conv": 0.3, "dwconv": 0.05, "linear": 0.2, "elementwise": 0.6},
-        "layer_overhead_us": {"conv": 8, "dwconv": 8, "linear": 8, "elementwise": 5},
-        "model_overhead_us": 50.0,
-    },
-}
 FILES = {
     "mcu": "mcu_published.csv",
     "mcu_h7": "mcu_published.csv",
@@ -105,24 +76,12 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _rows(path: Path, profile: str, use: str) -> list[dict[str, str]]:
-    """The CSV rows read_measurements reads for (profile, use), in the same order."""
-    with path.open(newline="") as fh:
-        return [
-            r for r in csv.DictReader(fh) if r.get("profile") == profile and r.get("use") == use
-        ]
-
-
 def _board(r: dict[str, str]) -> str:
     return r.get("board") or r.get("device") or ""
 
 
 def _runtime(r: dict[str, str]) -> str:
     return r.get("stack") or r.get("runtime") or ""
-
-
-def _base(name: str) -> HardwareProfile:
-    return load_profile(name).with_updates(latency_error=None, **PRIORS[name])
 
 
 def _fitted_figures(p: HardwareProfile) -> dict[str, Any]:
@@ -140,15 +99,21 @@ def _fitted_figures(p: HardwareProfile) -> dict[str, Any]:
     }
 
 
-def profile_section(name: str) -> tuple[dict[str, Any], Calibration | None]:
+def _published(name: str, use: str) -> list[dict[str, str]]:
+    """The rows of `name`'s published file for that profile and `use` (fit, check or none)."""
+    rows = csv_rows(MEASUREMENTS / FILES[name])
+    return [r for _, r in rows if r.get("profile") == name and r.get("use") == use]
+
+
+def profile_section(name: str) -> tuple[dict[str, Any], Calibration]:
     path = MEASUREMENTS / FILES[name]
-    base = _base(name)
+    base = load_profile(name)  # calibrate starts it from FIT_STARTS, not its fitted figures
     samples = read_measurements(path, profile=name, use="fit")
-    meta = _rows(path, name, "fit")
     cal = calibrate(samples, base, source=SOURCE)
     loo = {id(r.sample): r for r in cal.loo}
     rows = []
-    for s, r in zip(samples, meta):
+    for s in samples:
+        r = s.row
         row = loo.get(id(s))
         rows.append(
             {
@@ -164,12 +129,13 @@ def profile_section(name: str) -> tuple[dict[str, Any], Calibration | None]:
             }
         )
     checks = []
-    check_rows = _rows(path, name, "check")
-    check_samples = read_measurements(path, profile=name, use="check") if check_rows else []
-    for s, r in zip(check_samples, check_rows):
+    has_checks = bool(_published(name, "check"))
+    check_samples = read_measurements(path, profile=name, use="check") if has_checks else []
+    for s in check_samples:
+        r = s.row
         scale = 1.0
-        if name in CLOCK_MHZ and r.get("mhz"):
-            scale = CLOCK_MHZ[name] / float(r["mhz"])  # same cycles on a slower/faster clock
+        if name in MCU_CLOCK_MHZ and r.get("mhz"):
+            scale = MCU_CLOCK_MHZ[name] / float(r["mhz"])  # same cycles on a slower/faster clock
         pred = predicted_ms(s, cal.profile) * scale
         checks.append(
             {
@@ -183,12 +149,7 @@ def profile_section(name: str) -> tuple[dict[str, Any], Calibration | None]:
                 "why_not_fitted": r.get("why", ""),
             }
         )
-    with path.open(newline="") as fh:
-        excluded = [
-            {"model": r["model"], "why": r["why"]}
-            for r in csv.DictReader(fh)
-            if r.get("profile") == name and r.get("use") == "none"
-        ]
+    excluded = [{"model": r["model"], "why": r["why"]} for r in _published(name, "none")]
     out: dict[str, Any] = {
         "runtime": dict(base.runtime or {}),
         "networks": len({s.network for s in samples}),
@@ -222,19 +183,18 @@ def unassigned_rows() -> list[dict[str, Any]]:
     """Published rows no built-in profile models (another core, runtime or GPU), and why."""
     out = []
     for file in sorted(set(FILES.values())):
-        with (MEASUREMENTS / file).open(newline="") as fh:
-            for r in csv.DictReader(fh):
-                if not r.get("profile"):
-                    out.append(
-                        {
-                            "network": r["network"] or None,
-                            "model": r["model"],
-                            "board": _board(r),
-                            "runtime": _runtime(r),
-                            "published": float(r["latency_ms"]),
-                            "why": r["why"],
-                        }
-                    )
+        for _, r in csv_rows(MEASUREMENTS / file):
+            if not r.get("profile"):
+                out.append(
+                    {
+                        "network": r["network"] or None,
+                        "model": r["model"],
+                        "board": _board(r),
+                        "runtime": _runtime(r),
+                        "published": float(r["latency_ms"]),
+                        "why": r["why"],
+                    }
+                )
     return out
 
 
@@ -293,29 +253,28 @@ def write_profile_figures(name: str, profile: HardwareProfile) -> None:
             f"  source: {le['source']}",
             f"  rows: {le['rows']}",
         ]
-    path.write_text("\n".join(out) + "\n")
-    load_profile(name)  # still valid
+    _replace_profile(path, "\n".join(out) + "\n")
 
 
 def write_host_error(section: dict[str, Any]) -> None:
+    """Store the host's measured error in host.yaml (its runtime is calibrate-host's)."""
     path = REPO / "hardware_profiles" / "host.yaml"
-    text = path.read_text()
-    text = re.sub(r"\nlatency_error:\n(  .*\n)*", "\n", text)
-    text = re.sub(r"\nruntime:\n(  .*\n)*", "\n", text)
-    import onnxruntime
-
+    text = re.sub(r"\nlatency_error:\n(  .*\n)*", "\n", path.read_text())
     text += (
-        "runtime:\n"
-        "  name: ONNX Runtime (CPU execution provider)\n"
-        f"  version: '{onnxruntime.__version__}'\n"
-        "  note: fp32, sequential, ORT_ENABLE_ALL, the thread count above\n"
         "latency_error:\n"
         f"  p90: {section['p90_abs_error']}\n"
         "  source: experiments/results/predictor.json\n"
         f"  rows: {section['rows']}\n"
     )
-    path.write_text(text)
-    load_profile("host")
+    _replace_profile(path, text)
+
+
+def _replace_profile(path: Path, text: str) -> None:
+    """Write a profile YAML whole, and only if it still loads (a bad edit leaves the old file)."""
+    profile_from_dict(yaml.safe_load(text), file=str(path))  # raises on a bad edit
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _pct(x: float | None) -> str:
@@ -331,9 +290,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"{result['setup']['load_avg_after']} after.",
         "",
         "Each profile is fitted (`fit_device`: one free MAC rate; depthwise and linear ratios, "
-        "overheads and, on MCUs, the per-output overhead pulled towards the priors in "
-        "devices.py) to the published rows of its own runtime, read through "
-        "`read_measurements`. LOO: each row is predicted by a fit without its network.",
+        "overheads and, on MCUs, the per-output overhead pulled towards the starting figures "
+        "in `search.hardware._calibrate.FIT_STARTS`) to the published rows of its own "
+        "runtime, read through `read_measurements`. LOO: each row is predicted by a fit "
+        "without its network.",
         "",
         "| profile | runtime | rows | networks | within 20 % | within 25 % | within 30 % | "
         "MAPE | p90 error | Spearman |",
@@ -423,10 +383,10 @@ def main() -> None:
     load_before = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
     profiles: dict[str, Any] = {}
-    for name in PRIORS:
+    for name in FIT_STARTS:
         sec, cal = profile_section(name)
         profiles[name] = sec
-        if args.write_profiles and cal is not None:
+        if args.write_profiles:
             write_profile_figures(name, cal.profile)
     host = host_section()
     if args.write_profiles and "p90_abs_error" in host:
@@ -440,7 +400,7 @@ def main() -> None:
             "git_commit": _git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_avg_before": load_before,
-            "priors": {"device_fit": DEVICE_PRIORS, "profiles": PRIORS},
+            "priors": {"device_fit": DEVICE_PRIORS, "profiles": FIT_STARTS},
             "clock_scaling": "check rows on another clock: predicted x profile MHz / row MHz",
         },
         "targets": {

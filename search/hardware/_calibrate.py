@@ -20,7 +20,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class Sample:
     layer_density: Mapping[str, float] = field(default_factory=dict)
     batch_scale: float = 1.0
     network: str = ""  # what leave-one-network-out groups by (default: the name)
+    # The measurements-CSV row it was read from (provenance: board, runtime, source, ...).
+    row: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def group(self) -> str:
@@ -241,6 +243,54 @@ def predicted_ms(sample: Sample, profile: HardwareProfile) -> float:
 def prediction_errors(samples: Sequence[Sample], profile: HardwareProfile) -> list[float]:
     """Relative error (predicted / measured - 1) of `profile` on each sample."""
     return [predicted_ms(s, profile) / s.measured_ms - 1.0 for s in samples]
+
+
+# Where the device fit of each built-in profile starts, stated before looking at the published
+# rows (not fitted). A built-in YAML holds the figures fitted to all of its rows: a fit, and
+# above all a leave-one-network-out, that leaned on those would let each held-out network
+# inform its own prediction. MCUs run dense int8 convs near 1 cycle/MAC (efficiency 0.5 of
+# SMLAD's 2 MACs/cycle) and depthwise ones near 2.5, and pay ~10 cycles per conv/linear output
+# (requantize, clamp, store); phone CPUs lose more on depthwise (load/store bound); GPUs and
+# NPUs pay a fixed launch per layer.
+MCU_CLOCK_MHZ = {"mcu": 216.0, "mcu_h7": 400.0, "mcu_m4": 120.0, "mcu_m33": 200.0}
+
+
+def _mcu_start(mhz: float) -> dict[str, Any]:
+    return {
+        "efficiency": {"conv": 0.5, "dwconv": 0.2, "linear": 0.5, "elementwise": 0.5},
+        "layer_overhead_us": {"conv": 20, "dwconv": 20, "linear": 10, "elementwise": 5},
+        "model_overhead_us": 100.0,
+        "output_overhead_ns": round(10 / mhz * 1e3, 2),
+    }
+
+
+FIT_STARTS: dict[str, dict[str, Any]] = {
+    **{name: _mcu_start(mhz) for name, mhz in MCU_CLOCK_MHZ.items()},
+    "phone": {
+        "efficiency": {"conv": 0.5, "dwconv": 0.15, "linear": 0.4, "elementwise": 0.2},
+        "layer_overhead_us": {"conv": 5, "dwconv": 5, "linear": 3, "elementwise": 2},
+        "model_overhead_us": 50.0,
+    },
+    "phone_npu": {
+        "efficiency": {"conv": 0.3, "dwconv": 0.1, "linear": 0.2, "elementwise": 0.3},
+        "layer_overhead_us": {"conv": 3, "dwconv": 3, "linear": 3, "elementwise": 2},
+        "model_overhead_us": 100.0,
+    },
+    "cloud_gpu": {
+        "efficiency": {"conv": 0.3, "dwconv": 0.05, "linear": 0.2, "elementwise": 0.6},
+        "layer_overhead_us": {"conv": 8, "dwconv": 8, "linear": 8, "elementwise": 5},
+        "model_overhead_us": 50.0,
+    },
+}
+
+
+def fit_start(base: HardwareProfile) -> HardwareProfile:
+    """`base` with its stated starting figures (FIT_STARTS) when it is a built-in device profile.
+
+    Any other base (a user's own profile) is its own start.
+    """
+    start = FIT_STARTS.get(base.name)
+    return base if start is None else base.with_updates(latency_error=None, **start)
 
 
 # Prior weights of the device fit (residual units: log latency of one measurement). The overall
@@ -448,19 +498,12 @@ CSV_PROVENANCE = (
 )
 
 
-def read_measurements(
-    csv_path: str | Path, *, profile: str | None = None, use: str = "fit"
-) -> list[Sample]:
-    """Parse a measurements CSV: one measured model per row.
+def csv_rows(csv_path: str | Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a measurements CSV (header checked; `#` lines skipped), with row numbers.
 
-    Columns: `latency_ms` and, per row, either `onnx` (a file, relative to the CSV) or
-    `network` (a name from search.hardware.REFERENCE_NETWORKS, with `precision` int8, fp16 or
-    fp32); optional `batch`. A file of published rows may carry `profile` and `use` columns:
-    then only rows for `profile` (when given) whose `use` is `use` are read. Provenance columns
-    (CSV_PROVENANCE) are allowed and ignored.
+    Raises:
+        ConfigError: no such file, or a header without the needed columns or with unknown ones.
     """
-    from ._zoo import REFERENCE_NETWORKS
-
     path = Path(csv_path)
     file = str(path)
     if not path.is_file():
@@ -481,14 +524,30 @@ def read_measurements(
         )
     extra = [h for h in header if h not in allowed]
     if extra:
-        raise ConfigError(
-            file,
-            "header",
-            f"unknown columns {extra}; allowed: {list(allowed)}",
-        )
+        raise ConfigError(file, "header", f"unknown columns {extra}; allowed: {list(allowed)}")
+    return [
+        (i, {k.strip(): (v or "").strip() for k, v in raw.items() if k})
+        for i, raw in enumerate(reader, start=2)
+    ]
+
+
+def read_measurements(
+    csv_path: str | Path, *, profile: str | None = None, use: str = "fit"
+) -> list[Sample]:
+    """Parse a measurements CSV: one measured model per row.
+
+    Columns: `latency_ms` and, per row, either `onnx` (a file, relative to the CSV) or
+    `network` (a name from search.hardware.REFERENCE_NETWORKS, with `precision` int8, fp16 or
+    fp32); optional `batch`. A file of published rows may carry `profile` and `use` columns:
+    then only rows for `profile` (when given) whose `use` is `use` are read. Provenance columns
+    (CSV_PROVENANCE) are allowed and ignored.
+    """
+    from ._zoo import REFERENCE_NETWORKS
+
+    path = Path(csv_path)
+    file = str(path)
     samples: list[Sample] = []
-    for i, raw in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
+    for i, row in csv_rows(path):
         if profile is not None and "profile" in row and row["profile"] != profile:
             continue
         if "use" in row and row["use"] != use:
@@ -520,9 +579,10 @@ def read_measurements(
             bits = PRECISIONS.get(row.get("precision", "").lower())
             if bits is None:
                 raise ConfigError(file, f"row {i}: precision", "int8, fp16 or fp32")
-            samples.append(zoo_sample(network, bits, ms, batch=batch))
-            continue
-        samples.append(_onnx_sample(file, i, path.parent / onnx_name, ms, batch))
+            sample = zoo_sample(network, bits, ms, batch=batch)
+        else:
+            sample = _onnx_sample(file, i, path.parent / onnx_name, ms, batch)
+        samples.append(replace(sample, row=row))
     if not samples:
         raise ConfigError(file, "rows", "no measurements (one row per measured model is needed)")
     return samples
@@ -592,9 +652,11 @@ def calibrate(
 ) -> Calibration:
     """Fit `base` to `samples` and measure the fit leave-one-network-out.
 
-    The returned profile stores that error as `latency_error` (p90 of |predicted/measured - 1|)
-    when at least two networks were measured.
+    A built-in device profile starts from its stated figures (`fit_start`), never from the
+    figures already fitted into its YAML. The returned profile stores the error as
+    `latency_error` (p90 of |predicted/measured - 1|) when at least two networks were measured.
     """
+    base = fit_start(base)
     profile = fit_device(samples, base, priors=priors)
     loo: list[LooRow] = []
     if len({s.group for s in samples}) >= 2:
@@ -632,8 +694,9 @@ def calibration_from_csv(
     network with its precision, and the median latency in milliseconds. Rows of a published
     file that name a `profile` are read for the base profile's name only. Peaks stay those of
     the base profile (a HardwareProfile, or a built-in name or YAML path); the MAC rate, the
-    depthwise and linear ratios and the overheads are fitted (`fit_device`), and each network
-    is predicted by a fit without it. Writes the profile to `out_path` if given.
+    depthwise and linear ratios and the overheads are fitted (`fit_device`; a built-in base
+    starts from `FIT_STARTS`, not from its already fitted figures), and each network is
+    predicted by a fit without it. Writes the profile to `out_path` if given.
     """
     if not isinstance(base_profile, HardwareProfile):
         from ._profile import load_profile
