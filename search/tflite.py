@@ -147,8 +147,6 @@ def convert(
             edge.export(str(tmp))
             _strip_names(tmp)
         tmp.replace(path)
-    except ConfigError:
-        raise
     except Exception as exc:  # noqa: BLE001 - any converter failure becomes one error line
         tmp.unlink(missing_ok=True)
         text = f"{exc}\n{''.join(log)}"
@@ -256,7 +254,7 @@ def write_c_array(tflite: str | Path, folder: str | Path, name: str = "g_model_d
     return len(data)
 
 
-# --- TFLite Micro -----------------------------------------------------------------------------
+# --- running a .tflite -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arena:
     """TFLM's tensor arena after `invoke()`: head = planned activations, tail = persistent."""
@@ -269,12 +267,62 @@ class Arena:
         return {"total": self.total, "head": self.head, "tail": self.tail}
 
 
-class TflmModel:
-    """A `.tflite` in the TFLite Micro interpreter, callable like a torch module on a batch.
+def _qparams(details: dict[str, Any]) -> tuple[float, int] | None:
+    """(scale, zero point) of a quantized input/output tensor, None for a float one."""
+    q = details.get("quantization_parameters") or {}
+    scales = q.get("scales")
+    if scales is None or len(scales) == 0:
+        return None
+    return float(scales[0]), int(q["zero_points"][0])
 
-    TFLM runs one sample at a time (the flatbuffer is batch 1); inputs are quantized with the
-    input tensor's scale and zero point and outputs dequantized, so `Task.evaluate` can score it.
+
+class _Runner:
+    """A `.tflite` interpreter, callable like a torch module on a batch.
+
+    The flatbuffer is batch 1, so rows run one at a time; inputs are quantized with the input
+    tensor's scale and zero point and outputs dequantized, so `Task.evaluate` can score it.
+    Subclasses set `input`/`output` (the interpreter's tensor details) and `_invoke`.
     """
+
+    input: dict[str, Any]
+    output: dict[str, Any]
+
+    def _invoke(self, x: Any) -> Any:
+        """Run one sample already in the input tensor's dtype; the raw output array."""
+        raise NotImplementedError
+
+    def to(self, *_: Any, **__: Any) -> _Runner:
+        return self
+
+    def eval(self) -> _Runner:
+        return self
+
+    def run_one(self, x: Any) -> Any:
+        """One sample (numpy, the model's input shape with batch 1) -> float numpy output."""
+        import numpy as np
+
+        dtype = self.input["dtype"]
+        q = _qparams(self.input)
+        if q is not None and np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
+        y = np.array(self._invoke(np.ascontiguousarray(x).astype(dtype)))
+        qo = _qparams(self.output)
+        if qo is not None and np.issubdtype(y.dtype, np.integer):
+            return (y.astype(np.float32) - qo[1]) * qo[0]
+        return y.astype(np.float32)
+
+    def __call__(self, x: Any) -> Any:
+        import numpy as np
+        import torch
+
+        rows = x.detach().cpu().float().numpy()
+        out = [self.run_one(rows[i : i + 1]) for i in range(len(rows))]
+        return torch.from_numpy(np.concatenate(out, axis=0))
+
+
+class TflmModel(_Runner):
+    """A `.tflite` in the TFLite Micro interpreter (reference kernels, the board's planner)."""
 
     def __init__(self, path: str | Path, *, where: str = "<model>") -> None:
         _require(where)
@@ -303,45 +351,11 @@ class TflmModel:
         self.output = self.interp.get_output_details(0)
         self.invoked = False
 
-    def to(self, *_: Any, **__: Any) -> TflmModel:
-        return self
-
-    def eval(self) -> TflmModel:
-        return self
-
-    @staticmethod
-    def _qparams(details: dict[str, Any]) -> tuple[float, int] | None:
-        q = details.get("quantization_parameters") or {}
-        scales = q.get("scales")
-        if scales is None or len(scales) == 0:
-            return None
-        return float(scales[0]), int(q["zero_points"][0])
-
-    def run_one(self, x: Any) -> Any:
-        """One sample (numpy, the model's input shape with batch 1) -> float numpy output."""
-        import numpy as np
-
-        dtype = self.input["dtype"]
-        q = self._qparams(self.input)
-        if q is not None and np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
-        self.interp.set_input(np.ascontiguousarray(x).astype(dtype), 0)
+    def _invoke(self, x: Any) -> Any:
+        self.interp.set_input(x, 0)
         self.interp.invoke()
         self.invoked = True
-        y = np.array(self.interp.get_output(0))
-        qo = self._qparams(self.output)
-        if qo is not None and np.issubdtype(y.dtype, np.integer):
-            return (y.astype(np.float32) - qo[1]) * qo[0]
-        return y.astype(np.float32)
-
-    def __call__(self, x: Any) -> Any:
-        import numpy as np
-        import torch
-
-        rows = x.detach().cpu().float().numpy()
-        out = [self.run_one(rows[i : i + 1]) for i in range(len(rows))]
-        return torch.from_numpy(np.concatenate(out, axis=0))
+        return self.interp.get_output(0)
 
     def arena(self) -> Arena:
         """The arena TFLM allocated (run once first, so every lazy buffer is counted)."""
@@ -362,8 +376,7 @@ class TflmModel:
         return Arena(**found)
 
 
-# --- LiteRT (phones) --------------------------------------------------------------------------
-class LiteRtModel(TflmModel):
+class LiteRtModel(_Runner):
     """The same `.tflite` in LiteRT (`ai-edge-litert`, XNNPACK delegate), as a phone runs it.
 
     LiteRT comes with litert-torch (the `[tflite]` extra). Its XNNPACK kernels round int8
@@ -380,25 +393,11 @@ class LiteRtModel(TflmModel):
             self.litert.allocate_tensors()
         self.input = self.litert.get_input_details()[0]
         self.output = self.litert.get_output_details()[0]
-        self.input["quantization_parameters"] = _litert_q(self.input)
-        self.output["quantization_parameters"] = _litert_q(self.output)
-        self.invoked = False
 
-    def run_one(self, x: Any) -> Any:
-        import numpy as np
-
-        dtype = self.input["dtype"]
-        q = self._qparams(self.input)
-        if q is not None and np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / q[0]) + q[1], info.min, info.max)
-        self.litert.set_tensor(self.input["index"], np.ascontiguousarray(x).astype(dtype))
+    def _invoke(self, x: Any) -> Any:
+        self.litert.set_tensor(self.input["index"], x)
         self.litert.invoke()
-        y = np.array(self.litert.get_tensor(self.output["index"]))
-        qo = self._qparams(self.output)
-        if qo is not None and np.issubdtype(y.dtype, np.integer):
-            return (y.astype(np.float32) - qo[1]) * qo[0]
-        return y.astype(np.float32)
+        return self.litert.get_tensor(self.output["index"])
 
     def latency_ms(self, *, repeats: int = 50) -> float:
         """Median batch-1 latency of `invoke()` on this machine, after a warm-up."""
@@ -417,11 +416,3 @@ class LiteRtModel(TflmModel):
             self.litert.invoke()
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1e3
-
-    def arena(self) -> Arena:
-        raise NotImplementedError("LiteRT has no arena; use TflmModel")
-
-
-def _litert_q(details: dict[str, Any]) -> dict[str, Any]:
-    scale, zero = details.get("quantization", (0.0, 0))
-    return {"scales": [scale] if scale else [], "zero_points": [zero]}
