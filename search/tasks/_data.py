@@ -86,13 +86,9 @@ class DataSplit:
 
     def take(self, n: int, *, seed: int = 0) -> tuple[Tensor, Any]:
         """`n` fixed rows (see `subset`) as one batch: calibration and importance inputs."""
-        xs, ys = [], []
-        for x, y, _ in self.subset(n, seed=seed).batches(min(n, 256), workers=0):
-            xs.append(x)
-            ys.append(y)
-        if not xs:
-            raise self.error("is empty")
-        return torch.cat(xs)[:n], (torch.cat(ys)[:n] if isinstance(ys[0], Tensor) else ys[0])
+        for x, y, _ in self.subset(n, seed=seed).batches(n, workers=0):
+            return x, y
+        raise self.error("is empty")
 
     def check(self) -> None:
         """Read the first batches and check them (the rest is checked as it streams)."""
