@@ -284,13 +284,12 @@ def _load_user_task(
                 "the train split is a stream without a length: give recovery a step budget",
             )
     settings = {
+        **BASE_TRAINING,
         "task": spec.model,
         "data": spec.data,
         "epochs": spec.train_epochs,
         "weights": file_sha256(weights) if weights else None,
-        **BASE_TRAINING,
     }
-    settings["epochs"] = spec.train_epochs
     if spec.train_steps is not None:
         settings["steps"] = spec.train_steps
     model, digest = _cached_base(exp, settings, make, train, device, log, user_weights=weights)
