@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--trials", type=int, help="completed trials wanted in the study")
         cmd.add_argument("--target", help="hardware profile name or YAML path")
+        cmd.add_argument(
+            "--targets",
+            help="several profiles, comma-separated (mcu,phone): one study, a front per target",
+        )
         cmd.add_argument("--out", help="run folder (default experiments/runs/NAME)")
         cmd.add_argument("--seed", type=int)
         cmd.add_argument("--jobs", type=int, default=1, help="worker processes on this machine")
@@ -64,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--trial", type=int, help="export this trial number")
     exp.add_argument("--out", help="default RUN_DIR/winner")
     exp.add_argument("--allow-infeasible", action="store_true")
+    exp.add_argument(
+        "--target", help="which target's front to pick from (required for a multi-target run)"
+    )
     exp.add_argument(
         "--format",
         default="onnx",
@@ -134,7 +141,12 @@ def _experiment(args: argparse.Namespace):
             f"cores and threads >= 1, got {args.jobs} x {args.threads}",
         )
     return exp.with_overrides(
-        trials=args.trials, seed=args.seed, out=args.out, target=args.target, storage=args.storage
+        trials=args.trials,
+        seed=args.seed,
+        out=args.out,
+        target=args.target,
+        targets=args.targets,
+        storage=args.storage,
     )
 
 
@@ -216,6 +228,7 @@ def _export(args: argparse.Namespace) -> int:
         out=Path(args.out) if args.out else None,
         allow_infeasible=args.allow_infeasible,
         fmt=args.format,
+        target=args.target,
     )
     print(result)
     return 0

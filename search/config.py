@@ -111,6 +111,9 @@ class Experiment:
     source: str  # the file it was read from
     task: str | UserTask = "digits"
     target: str = "host"
+    # Several targets: one study costs every plan on each, trains it once, and keeps one front
+    # per target (search.multi_target). Empty: the single `target`. `target` is then the first.
+    targets: tuple[str, ...] = ()
     space: str = "joint"
     objectives: tuple[Objective, ...] = (
         Objective("accuracy", "maximize"),
@@ -158,8 +161,14 @@ class Experiment:
             changes["seed"] = _int(where, "--seed", changes["seed"], low=0)
         if "out" in changes:
             changes["out"] = _out_path(where, "--out", changes["out"])
+        if "target" in changes and "targets" in changes:
+            raise ConfigError(where, "--targets", "give --target or --targets, not both")
         if "target" in changes:
             changes["target"] = _target(where, "--target", changes["target"])
+            changes["targets"] = ()  # --target X searches for X alone
+        elif "targets" in changes:
+            changes["targets"] = _targets(where, "--targets", changes["targets"].split(","))
+            changes["target"] = changes["targets"][0] if changes["targets"] else self.target
         if "storage" in changes:
             changes["storage"] = _storage(where, "--storage", changes["storage"])
             changes["storage_flag"] = True
@@ -169,6 +178,7 @@ class Experiment:
         data = asdict(self)
         data["objectives"] = [{o.metric: o.direction} for o in self.objectives]
         data["budgets"] = dict(self.budgets)
+        data["targets"] = list(self.targets)
         data.pop("storage_flag")
         return data
 
@@ -235,6 +245,18 @@ def _target(file: str, key: str, value: Any) -> str:
     text = _str(file, key, value)
     resolve("profile", text, file=file, field=key)
     return text
+
+
+def _targets(file: str, key: str, value: Any) -> tuple[str, ...]:
+    """A list of target names (or profile paths); one of them is the same as `target`."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(file, key, "must be a non-empty list of profiles, e.g. [mcu, phone]")
+    names = tuple(_target(file, f"{key}[{i}]", v) for i, v in enumerate(value))
+    stems = [Path(n).stem for n in names]
+    if len(set(stems)) != len(stems):
+        raise ConfigError(file, key, f"lists a target twice: {list(names)}")
+    # One target is the ordinary single-target search.
+    return names if len(names) > 1 else ()
 
 
 def _storage(file: str, key: str, value: Any) -> str:
@@ -343,6 +365,7 @@ _TOP_KEYS = (
     "description",
     "task",
     "target",
+    "targets",
     "space",
     "objectives",
     "budgets",
@@ -374,7 +397,7 @@ def parse_experiment(data: Any, source: str) -> Experiment:
 
     raw_task = data.get("task", "digits")
     if isinstance(raw_task, str):
-        task: str | UserTask = _choice(file, "task", raw_task, ("digits",))
+        task: str | UserTask = _choice(file, "task", raw_task, ("digits", "gratings"))
     else:
         task = _user_task(file, raw_task, base)
 
@@ -392,6 +415,24 @@ def parse_experiment(data: Any, source: str) -> Experiment:
     ):
         target = str(base / target) if (base / target).exists() else target
     target = _target(file, "target", target)
+    targets: tuple[str, ...] = ()
+    if data.get("targets"):  # a stored single-target experiment holds []
+        raw_targets = data["targets"]
+        if isinstance(raw_targets, list):
+            raw_targets = [
+                str(base / t)
+                if isinstance(t, str)
+                and not Path(t).is_absolute()
+                and ("/" in t or t.endswith((".yaml", ".yml")))
+                and (base / t).exists()
+                else t
+                for t in raw_targets
+            ]
+        targets = _targets(file, "targets", raw_targets)
+        if "target" in data and targets and data["target"] not in data["targets"]:
+            raise ConfigError(file, "target", "give `target` or `targets`, not both")
+        if targets:
+            target = targets[0]
 
     kwargs: dict[str, Any] = {
         "name": name,
@@ -399,6 +440,7 @@ def parse_experiment(data: Any, source: str) -> Experiment:
         "task": task,
         "space": space,
         "target": target,
+        "targets": targets,
     }
     if "objectives" in data:
         kwargs["objectives"] = _objectives(file, data["objectives"], isinstance(task, UserTask))
@@ -424,7 +466,7 @@ def parse_experiment(data: Any, source: str) -> Experiment:
         kwargs["out"] = _out_path(file, "out", data["out"])
     if "latency" in data:
         kwargs["latency"] = _choice(file, "latency", data["latency"], ("predicted", "measured"))
-        if kwargs["latency"] == "measured" and Path(target).stem != "host":
+        if kwargs["latency"] == "measured" and (targets or Path(target).stem != "host"):
             raise ConfigError(
                 file,
                 "latency",

@@ -313,6 +313,7 @@ def export_winner(
     allow_infeasible: bool = False,
     measure_latency: bool | None = None,
     fmt: str = "onnx",
+    target: str | None = None,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export one trial of a finished search as `winner/`.
@@ -331,7 +332,8 @@ def export_winner(
     Raises:
         ConfigError: unknown trial or pick, nothing feasible (without `allow_infeasible`),
             missing weights, a base model that differs from the one the search used, or (tflite)
-            a missing optional extra or an operator the converter or TFLite Micro cannot run.
+            a missing optional extra or an operator the converter or TFLite Micro cannot run,
+            or `target` missing (or not one of them) in a run searched for several targets.
     """
     if fmt not in FORMATS:
         raise ConfigError("<command line>", "--format", f"{fmt!r} is not one of {list(FORMATS)}")
@@ -349,10 +351,12 @@ def export_winner(
         base = Path(run_dir)
     else:
         raise ConfigError("<command line>", "run_dir", "give a run folder or --storage/--study")
+    folder = "winner"
+    if run.views or target is not None:
+        run = _target_view(run, target)
+        folder = f"winner-{target}" if target and run.target else folder
     chosen = run.pick(pick or "knee", trial=trial, allow_infeasible=allow_infeasible)
-    winner_dir = (
-        Path(out) if out else (base or Path("experiments/runs") / run.study_name) / ("winner")
-    )
+    winner_dir = Path(out) if out else (base or Path("experiments/runs") / run.study_name) / folder
     where = f"study {run.study_name}"
     exp = _experiment(run.experiment, where=where, run_dir=base)
     _write_atomic_dir(
@@ -374,6 +378,16 @@ def export_winner(
         winner_dir, chosen.number, data.get("pick"), chosen.feasible, data["metrics"]
     )
     return result
+
+
+def _target_view(run: RunData, target: str | None) -> RunData:
+    """The view of `target` in a multi-target run (a single-target run: its own target)."""
+    names = list(run.views) or [str(run.profile.get("name"))]
+    if target is None or target not in names:
+        what = "this run searched several targets" if run.views else "this run searched"
+        got = "" if target is None else f", not {target!r}"
+        raise ConfigError("<command line>", "--target", f"{what}: name one of {names}{got}")
+    return run.views.get(target, run)
 
 
 def _export_into(

@@ -157,13 +157,16 @@ class TrialObjective:
             self._layers[arch] = compressible_layers(model)
         return self._layers[arch]
 
+    @property
+    def offered_bits(self) -> dict[str, tuple[int, ...]]:
+        """The bit widths plans may use: the ones the target runs."""
+        return {
+            "weight_bits": self.profile.weight_bits,
+            "activation_bits": self.profile.activation_bits,
+        }
+
     def suggest(self, trial: optuna.trial.BaseTrial) -> CompressionPlan:
-        plan = self.space.suggest(
-            trial,
-            self.layers_for,
-            weight_bits=self.profile.weight_bits,
-            activation_bits=self.profile.activation_bits,
-        )
+        plan = self.space.suggest(trial, self.layers_for, **self.offered_bits)
         if not self.exp.recovery.distillation:
             plan = plan.replace(distill=DistillConfig(enabled=False))
         return plan
@@ -320,16 +323,7 @@ class TrialObjective:
         if earlier is not None:
             return self._answer_duplicate(trial, earlier)
         compressed, cost = self.build_and_cost(plan)
-        if self.exp.latency == "measured":
-            trial.set_user_attr("predicted_latency_ms", cost.latency_ms)
-            cost = self.measured(compressed, cost)
-        constraints = constraint_values(
-            cost, self.budgets, profile=self.profile, latency_margin=self.latency_margin
-        )
-        if self.latency_margin:  # the bound the budget was checked against
-            trial.set_user_attr("latency_bound_ms", cost.latency_ms * (1 + self.latency_margin))
-        trial.set_user_attr("layer_costs", layer_costs(cost))
-        metrics: dict[str, Any] = dict(cost.metrics())
+        constraints, metrics = self.cost_figures(trial, compressed, cost)
         if compressed.skipped:
             trial.set_user_attr("skipped_layers", dict(compressed.skipped))
         # Written now, so a trial that fails in training still records them.
@@ -387,6 +381,26 @@ class TrialObjective:
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("status", status)
+        return self.objective_values(metrics)
+
+    def cost_figures(
+        self, trial: optuna.Trial, compressed: Compressed, cost: CostReport
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """The plan's budget constraints (`value / budget - 1`) and cost metrics; records the
+        per-kernel rows (and the measured or bounded latency) on the trial."""
+        if self.exp.latency == "measured":
+            trial.set_user_attr("predicted_latency_ms", cost.latency_ms)
+            cost = self.measured(compressed, cost)
+        constraints = constraint_values(
+            cost, self.budgets, profile=self.profile, latency_margin=self.latency_margin
+        )
+        if self.latency_margin:  # the bound the budget was checked against
+            trial.set_user_attr("latency_bound_ms", cost.latency_ms * (1 + self.latency_margin))
+        trial.set_user_attr("layer_costs", layer_costs(cost))
+        return constraints, dict(cost.metrics())
+
+    def objective_values(self, metrics: dict[str, Any]) -> tuple[float, ...]:
+        """What Optuna optimises, in the experiment's objective order (0.0 when unmeasured)."""
         return tuple(
             float(metrics[o.metric] if metrics.get(o.metric) is not None else 0.0)
             for o in self.exp.objectives

@@ -269,8 +269,9 @@ def run_jobs(
     from .objective import TrialObjective
     from .study import (
         check_storage,
+        check_targets,
         load_space,
-        load_target,
+        load_targets,
         open_study,
         run_search,
         warm_start,
@@ -289,8 +290,10 @@ def run_jobs(
 
     # Validate everything and build the task here, before any folder or process exists: the
     # base model is trained (or loaded) once and cached in the run folder for the workers.
-    space, profile = load_space(exp), load_target(exp)
-    check_space_runs_on(space, profile)
+    space, profiles = load_space(exp), load_targets(exp)
+    profile = profiles[0]
+    for each in profiles:
+        check_space_runs_on(space, each)
     check_storage(exp)
     run_dir = exp.run_dir
     # The outermost folder this run would create: removed again if the input is refused.
@@ -299,14 +302,7 @@ def run_jobs(
         task = load_task(exp, log=log)
         run_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(exp, create=not worker)
-        stored = study.user_attrs.get("profile", {}).get("name")
-        if stored and stored != profile.name:  # run_search refuses it too, but after the spawn
-            raise ConfigError(
-                exp.source,
-                "target",
-                f"the stored study {exp.name!r} was searched "
-                f"for {stored!r}, not {profile.name!r}; give --out for a separate run",
-            )
+        check_targets(exp, study, profiles)  # run_search refuses it too, but after the spawn
     except ConfigError:
         if fresh is not None:  # bad input leaves no half-written run folder behind
             import shutil
@@ -314,7 +310,12 @@ def run_jobs(
             shutil.rmtree(fresh, ignore_errors=True)
         raise
     if not worker and not study.trials:  # the recipes go in once, before any worker asks
-        warm_start(study, TrialObjective(exp, task, space, profile))
+        if exp.targets:
+            from .multi_target import MultiTargetObjective
+
+            warm_start(study, MultiTargetObjective(exp, task, space, profiles))
+        else:
+            warm_start(study, TrialObjective(exp, task, space, profile))
     del task
 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch

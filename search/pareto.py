@@ -34,7 +34,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,10 @@ class RunData:
     base_hash: str = ""  # sha256 of the base model's state_dict file (study attr `base_hash`)
     primary_metric: str = ""  # the metric accuracy drops are measured on
     base_layer_costs: tuple[tuple[Any, ...], ...] = ()  # the base model's per-kernel rows
+    # A study over several targets (search.multi_target): target name -> that target's view,
+    # an ordinary single-target RunData. Empty for a single-target study.
+    views: Mapping[str, RunData] = field(default_factory=dict)
+    target: str | None = None  # which target this view is (None: a single-target study)
 
     def __post_init__(self) -> None:
         numbers = [t.number for t in self.trials]
@@ -365,7 +369,15 @@ class RunData:
         }
 
     def summary_text(self) -> str:
-        """A few lines for the terminal: counts, the front, the knee."""
+        """A few lines for the terminal: counts, the front, the knee (per target if several)."""
+        if self.views:
+            trained = self.counts()["trained"]
+            head = (
+                f"{len(self.trials)} trials, {trained} trained once for {len(self.views)} targets"
+            )
+            return "\n".join(
+                [head, *(f"== {name} ==\n{v.summary_text()}" for name, v in self.views.items())]
+            )
         c = self.counts()
         lines = [
             f"{c['trials']} trials: {c['feasible']} feasible, {c['over_budget']} over budget "
@@ -670,9 +682,20 @@ def load_run_dir(run_dir: str | Path) -> RunData:
     return load_run(url, name)
 
 
-def build_run(study: Any, *, storage: str = "") -> RunData:
-    """Build `RunData` from a live `optuna.Study` (what `load_run` does after opening it)."""
+def build_run(study: Any, *, storage: str = "", target: str | None = None) -> RunData:
+    """Build `RunData` from a live `optuna.Study` (what `load_run` does after opening it).
+
+    A study over several targets gets one view per target in `views`; `target` builds that
+    target's view alone: its profile, budgets, constraints and cost metrics (`latency_ms@T`...).
+    """
     attrs = dict(study.user_attrs)
+    targets = [str(n) for n in attrs.get("targets") or ()]
+    if target is not None:
+        if target not in targets:
+            raise ConfigError(
+                study.study_name, "--target", f"{target!r} is not one of the study's {targets}"
+            )
+        attrs.update((attrs.get("target_views") or {}).get(target) or {})
     directions = [d.name.lower() for d in study.directions]
     raw = attrs.get("objectives")
     if raw:
@@ -688,7 +711,7 @@ def build_run(study: Any, *, storage: str = "") -> RunData:
     constraint_names = tuple(attrs.get("constraints") or ())
     refined = attrs.get("refined") or {}
     trials = tuple(
-        _record(t, objectives, refined.get(str(t.number)))
+        _record(t, objectives, refined.get(str(t.number)), target=target)
         for t in study.get_trials(deepcopy=False)
     )
     if not constraint_names:
@@ -696,7 +719,7 @@ def build_run(study: Any, *, storage: str = "") -> RunData:
         for t in trials:
             seen.update(dict.fromkeys(t.constraints))
         constraint_names = tuple(seen)
-    return assemble(
+    run = assemble(
         study_name=study.study_name,
         storage=storage,
         objectives=objectives,
@@ -713,6 +736,8 @@ def build_run(study: Any, *, storage: str = "") -> RunData:
         primary_metric=str(attrs.get("primary_metric") or ""),
         base_layer_costs=_rows(attrs.get("base_layer_costs")),
     )
+    views = {n: build_run(study, storage=storage, target=n) for n in targets} if not target else {}
+    return replace(run, views=views, target=target)
 
 
 def _rows(value: Any) -> tuple[tuple[Any, ...], ...]:
@@ -735,7 +760,11 @@ def _accuracy_floor(attrs: Mapping[str, Any], objectives: Sequence[Objective]) -
 
 
 def _record(
-    t: Any, objectives: Sequence[Objective], refined: Mapping[str, Any] | None = None
+    t: Any,
+    objectives: Sequence[Objective],
+    refined: Mapping[str, Any] | None = None,
+    *,
+    target: str | None = None,
 ) -> TrialRecord:
     ua = dict(t.user_attrs)
     state = t.state.name
@@ -746,6 +775,8 @@ def _record(
     if not constraints and isinstance(ua.get("constraints"), Mapping):
         constraints = {str(k): float(v) for k, v in ua["constraints"].items() if v is not None}
     values = tuple(float(v) for v in t.values) if t.values is not None else None
+    if target is not None:
+        ua, constraints, values = _target_view(ua, constraints, values, objectives, target)
     metrics = {k: ua.get(k) for k in METRIC_KEYS}
     # Objectives whose metric is not one of the schema's names are read from the values.
     for o, v in zip(objectives, values or ()):
@@ -786,6 +817,30 @@ def _record(
         refined=refined if isinstance(refined, Mapping) else None,
         layer_costs=_rows(ua.get("layer_costs")),
     )
+
+
+def _target_view(
+    ua: dict[str, Any],
+    constraints: Mapping[str, float],
+    values: tuple[float, ...] | None,
+    objectives: Sequence[Objective],
+    target: str,
+) -> tuple[dict[str, Any], dict[str, float], tuple[float, ...] | None]:
+    """One target's reading of a multi-target trial: `m@T` attributes become `m`, the
+    constraints are `constraints@T` (and the target-free accuracy drop), and the objective
+    values are the metrics on T (the study's own values aggregate the targets)."""
+    suffix = f"@{target}"
+    view = {k: v for k, v in ua.items() if "@" not in k}
+    view.update({k[: -len(suffix)]: v for k, v in ua.items() if k.endswith(suffix)})
+    mine = {str(k): float(v) for k, v in (ua.get(f"constraints{suffix}") or {}).items()}
+    if "accuracy_drop" in constraints:
+        mine["accuracy_drop"] = float(constraints["accuracy_drop"])
+    if values is not None:
+        values = tuple(
+            float(view[o.metric]) if view.get(o.metric) is not None else float(v)
+            for o, v in zip(objectives, values)
+        )
+    return view, mine, values
 
 
 def assemble(
@@ -998,10 +1053,22 @@ def write_pareto_json(run: RunData, path: str | Path) -> Path:
 
 
 def write_outputs(run: RunData, run_dir: str | Path) -> dict[str, Path]:
-    """Write `trials.csv`, `pareto.json` and `report.html` into `run_dir`; returns their paths."""
-    from .report import render_report
+    """Write `trials.csv`, `pareto.json` and `report.html` into `run_dir`; returns their paths.
+
+    A study over several targets writes `trials.T.csv`, `pareto.T.json` and `report.T.html`
+    per target T, and `report.html` as the index that switches between them.
+    """
+    from .report import render_report, render_target_index
 
     run_dir = Path(run_dir)
+    if run.views:
+        out: dict[str, Path] = {}
+        for name, view in run.views.items():
+            out[f"trials.{name}.csv"] = write_trials_csv(view, run_dir / f"trials.{name}.csv")
+            out[f"pareto.{name}.json"] = write_pareto_json(view, run_dir / f"pareto.{name}.json")
+            out[f"report.{name}.html"] = render_report(view, run_dir / f"report.{name}.html")
+        out["report.html"] = render_target_index(run, run_dir / "report.html")
+        return out
     return {
         "trials.csv": write_trials_csv(run, run_dir / "trials.csv"),
         "pareto.json": write_pareto_json(run, run_dir / "pareto.json"),

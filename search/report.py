@@ -1012,3 +1012,56 @@ def render_report(run: RunData, path: str | Path) -> Path:
     """Write report.html (self-contained, offline) and return its path."""
     text = report_html(run)
     return _atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def target_index_html(run: RunData) -> str:
+    """The index of a multi-target run: one row per target and a switcher showing its report.
+
+    Each target's report is its own file (`report.T.html`, a full report of that target's
+    view); this page shows one at a time in a frame, so it stays small and works offline.
+    """
+    esc = html.escape
+    rows, buttons = [], []
+    for i, (name, view) in enumerate(run.views.items()):
+        c = view.counts()
+        knee = view.trial(view.knee).plan_text if view.knee is not None else "nothing feasible"
+        desc = str(view.profile.get("description") or "")
+        file = f"report.{name}.html"
+        rows.append(
+            f"<tr><td><a href='{esc(file)}'>{esc(name)}</a></td><td>{esc(desc[:80])}</td>"
+            f"<td>{c['feasible']}</td><td>{c['front']}</td><td>{view.hypervolume:.4f}</td>"
+            f"<td>{esc(knee)}</td></tr>"
+        )
+        pressed = "true" if i == 0 else "false"
+        buttons.append(
+            f"<button aria-pressed='{pressed}' onclick=\"show(this, '{esc(file)}')\">"
+            f"{esc(name)}</button>"
+        )
+    first = f"report.{next(iter(run.views))}.html"
+    trained = run.counts()["trained"]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(run.study_name)}: one search, {len(run.views)} targets</title>"
+        '<link rel="icon" href="data:,">'
+        f"<style>{_CSS} iframe{{width:100%;height:85vh;border:1px solid #ccc}}"
+        " button[aria-pressed=true]{font-weight:bold}</style></head><body>"
+        f"<h1>{esc(run.study_name)}: one search for {len(run.views)} targets</h1>"
+        f"<p>{len(run.trials)} trials; {trained} plans trained, each once: a plan's accuracy "
+        "does not depend on the device. Every plan is costed on every target; its front, "
+        "budgets and hypervolume are each target's own.</p>"
+        "<table><thead><tr><th>target</th><th>profile</th><th>feasible</th><th>front</th>"
+        "<th>hypervolume</th><th>knee</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table><p>"
+        + " ".join(buttons)
+        + f"</p><iframe id='view' src='{esc(first)}' title='target report'></iframe>"
+        "<script>function show(b, f){document.getElementById('view').src=f;"
+        "document.querySelectorAll('button').forEach(x=>x.setAttribute('aria-pressed',"
+        "x===b));}</script></body></html>\n"
+    )
+
+
+def render_target_index(run: RunData, path: str | Path) -> Path:
+    """Write the multi-target index `report.html` and return its path."""
+    text = target_index_html(run)
+    return _atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))

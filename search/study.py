@@ -161,6 +161,38 @@ def load_target(exp: Experiment) -> HardwareProfile:
     return load_profile(exp.target, file=exp.source, field="target")
 
 
+def load_targets(exp: Experiment) -> list[HardwareProfile]:
+    """Every target's profile (`targets`, else the one `target`), checked against the space."""
+    if not exp.targets:
+        return [load_target(exp)]
+    field = "targets"
+    profiles = [load_profile(t, file=exp.source, field=field) for t in exp.targets]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise ConfigError(exp.source, field, f"two profiles share a name: {names}")
+    return profiles
+
+
+def check_targets(exp: Experiment, study: optuna.Study, profiles: list[HardwareProfile]) -> None:
+    """Refuse to resume a study searched for another target, or another set of targets."""
+    attrs = study.user_attrs
+    stored = attrs.get("targets") or (
+        [attrs["profile"]["name"]] if attrs.get("profile", {}).get("name") else None
+    )
+    wanted = [p.name for p in profiles]
+    if stored and list(stored) != wanted:
+
+        def shown(names: list[str]) -> str:
+            return repr(names[0]) if len(names) == 1 else f"targets {names}"
+
+        raise ConfigError(
+            exp.source,
+            "targets" if exp.targets else "target",
+            f"the stored study {exp.name!r} was searched for {shown(list(stored))}, "
+            f"not {shown(wanted)}; give --out for a separate run",
+        )
+
+
 @dataclass
 class SearchResult:
     study: optuna.Study
@@ -309,9 +341,11 @@ def run_search(
     from .parallel import fail_orphaned_trials
     from .tasks import load_task
 
-    space, profile = load_space(exp), load_target(exp)  # validate everything before writing
-    check_space_runs_on(space, profile)
-    latency_margin(exp, profile)  # `budget_margin: p90` needs a profile with a measured error
+    space, profiles = load_space(exp), load_targets(exp)  # validate everything before writing
+    profile = profiles[0]
+    for each in profiles:
+        check_space_runs_on(space, each)
+        latency_margin(exp, each)  # `budget_margin: p90` needs a profile with a measured error
     check_storage(exp)
     run_dir = exp.run_dir
     # The outermost folder this run would create: removed again if the input is refused.
@@ -321,20 +355,20 @@ def run_search(
         run_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures get our own message
         study = open_study(exp, create=not worker)
-        stored = study.user_attrs.get("profile", {}).get("name")
-        if stored and stored != profile.name:
-            raise ConfigError(
-                exp.source,
-                "target",
-                f"the stored study {exp.name!r} was searched for "
-                f"{stored!r}, not {profile.name!r}; give --out for a separate run",
-            )
+        check_targets(exp, study, profiles)
     except ConfigError:
         if fresh is not None:  # bad input leaves no half-written run folder behind
             shutil.rmtree(fresh, ignore_errors=True)
         raise
-    objective = (objective_cls or TrialObjective)(
-        exp, task, space, profile, weights_dir=run_dir / "weights", **(objective_kwargs or {})
+    if exp.targets:
+        from .multi_target import MultiTargetObjective
+
+        cls: type = objective_cls or MultiTargetObjective
+        target: Any = profiles
+    else:
+        cls, target = objective_cls or TrialObjective, profile
+    objective = cls(
+        exp, task, space, target, weights_dir=run_dir / "weights", **(objective_kwargs or {})
     )
     _record_study_attrs(study, exp, objective, profile, space)
     fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
@@ -461,11 +495,9 @@ def warm_start(study: optuna.Study, objective: Any) -> None:
         if family not in families:
             continue
         arch = ArchitectureConfig(family=family, width=recipe.get("width", 1.0))
-        offered = {
-            "weight_bits": objective.profile.weight_bits,
-            "activation_bits": objective.profile.activation_bits,
-        }
-        params = space.recipe_params(objective.layers_for(arch), offered=offered, **recipe)
+        params = space.recipe_params(
+            objective.layers_for(arch), offered=objective.offered_bits, **recipe
+        )
         study.enqueue_trial(params, user_attrs={"recipe": name})
 
 
@@ -494,6 +526,9 @@ def _record_study_attrs(
         "budget_margin": {"bound": exp.budget_margin, "latency_error": objective.latency_margin},
         "base_layer_costs": layer_costs(objective.baseline.cost),
     }
+    if exp.targets:  # one study, several devices: what each target's view reads
+        attrs["targets"] = list(objective.profiles)
+        attrs["target_views"] = objective.target_views()
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
