@@ -320,3 +320,31 @@ def test_output_overhead_charges_each_conv_output() -> None:
     a = estimate_cost(net, (8, 16, 16), base, activation_bits=8).latency_ms
     b = estimate_cost(net, (8, 16, 16), slow, activation_bits=8).latency_ms
     assert b - a == pytest.approx(8 * 16 * 16 * 100e-9 * 1e3, rel=1e-6)
+
+
+def test_a_graph_the_tflm_memory_model_cannot_follow_falls_back_to_liveness(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The TFLM arena model never takes the cost estimate down; the report says what it used."""
+    from torch import nn
+
+    from search.hardware import _graph, estimate_cost, load_profile
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    mcu = load_profile("mcu")
+    tflm = estimate_cost(net, (3, 16, 16), mcu, activation_bits=8)
+    assert not tflm.notes
+
+    def broken(*_: object) -> None:
+        raise KeyError("an op it does not know")
+
+    monkeypatch.setattr(_graph, "_tflm_graph", broken)
+    _graph.clear_cache()  # summaries are cached per model structure
+    try:
+        cost = estimate_cost(net, (3, 16, 16), mcu, activation_bits=8)
+        live = mcu.with_updates(memory_planner="liveness")
+        liveness = estimate_cost(net, (3, 16, 16), live, activation_bits=8)
+    finally:
+        _graph.clear_cache()
+    assert cost.memory_bytes == liveness.memory_bytes != tflm.memory_bytes
+    assert any("TFLite Micro memory model" in n and "KeyError" in n for n in cost.notes)

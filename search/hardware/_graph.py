@@ -620,10 +620,15 @@ def _summarize_fx(model: nn.Module, input_shape: tuple[int, ...]) -> GraphSummar
         kind_of[n] = "elementwise"
 
     peak, peak_ip, intervals = _liveness(nodes, kind_of, shapes, users, modules)
+    notes: tuple[str, ...] = ()
     try:
         tflm_buffers, tflm_ops = _tflm_graph(nodes, kind_of, shapes, users, modules, intervals)
-    except Exception:  # noqa: BLE001 - a graph the TFLM model does not know: liveness instead
+    except Exception as exc:  # noqa: BLE001 - a graph the TFLM model does not know: liveness
         tflm_buffers, tflm_ops = (), ()
+        notes = (
+            f"TFLite Micro memory model cannot follow this graph ({type(exc).__name__}); "
+            "a tflm profile prices its memory by buffer liveness",
+        )
     params, conv_lin, other = _param_numels(model)
     # Batch norms folded into a conv leave only that conv's bias behind.
     folded_norm_params = sum(
@@ -642,6 +647,7 @@ def _summarize_fx(model: nn.Module, input_shape: tuple[int, ...]) -> GraphSummar
         peak_elems_dw_in_place=peak_ip,
         input_elems=_numel(input_shape),
         traced=True,
+        notes=notes,
         tflm_buffers=tflm_buffers,
         tflm_ops=tflm_ops,
     )
