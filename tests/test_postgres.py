@@ -43,6 +43,41 @@ def _check_shared(url: str, name: str = "tiny") -> list[FrozenTrial]:
     return trials
 
 
+def _run_then_worker(
+    url: str, run: list[str], worker: list[str], *, cwd: tuple[Path, Path], env: dict[str, str]
+) -> None:
+    """`run` in the background; once its first trial is in the database, `worker` joins it (as
+    a second machine would). Both must exit 0."""
+    first = subprocess.Popen(
+        cli_command(*run),
+        cwd=cwd[0],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    engine = sqlalchemy.create_engine(url)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar():
+                        break
+            except sqlalchemy.exc.DBAPIError:
+                pass  # tables not created yet
+            time.sleep(0.2)
+        second = run_cli(*worker, cwd=cwd[1], env=env)
+        _, err = first.communicate(timeout=300)
+    finally:
+        engine.dispose()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+
+
 def test_server_is_real_local_and_throwaway(postgres_url: str) -> None:
     engine = sqlalchemy.create_engine(postgres_url)
     with engine.connect() as conn:
@@ -94,36 +129,14 @@ def test_run_with_two_jobs_shares_the_study(tmp_path: Path, postgres_url: str) -
 def test_worker_joins_a_running_search(tmp_path: Path, postgres_url: str) -> None:
     """`python -m search worker` on a second process shares a `run`'s study."""
     exp = write_tiny_experiment(tmp_path, trials=TRIALS)
-    env = cli_env(TINY_TRIAL_SLEEP="0.5")
     common = [str(exp), "--storage", postgres_url, "--out", "run", "--no-progress"]
-    first = subprocess.Popen(
-        cli_command("run", *common),
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    _run_then_worker(
+        postgres_url,
+        ["run", *common],
+        ["worker", *common],
+        cwd=(tmp_path, tmp_path),
+        env=cli_env(TINY_TRIAL_SLEEP="0.5"),
     )
-    engine = sqlalchemy.create_engine(postgres_url)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and first.poll() is None:
-            try:
-                with engine.connect() as conn:
-                    if conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar():
-                        break
-            except sqlalchemy.exc.DBAPIError:
-                pass  # tables not created yet
-            time.sleep(0.2)
-        second = run_cli("worker", *common, cwd=tmp_path, env=env)
-        out, err = first.communicate(timeout=300)
-    finally:
-        engine.dispose()
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
-    assert first.returncode == 0, err[-3000:]
-    assert second.returncode == 0, second.stderr[-3000:]
     _check_shared(postgres_url)
 
 
@@ -139,34 +152,13 @@ def test_two_machines_as_the_readme_sets_them_up(tmp_path: Path, postgres_url: s
     env = cli_env(TINY_TRIAL_SLEEP="0.3")
     env.pop("COMPRESS_SEARCH_CACHE", None)  # each machine trains (or loads) its own base model
     common = ["--storage", postgres_url, "--no-progress"]
-    first = subprocess.Popen(
-        cli_command("run", str(exps[0]), *common),
-        cwd=machines[0],
+    _run_then_worker(
+        postgres_url,
+        ["run", str(exps[0]), *common],
+        ["worker", str(exps[1]), *common, "--jobs", "2"],
+        cwd=(machines[0], machines[1]),
         env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
     )
-    engine = sqlalchemy.create_engine(postgres_url)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and first.poll() is None:
-            try:
-                with engine.connect() as conn:
-                    if conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar():
-                        break
-            except sqlalchemy.exc.DBAPIError:
-                pass  # tables not created yet
-            time.sleep(0.2)
-        second = run_cli("worker", str(exps[1]), *common, "--jobs", "2", cwd=machines[1], env=env)
-        out, err = first.communicate(timeout=300)
-    finally:
-        engine.dispose()
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
-    assert first.returncode == 0, err[-3000:]
-    assert second.returncode == 0, second.stderr[-3000:]
     trials = optuna.load_study(study_name="tiny", storage=postgres_url).get_trials()
     report = audit_trials(trials)
     assert report["complete"] >= TRIALS + 2 and report["failed"] == 0, report
