@@ -43,6 +43,7 @@ from search.hardware import (  # noqa: E402
     load_profile,
     reference_network,
 )
+from search.hardware._tflm import full_integer  # noqa: E402
 from spaces import (  # noqa: E402
     ArchitectureConfig,
     CompressionPlan,
@@ -167,7 +168,7 @@ def measure(name: str, kind: str, build: Callable[[], Any], profile: Any) -> dic
     from search.tflite import TflmModel, convert, operators
 
     model, shape, bits = build()
-    int8 = all(b == 8 for b in bits.values())
+    int8 = full_integer(bits.values(), 8)  # what export --format tflite writes
     cost = estimate_cost(model, shape, profile, layer_bits=bits, activation_bits=8)
     old = estimate_cost(
         model,

@@ -11,7 +11,7 @@ from torch import nn
 
 from ._graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
 from ._profile import BUDGET_KEYS, HardwareProfile
-from ._tflm import arena_tail, flatbuffer_overhead, greedy_plan
+from ._tflm import arena_tail, flatbuffer_overhead, full_integer, greedy_plan
 
 _SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized layer
 _BIAS_BYTES = 4  # biases stay 32 bit (int32 accumulators or fp32)
@@ -209,7 +209,7 @@ def estimate_cost(
         # TFLite Micro runs what `export --format tflite` writes: full-integer int8 when every
         # layer and the activations are at 8 bits, else float32 throughout (its float kernels).
         layers = [k.layer for k in summary.kernels if k.kind in COMPUTE_KINDS and k.layer]
-        int8 = activation_bits == 8 and all(layer_bits.get(k, 32) == 8 for k in layers)
+        int8 = full_integer((layer_bits.get(k, 32) for k in layers), activation_bits)
         if not int8:
             act_bytes = 4
         # The flatbuffer stores every weight dense (no sparse format), at 8 bits or float32.

@@ -15,7 +15,7 @@ against TFLM on the reference networks and search plans.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 ALIGN = 16  # TFLM's arena buffer alignment
 EVAL_TENSOR_BYTES = 24  # TfLiteEvalTensor
@@ -46,6 +46,13 @@ PER_CHANNEL_OP_BYTES = 8
 # TRANSPOSE's permutation, a RESHAPE's shape).
 CONST_TENSORS = {"conv": 2, "dwconv": 2, "linear": 2, "pad": 1, "mean": 1, "transpose": 1}
 RESHAPE_CONSTS = 1
+
+
+def full_integer(layer_bits: Iterable[int], activation_bits: int) -> bool:
+    """Whether `export --format tflite` writes full-integer int8 (else float32, which TFLM
+    runs on its float kernels): every layer's weights and the activations at 8 bits."""
+    bits = list(layer_bits)
+    return bool(bits) and activation_bits == 8 and all(b == 8 for b in bits)
 
 
 def greedy_plan(buffers: Sequence[tuple[int, int, int]]) -> int:
