@@ -40,7 +40,10 @@ __all__ = [
 
 CALIBRATION_ROWS = 128  # PT2E observers see this many training rows, one at a time
 C_ALIGN = 16  # TFLM wants the flatbuffer 16-byte aligned (its tensors are read in place)
-_EXTRA_HINT = 'install the optional extra: pip install -e ".[tflite]"'
+_EXTRA_HINT = (
+    'install the optional extra: pip install "compression-search[tflite]" '
+    '(in a checkout: pip install -e ".[tflite]")'
+)
 
 
 def missing_extra() -> str | None:
