@@ -447,7 +447,7 @@ def error_summary(rows: Sequence[LooRow]) -> dict[str, float | None]:
 # Measurements a user brings: a CSV of ONNX files or zoo networks, and latencies
 # ------------------------------------------------------------------------------------------------
 
-PRECISIONS = {"int8": 8, "fp16": 16, "fp32": 32, "8": 8, "16": 16, "32": 32}
+CSV_PRECISIONS = {"int8": 8, "fp16": 16, "fp32": 32, "8": 8, "16": 16, "32": 32}
 
 
 def zoo_sample(network: str, precision: int, latency_ms: float, *, batch: int = 1) -> Sample:
@@ -576,7 +576,7 @@ def read_measurements(
                 raise ConfigError(
                     file, f"row {i}: network", f"one of {sorted(REFERENCE_NETWORKS)}"
                 )
-            bits = PRECISIONS.get(row.get("precision", "").lower())
+            bits = CSV_PRECISIONS.get(row.get("precision", "").lower())
             if bits is None:
                 raise ConfigError(file, f"row {i}: precision", "int8, fp16 or fp32")
             sample = zoo_sample(network, bits, ms, batch=batch)
