@@ -2,18 +2,21 @@
 
 from ._data import DataSplit
 from ._digits import DigitsCNN, digits_splits
+from ._gratings import GratingsCNN, gratings_splits
 from ._task import Task, file_sha256, load_state_dict_file, load_task
 from ._train import TrainingDiverged, classification_metrics, evaluate_split, fit, predict
 
 __all__ = [
     "DataSplit",
     "DigitsCNN",
+    "GratingsCNN",
     "Task",
     "TrainingDiverged",
     "classification_metrics",
     "digits_splits",
     "evaluate_split",
     "file_sha256",
+    "gratings_splits",
     "fit",
     "load_state_dict_file",
     "load_task",
