@@ -244,6 +244,19 @@ def load_task(exp: Experiment, *, log: Callable[[str], None] = print) -> Task:
     )
 
 
+def _call(exp: Experiment, field_name: str, spec: str, factory: Callable[[], Any]) -> Any:
+    """Call a user's factory; an exception in it is one error naming the field, no traceback."""
+    try:
+        return factory()
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's code failed: name it
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            exp.source, field_name, f"{spec} raised {type(exc).__name__}: {first}"
+        ) from None
+
+
 def _load_user_task(
     exp: Experiment, spec: UserTask, device: str, log: Callable[[str], None]
 ) -> Task:
@@ -252,21 +265,13 @@ def _load_user_task(
     evaluate = _factory(exp, spec.evaluate, "task.evaluate") if spec.evaluate else None
 
     def make() -> nn.Module:
-        model = make_model()
+        model = _call(exp, "task.model", spec.model, make_model)
         if not isinstance(model, nn.Module):
             raise ConfigError(exp.source, "task.model", f"{spec.model} must return an nn.Module")
         return model
 
     make()  # fail early on a bad factory, before any data work
-    try:
-        splits = make_data()
-    except ConfigError:
-        raise
-    except Exception as exc:  # the user's factory failed: name it, no traceback
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(
-            exp.source, "task.data", f"{spec.data} raised {type(exc).__name__}: {first}"
-        ) from None
+    splits = _call(exp, "task.data", spec.data, make_data)
     if not (isinstance(splits, (tuple, list)) and len(splits) == 3):
         raise ConfigError(exp.source, "task.data", f"{spec.data} must return (train, val, test)")
     classes = None if evaluate else spec.num_classes
