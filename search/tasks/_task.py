@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ._data import DataSplit
 from ._digits import DigitsCNN, digits_splits
 from ._gratings import GratingsCNN, gratings_splits
-from ._train import Teacher, evaluate_split, fit, predict
+from ._train import Teacher, TrainingDiverged, evaluate_split, fit, predict
 
 BASE_TRAINING = {"epochs": 30, "lr": 0.01, "batch_size": 64, "seed": 0}
 # Built-in tasks by name: (model factory, (train, val, test) tensors, input shape, classes,
@@ -349,17 +349,25 @@ def _cached_base(
     log(f"base model: training it ({budget}); it is cached for the next run")
     torch.manual_seed(settings["seed"])
     model = make()
-    fit(
-        model,
-        train,
-        epochs=settings["epochs"],
-        steps=steps,
-        lr=settings["lr"],
-        batch_size=settings["batch_size"],
-        seed=settings["seed"],
-        device=device,
-        amp=exp.recovery.amp,
-    )
+    try:
+        fit(
+            model,
+            train,
+            epochs=settings["epochs"],
+            steps=steps,
+            lr=settings["lr"],
+            batch_size=settings["batch_size"],
+            seed=settings["seed"],
+            device=device,
+            amp=exp.recovery.amp,
+        )
+    except TrainingDiverged as exc:  # finite inputs, but on a scale training cannot take
+        raise ConfigError(
+            exp.source,
+            "task.data",
+            f"training the base model on the train split diverged ({exc}); normalise the "
+            "inputs (e.g. to mean 0, std 1) or give task.weights",
+        ) from None
     model.cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
