@@ -125,6 +125,9 @@ class TrialObjective:
         self.budgets = {**profile.budgets, **exp.budgets}
         self.latency_margin = latency_margin(exp, profile)
         self.weights_dir = weights_dir
+        # Bad user input met inside a trial (a NaN deep in a streamed split): the search stops
+        # and run_search raises it, instead of failing every later trial the same way.
+        self.config_error: ConfigError | None = None
         self.primary = next(
             (o.metric for o in exp.objectives if o.direction == "maximize"), "accuracy"
         )
@@ -175,6 +178,12 @@ class TrialObjective:
         try:
             return self._run(trial)
         except optuna.TrialPruned:
+            raise
+        except ConfigError as exc:
+            self.config_error = exc
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("fail_reason", str(exc)[:500])
+            trial.study.stop()
             raise
         except Exception as exc:  # recorded as FAILED with its reason; the search goes on
             trial.set_user_attr("status", "failed")

@@ -400,6 +400,10 @@ def run_search(
             gc_after_trial=False,
         )
     bar.close()
+    if getattr(objective, "config_error", None) is not None:  # bad data met mid-search
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+        raise objective.config_error
     if exp.recovery.refine_top_k > 0 and not worker:
         refine_front(study, objective, log=log)
     result = tally(

@@ -85,6 +85,18 @@ def data():
 
 def stream_data():
     return Stream(), Rows("val"), Rows("test")
+
+
+class LateNaN(Stream):
+    """A stream whose row 150 is NaN: past the batches checked at load, met in recovery."""
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(super().__iter__()):
+            yield (torch.full_like(x, float("nan")) if i == 150 else x), y
+
+
+def late_nan_data():
+    return LateNaN(), Rows("val"), Rows("test")
 '''
 
 
@@ -310,3 +322,15 @@ def test_one_gpu_per_worker_follows_cuda_visible_devices(monkeypatch: pytest.Mon
     assert gpu_ids() == []
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert gpu_ids() == [str(i) for i in range(torch.cuda.device_count())]
+
+
+def test_bad_data_met_mid_search_stops_it_in_one_line(in_tmp: Path, fresh_module, capsys):
+    """A NaN the load-time check could not see (row 150 of a stream) fails the first trial
+    that reads it; the search stops there: exit 2, one line naming task.data, no run folder."""
+    sys.path.insert(0, str(in_tmp))
+    exp = _experiment(in_tmp, "late_nan_data", weights="base.pt", train_steps=None)
+    torch.save(importlib.import_module("streamtask").model().state_dict(), in_tmp / "base.pt")
+    assert main(["run", str(exp), "--out", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "task.data" in err[0], err
+    assert not (in_tmp / "run").exists()
