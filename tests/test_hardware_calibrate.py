@@ -369,3 +369,23 @@ def test_a_builtin_base_starts_from_its_stated_figures_not_its_fitted_ones(tmp_p
     # A profile of the user's own (any other name) is its own start.
     mine = calibrate(samples, other.with_updates(name="myboard"))
     assert [r.predicted_ms for r in mine.loo] != [r.predicted_ms for r in a.loo]
+
+
+def test_networks_of_one_backbone_leave_together() -> None:
+    """The ST zoo's MobileNetV2 0.35 at 128 px with 1000 or 5 classes is one network: a fit
+    that saw the 5-class row would know the 1000-class one."""
+    from search.hardware._calibrate import (
+        fit_device,
+        leave_one_network_out,
+        predicted_ms,
+        zoo_sample,
+    )
+
+    a = zoo_sample("st_mobilenet_v2_035_128", 8, 100.0)
+    b = zoo_sample("st_mobilenet_v2_035_128_c5", 8, 80.0)
+    others = [zoo_sample("resnet8", 8, 30.0), zoo_sample("ds_cnn", 8, 10.0)]
+    assert a.group == b.group != others[0].group
+    rows = leave_one_network_out([a, b, *others], MCU_TRUE)
+    alone = fit_device(others, MCU_TRUE)
+    assert rows[0].predicted_ms == pytest.approx(predicted_ms(a, alone))
+    assert rows[1].predicted_ms == pytest.approx(predicted_ms(b, alone))

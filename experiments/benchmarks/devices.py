@@ -152,7 +152,7 @@ def profile_section(name: str) -> tuple[dict[str, Any], Calibration]:
     excluded = [{"model": r["model"], "why": r["why"]} for r in _published(name, "none")]
     out: dict[str, Any] = {
         "runtime": dict(base.runtime or {}),
-        "networks": len({s.network for s in samples}),
+        "networks": len({s.group for s in samples}),  # backbones leave out together
         **{k: cal.errors.get(k) for k in _KEYS},
         "rows": rows,
         "checks": checks,

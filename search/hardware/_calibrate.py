@@ -44,13 +44,16 @@ class Sample:
     activation_bits: int = 32
     layer_density: Mapping[str, float] = field(default_factory=dict)
     batch_scale: float = 1.0
-    network: str = ""  # what leave-one-network-out groups by (default: the name)
+    network: str = ""  # the measured network (default: the name)
+    # Networks with one backbone leave together in leave-one-network-out (ReferenceNetwork).
+    backbone: str = ""
     # The measurements-CSV row it was read from (provenance: board, runtime, source, ...).
     row: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def group(self) -> str:
-        return self.network or self.name
+        """What leave-one-network-out leaves out together."""
+        return self.backbone or self.network or self.name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -469,6 +472,7 @@ def zoo_sample(network: str, precision: int, latency_ms: float, *, batch: int = 
         layer_bits=bits,
         activation_bits=precision,
         network=network,
+        backbone=entry.backbone,
     )
 
 

@@ -34,6 +34,9 @@ class ReferenceNetwork:
         build: returns a fresh, randomly initialised `nn.Module` in eval mode.
         family: "dense-cnn", "depthwise" or "mlp" (what dominates the MACs).
         description: the reference it rebuilds and its published size.
+        backbone: entries that share one are the same layers at another resolution, input
+            channel count or class count: one network for leave-one-network-out (a fit that
+            saw one of them knows the others). Empty: the entry is its own.
     """
 
     name: str
@@ -41,6 +44,7 @@ class ReferenceNetwork:
     build: Callable[[], nn.Module]
     family: str
     description: str
+    backbone: str = ""
 
 
 def _conv_bn(
@@ -328,8 +332,9 @@ def _entry(
     build: Callable[[], nn.Module],
     family: str,
     description: str,
+    backbone: str = "",
 ) -> tuple[str, ReferenceNetwork]:
-    return name, ReferenceNetwork(name, shape, build, family, description)
+    return name, ReferenceNetwork(name, shape, build, family, description, backbone)
 
 
 REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
@@ -355,6 +360,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             lambda: _eval(MobileNetV1(0.25, 2)),
             "depthwise",
             "MLPerf Tiny VWW MobileNetV1 alpha 0.25, 96x96, 2 classes: 7.49 M MACs, 211 k params",
+            backbone="mobilenet_v1_025",
         ),
         _entry(
             "fc_autoencoder",
@@ -370,6 +376,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_keras_mobilenet_v1, 0.25, 5),
             "depthwise",
             "Keras MobileNetV1 alpha 0.25, 96x96x3, 5 classes (ST model zoo, flowers)",
+            backbone="mobilenet_v1_025",
         ),
         _entry(
             "st_mobilenet_v1_025_96_gray",
@@ -377,6 +384,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_keras_mobilenet_v1, 0.25, 5, 1),
             "depthwise",
             "Keras MobileNetV1 alpha 0.25, 96x96x1, 5 classes (ST model zoo, flowers grayscale)",
+            backbone="mobilenet_v1_025",
         ),
         _entry(
             "st_mobilenet_v1_025_224",
@@ -384,6 +392,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_keras_mobilenet_v1, 0.25, 1000),
             "depthwise",
             "Keras MobileNetV1 alpha 0.25, 224x224x3, 1000 classes (ST model zoo, ImageNet)",
+            backbone="mobilenet_v1_025",
         ),
         _entry(
             "st_mobilenet_v1_025_224_c5",
@@ -391,6 +400,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_keras_mobilenet_v1, 0.25, 5),
             "depthwise",
             "Keras MobileNetV1 alpha 0.25, 224x224x3, 5 classes (ST model zoo, flowers)",
+            backbone="mobilenet_v1_025",
         ),
         _entry(
             "st_mobilenet_v1_050_224",
@@ -405,6 +415,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_mobilenet_v2, 0.35, 1000),
             "depthwise",
             "MobileNetV2 alpha 0.35, 128x128x3, 1000 classes (ST model zoo, ImageNet)",
+            backbone="mobilenet_v2_035",
         ),
         _entry(
             "st_mobilenet_v2_035_128_c5",
@@ -412,6 +423,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_mobilenet_v2, 0.35, 5),
             "depthwise",
             "MobileNetV2 alpha 0.35, 128x128x3, 5 classes (ST model zoo, flowers)",
+            backbone="mobilenet_v2_035",
         ),
         _entry(
             "st_mobilenet_v2_035_224",
@@ -419,6 +431,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_mobilenet_v2, 0.35, 1000),
             "depthwise",
             "MobileNetV2 alpha 0.35, 224x224x3, 1000 classes (ST model zoo, ImageNet)",
+            backbone="mobilenet_v2_035",
         ),
         # Phone and GPU rows (ImageNet, 1000 classes)
         _entry(
@@ -469,6 +482,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             partial(_torchvision, "resnet50"),
             "dense-cnn",
             "torchvision ResNet-50 (v1.5), 224x224x3: 4.1 G MACs, 25.6 M params",
+            backbone="resnet50",
         ),
         _entry(
             "resnet50_v1",
@@ -476,6 +490,7 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             _resnet50_v1,
             "dense-cnn",
             "ResNet-50 v1 (Caffe-style, stride on the 1x1), 224x224x3: 3.9 G MACs, 25.6 M params",
+            backbone="resnet50",
         ),
         _entry(
             "efficientnet_b0",
