@@ -810,7 +810,11 @@ def main() -> None:
     }
     # Train the base model once, before the workers share its cache.
     os.environ["COMPRESS_SEARCH_CACHE"] = common["cache"]
+    import torch
+
     from search.tasks import load_task
+
+    torch.set_num_threads(1)  # two threads on a shared machine spin far more than they gain
 
     TASK = args.task
     load_task(experiment("base", args.work / "base"), log=log)
