@@ -167,8 +167,10 @@ class Experiment:
             changes["target"] = _target(where, "--target", changes["target"])
             changes["targets"] = ()  # --target X searches for X alone
         elif "targets" in changes:
-            changes["targets"] = _targets(where, "--targets", changes["targets"].split(","))
-            changes["target"] = changes["targets"][0] if changes["targets"] else self.target
+            names = changes["targets"].split(",")
+            changes["targets"] = _targets(where, "--targets", names)
+            # One name is the ordinary single-target search for it.
+            changes["target"] = _target(where, "--targets", names[0])
         if "storage" in changes:
             changes["storage"] = _storage(where, "--storage", changes["storage"])
             changes["storage_flag"] = True
@@ -429,10 +431,9 @@ def parse_experiment(data: Any, source: str) -> Experiment:
                 for t in raw_targets
             ]
         targets = _targets(file, "targets", raw_targets)
-        if "target" in data and targets and data["target"] not in data["targets"]:
+        if "target" in data and data["target"] not in data["targets"]:
             raise ConfigError(file, "target", "give `target` or `targets`, not both")
-        if targets:
-            target = targets[0]
+        target = targets[0] if targets else _target(file, "targets[0]", raw_targets[0])
 
     kwargs: dict[str, Any] = {
         "name": name,
