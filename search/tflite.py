@@ -391,6 +391,7 @@ class LiteRtModel(_Runner):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
+        self.threads = threads
         with _captured_fds():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
             self.litert = Interpreter(model_path=str(self.path), num_threads=threads)
             self.litert.allocate_tensors()
@@ -402,20 +403,17 @@ class LiteRtModel(_Runner):
         self.litert.invoke()
         return self.litert.get_tensor(self.output["index"])
 
-    def latency_ms(self, *, repeats: int = 50) -> float:
-        """Median batch-1 latency of `invoke()` on this machine, after a warm-up."""
-        import statistics
-        import time
+    def latency_ms(self) -> float:
+        """Median batch-1 latency of `invoke()` on this machine, in ms.
 
+        Timed as every host measurement of the project is (`hardware._measure.time_callable`:
+        noisy attempts rejected; with one thread, that thread's CPU time).
+        """
         import numpy as np
+
+        from .hardware._measure import time_callable
 
         x = np.zeros(tuple(int(d) for d in self.input["shape"]), self.input["dtype"])
         self.litert.set_tensor(self.input["index"], x)
-        for _ in range(5):
-            self.litert.invoke()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.litert.invoke()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1e3
+        clock = "cpu" if self.threads == 1 else "wall"
+        return time_callable(self.litert.invoke, clock=clock).median_ms
