@@ -80,6 +80,7 @@ POINT = 0.01
 TRIALS, SEEDS, WARM_SEEDS = 20, (0, 1, 2, 3, 4), ()
 RECOVERY = {"epochs": 2, "student_epochs": 3}
 REFINE = {"top_k": 2, "epochs": 6, "student_epochs": 9}
+RANDOM_SEED_OFFSET = 1000
 STAGES = ("architecture", "lowrank", "prune", "quantize")
 RELAXED = {"latency_ms": 1e9, "memory_kb": 1e9, "flash_kb": 1e9}  # stages before the last
 TARGETS = {  # issue 15's targets
@@ -470,8 +471,10 @@ def unit(spec: dict[str, Any]) -> dict[str, Any]:
         out["front"] = front
     elif kind in ("random", "warm"):
         sampler = "random" if kind == "random" else "auto"
+        # Its own stream: on the same seed, TPE's 10 random start-up trials would be these.
+        own = seed + RANDOM_SEED_OFFSET if kind == "random" else seed
         exp = experiment(
-            f"{kind}-s{seed}", work / f"{kind}-s{seed}", sampler=sampler, seed=seed, trials=n
+            f"{kind}-s{seed}", work / f"{kind}-s{seed}", sampler=sampler, seed=own, trials=n
         )
         out[kind] = _search(exp, warm=kind == "warm")
     elif kind == "sequential":
