@@ -564,6 +564,7 @@ def analyse(done: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> dict[str
         "seeds_with_pick_within_1pt_on_test": sum(
             p["pick_test_drop_pts"] <= 100 * POINT + 1e-9 for p in ok_picks
         ),
+        "feasible_val_spread_pts": median_ci([p["feasible_val_spread_pts"] for p in per_seed]),
         "seeds": list(seeds),
     }
     warm = [p for p in per_seed if "warm_auto" in p["hv"]]
@@ -646,7 +647,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "",
         f"Commit `{st['commit']}`, {st['date']}; load average before {st['load_before']}, "
         f"after {st['load_after']} ({st['cores']} cores); wall {st['wall_s']:.0f} s.",
-        f"Command: `{st['command']}`",
+        f"Command: `{st['command']}`"
+        + (f"; figures re-analysed at `{st['analysed_at']}`." if st.get("analysed_at") else ""),
         "",
         f"Task: base {100 * t['base_val_accuracy']:.1f} % val / "
         f"{100 * t['base_test_accuracy']:.1f} % test; {t['base_cost']['latency_ms']:.1f} ms "
@@ -664,6 +666,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
     lines += [
         f"| baselines_dominated (test, every seed) | {dom} | all yes |",
         f"| pick's test drop (points) | {_ci(s['pick_test_drop_pts'])} | <= 1 |",
+        f"| feasible plans' val accuracy spread, auto + random (points) | "
+        f"{_ci(s['feasible_val_spread_pts'])} | >= 5 |",
         f"| hv halving / fixed epochs (equal wall time) | {_ci(s['hv_ratio_halving_vs_fixed'])}"
         " | > 1 to adopt |",
         f"| hv warm-started auto / random (apart) | "
@@ -809,7 +813,7 @@ def main() -> None:
         return
     if args.reanalyse:
         saved = json.loads(raw.read_text())
-        write(args, saved["done"], saved["stamp"])
+        write(args, saved["done"], {**saved["stamp"], "analysed_at": git_commit()})
         return
     load_before = os.getloadavg()
     commit = git_commit()
