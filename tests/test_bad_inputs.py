@@ -270,7 +270,7 @@ def test_space_bits_against_target() -> None:
     """Bits the target cannot run at all are refused; a partial overlap is narrowed instead."""
     from search.validate import check_space_runs_on
 
-    mcu = load_profile("mcu")  # runs 8, 16 and 32 bits
+    mcu = load_profile("mcu")  # runs 8 and 32 bits
     partial = SearchSpace.from_dict(
         {"quantize": {"weight_bits": [4, 8], "activation_bits": [8]}}, source="partial.yaml"
     )
@@ -280,4 +280,4 @@ def test_space_bits_against_target() -> None:
     with pytest.raises(ConfigError) as info:
         check_space_runs_on(low, mcu)
     assert (info.value.file, info.value.field) == ("space.yaml", "quantize.weight_bits")
-    assert "[8, 16, 32]" in info.value.message
+    assert "[8, 32]" in info.value.message
