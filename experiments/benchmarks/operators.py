@@ -27,6 +27,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from search.compress import Compressed, compressible_layers, export_onnx  # noqa: E402
 from search.config import load_experiment  # noqa: E402
 from search.hardware import estimate_cost, load_profile  # noqa: E402
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, help="student epochs (default: config)")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     args = parser.parse_args()
+    stamp = _stamp.start()
 
     torch.set_num_threads(2)
     exp = load_experiment(ROOT / "experiments" / "quickstart.yaml")
@@ -212,6 +215,7 @@ def main() -> None:
             "per_trial_recomputation_s more; the cache pays teacher_forward once per run",
         },  # fmt: skip
         "torch": torch.__version__,
+        "stamp": _stamp.finish(stamp),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "operators.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -243,6 +247,10 @@ def _best(rows: list[dict]) -> dict:
 
 def _markdown(result: dict) -> str:
     lines = [
+        "# Each operator alone on the digits reference CNN",
+        "",
+        _stamp.line(result["stamp"]),
+        "",
         "| operator | strength | size (bytes) | size ratio | MACs | MACs ratio | "
         "test accuracy | drop |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
