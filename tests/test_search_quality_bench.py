@@ -139,3 +139,9 @@ def test_smoke_run_writes_the_quoted_keys(tmp_path: Path) -> None:
     assert len(seed["sequential_picks"]) == 4  # one pick per stage
     md = (results / "search_quality.md").read_text()
     assert "hv_ratio_vs_random" in md and stamp["commit"] in md
+
+
+def test_readme_quotes_the_results_file() -> None:
+    """The README's figures are the committed results file's, rendered, never typed."""
+    doc = json.loads((REPO / "experiments" / "results" / "search_quality.json").read_text())
+    assert sq.readme_section(doc) in (REPO / "README.md").read_text()

@@ -759,6 +759,9 @@ def readme_section(doc: Mapping[str, Any]) -> str:
         + " | all yes |",
         f"| successive halving / fixed epochs, equal wall time | "
         f"{_ci(doc['hv_ratio_halving_vs_fixed'])} | - |",
+        "",
+        "`inf`: the compared arm found no feasible plan in most seeds; why, and the margins by",
+        "which baselines are not dominated, in the results file's notes and per-seed table.",
         README_END,
     ]
     return "\n".join(lines)
