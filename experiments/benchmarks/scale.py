@@ -48,6 +48,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from search.parallel import audit_trials, threads_per_worker  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
@@ -382,6 +384,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Scale: workers on PostgreSQL, and kill-and-resume",
         "",
+        f"At commit {result['machine'].get('commit', '?')}, {result['machine'].get('date', '?')}. "
         f"Machine: {result['machine']['cores']} cores, shared with other work (load average "
         f"{result['machine']['load_avg_before']} at the start, "
         f"{result['machine']['load_avg_after']} at the end). Workload: the digits task, "
@@ -487,10 +490,13 @@ def main() -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["COMPRESS_SEARCH_CACHE"] = str(work / "cache")  # the base model trains once
     env["PYTHONWARNINGS"] = "ignore"
+    stamp = _stamp.start()
     result: dict[str, Any] = {
         "machine": {
             "cores": os.cpu_count(),
             "load_avg_before": round(os.getloadavg()[0], 2),
+            "commit": stamp["commit"],
+            "date": stamp["date"],
             "python": platform.python_version(),
             "torch": torch.__version__,
             "optuna": optuna.__version__,
