@@ -503,6 +503,7 @@ def _export_into(
             input_shape=tuple(task.input_shape),
             int8=bool(int8_layers) and fmt == "onnx",
             calib_inputs=task.calibration_inputs(CALIBRATION_ROWS),
+            symmetric="tensorrt" in str((profile.runtime or {}).get("name", "")).lower(),
         )
         if fmt == "onnx-fp16":
             _to_float16(tmp / "model.onnx")

@@ -558,3 +558,29 @@ def test_int8_export_runs_in_onnxruntime_and_agrees(net: str, tmp_path) -> None:
         n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8_weights
     ]
     assert 1 <= len(quantized) < len(layers)  # the 4-bit logits layer stays fp32
+
+
+def test_int8_export_for_tensorrt_has_symmetric_int8_activations(tmp_path) -> None:
+    """TensorRT's QDQ import takes int8 activations with zero point 0, never uint8."""
+    import onnx
+    from onnx import numpy_helper
+
+    base, x, y = _setup("cnn")
+    plan = CompressionPlan(quantize=QuantizeConfig(default_weight_bits=8, activation_bits=8))
+    out = _compress(plan, base, x, y)
+    shape = type(base).input_shape
+    sym = export_onnx(out.model, tmp_path / "s.onnx", input_shape=shape, int8=True,
+                      calib_inputs=x, symmetric=True)  # fmt: skip
+    plain = export_onnx(out.model, tmp_path / "p.onnx", input_shape=shape, int8=True,
+                        calib_inputs=x)  # fmt: skip
+
+    def zero_points(path) -> list:
+        graph = onnx.load(str(path)).graph
+        init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        return [init[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+
+    sym_zps, plain_zps = zero_points(sym), zero_points(plain)
+    assert sym_zps and all(z.dtype.name == "int8" and not z.any() for z in sym_zps)
+    assert any(z.dtype.name == "uint8" for z in plain_zps)  # ONNX Runtime's CPU default
+    got, ref = _ort(sym, x), out.model(x).detach()
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
