@@ -267,17 +267,8 @@ def run_jobs(
             nor enqueue the warm-start recipes.
     """
     from .objective import TrialObjective
-    from .study import (
-        check_storage,
-        check_targets,
-        load_space,
-        load_targets,
-        open_study,
-        run_search,
-        warm_start,
-    )
+    from .study import check_targets, open_study, run_search, validate_run, warm_start
     from .tasks import load_task
-    from .validate import check_space_runs_on
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError("<command line>", "--jobs", f"must be an integer >= 1, got {jobs!r}")
@@ -290,11 +281,8 @@ def run_jobs(
 
     # Validate everything and build the task here, before any folder or process exists: the
     # base model is trained (or loaded) once and cached in the run folder for the workers.
-    space, profiles = load_space(exp), load_targets(exp)
+    space, profiles = validate_run(exp)
     profile = profiles[0]
-    for each in profiles:
-        check_space_runs_on(space, each)
-    check_storage(exp)
     run_dir = exp.run_dir
     # The outermost folder this run would create: removed again if the input is refused.
     fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)

@@ -320,6 +320,19 @@ def is_feasible(trial: FrozenTrial) -> bool:
     )
 
 
+def validate_run(exp: Experiment) -> tuple[SearchSpace, list[HardwareProfile]]:
+    """Everything a run checks before it writes anything: the space, the targets, the space's
+    bits on each target, `budget_margin` against each profile's measured error, the storage."""
+    from .objective import latency_margin
+
+    space, profiles = load_space(exp), load_targets(exp)
+    for each in profiles:
+        check_space_runs_on(space, each)
+        latency_margin(exp, each)  # `budget_margin: p90` needs a profile with a measured error
+    check_storage(exp)
+    return space, profiles
+
+
 def run_search(
     exp: Experiment,
     *,
@@ -337,16 +350,12 @@ def run_search(
             every plan), built as `objective_cls(exp, task, space, profile, weights_dir=...,
             **objective_kwargs)`.
     """
-    from .objective import TrialObjective, latency_margin
+    from .objective import TrialObjective
     from .parallel import fail_orphaned_trials
     from .tasks import load_task
 
-    space, profiles = load_space(exp), load_targets(exp)  # validate everything before writing
+    space, profiles = validate_run(exp)
     profile = profiles[0]
-    for each in profiles:
-        check_space_runs_on(space, each)
-        latency_margin(exp, each)  # `budget_margin: p90` needs a profile with a measured error
-    check_storage(exp)
     run_dir = exp.run_dir
     # The outermost folder this run would create: removed again if the input is refused.
     fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)

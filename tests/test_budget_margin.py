@@ -152,3 +152,16 @@ def test_cli_refuses_a_bad_margin_in_one_line(
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_cli_refuses_an_unmeasured_margin_before_spawning_workers(tmp_path: Path) -> None:
+    """`--jobs 2` validates `budget_margin` in the parent, like a single process does."""
+    data = load_profile("mcu").to_dict()
+    data["latency_error"] = None
+    (tmp_path / "mcu.yaml").write_text(yaml.safe_dump(data))
+    path = write_tiny_experiment(tmp_path, budget_margin="p90", target=str(tmp_path / "mcu.yaml"))
+    proc = run_cli("run", str(path), "--out", "run", "--jobs", "2", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: budget_margin: "), lines
+    assert not (tmp_path / "run").exists()
