@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write, jsonable
 from .errors import ConfigError
 
 __all__ = [
@@ -407,7 +406,7 @@ class RunData:
             _trial_json(self.trial(n), self.objectives) for n in self.least_violating
         ]
         out["hypervolume_history"] = [[n, hv] for n, hv in self.hypervolume_history]
-        return _jsonable(out)
+        return jsonable(out)
 
 
 def _why(t: TrialRecord) -> str:
@@ -436,17 +435,6 @@ def _trial_json(t: TrialRecord, objectives: Sequence[Objective]) -> dict[str, An
         "recipe": t.recipe,
         "refined": dict(t.refined) if t.refined else None,
     }
-
-
-def _jsonable(x: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
 
 
 # --- geometry ----------------------------------------------------------------------------------
@@ -1025,31 +1013,13 @@ def trials_frame(run: RunData) -> Any:
     return pd.DataFrame(rows)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write beside the target then rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp makes the file private; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_trials_csv(run: RunData, path: str | Path) -> Path:
-    return _atomic_write(Path(path), lambda p: trials_frame(run).to_csv(p, index=False))
+    return atomic_write(path, lambda p: trials_frame(run).to_csv(p, index=False))
 
 
 def write_pareto_json(run: RunData, path: str | Path) -> Path:
     text = json.dumps(run.to_dict(), indent=2, allow_nan=False)
-    return _atomic_write(Path(path), lambda p: p.write_text(text + "\n"))
+    return atomic_write(path, lambda p: p.write_text(text + "\n"))
 
 
 def write_outputs(run: RunData, run_dir: str | Path) -> dict[str, Path]:
