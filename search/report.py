@@ -15,12 +15,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write
 from .config import METRIC_DIRECTIONS
 from .pareto import (
     Objective,
     RunData,
     TrialRecord,
-    _atomic_write,
     layer_rows,
     load_run,
     write_outputs,
@@ -1011,7 +1011,7 @@ def report_html(run: RunData) -> str:
 def render_report(run: RunData, path: str | Path) -> Path:
     """Write report.html (self-contained, offline) and return its path."""
     text = report_html(run)
-    return _atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def target_index_html(run: RunData) -> str:
@@ -1064,4 +1064,4 @@ def target_index_html(run: RunData) -> str:
 def render_target_index(run: RunData, path: str | Path) -> Path:
     """Write the multi-target index `report.html` and return its path."""
     text = target_index_html(run)
-    return _atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
