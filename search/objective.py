@@ -32,8 +32,8 @@ from .hardware import (
     estimate_cost,
     with_measured_latency,
 )
-from .pareto import ACCURACY_METRICS
 from .pipeline import build, calibrate_build, recover
+from .record import ACCURACY_METRICS
 from .tasks import Task
 
 ACCURACY_DROP = "accuracy_drop"

@@ -1,0 +1,346 @@
+"""The trial record: what one trial stores in Optuna, written and read in this module only.
+
+The objective writes a trial's outcome through `write_*`; the review, the export, the CLI and
+the benchmarks read it back through `TrialRecord.from_trial`, `status_of`, `is_feasible` and
+`primary_metric`. Attribute names and values are those of every stored study so far, so old
+studies load unchanged.
+
+* **Status** (`TrialStatus`): `trained`, `over_budget` (costed, never trained), `stopped_early`
+  (hopeless at the recovery checkpoint), `duplicate` (answered from an earlier trial of the same
+  plan), `failed` (raised; recorded with its reason).
+* **Feasible**: COMPLETE, trained (no untrained status), finite objective values, and every
+  constraint value <= 0 (Optuna's convention: `value / budget - 1` for budgets).
+* **Primary metric**: the one accuracy drops are measured on: the study's stored
+  `primary_metric`, else the first maximised objective, else `accuracy`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from .budgets import BUDGET_METRICS, LIMITED_BY, BudgetMetric, budget_for_metric
+
+__all__ = [
+    "ACCURACY_DROP",
+    "ACCURACY_METRICS",
+    "BUDGET_METRICS",
+    "LIMITED_BY",
+    "METRIC_KEYS",
+    "UNTRAINED",
+    "BudgetMetric",
+    "TrialRecord",
+    "TrialStatus",
+    "budget_for_metric",
+    "constraints_of",
+    "is_feasible",
+    "is_trained",
+    "primary_metric",
+    "status_of",
+    "trial_feasible",
+    "write_attrs",
+    "write_duplicate",
+    "write_failure",
+    "write_outcome",
+    "write_plan",
+    "plan_key_of",
+]
+
+
+class TrialStatus(str, Enum):
+    """How a trial ended, as stored in its user attr `status` (the plain string value)."""
+
+    TRAINED = "trained"
+    OVER_BUDGET = "over_budget"
+    STOPPED_EARLY = "stopped_early"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+    def __str__(self) -> str:  # the stored text, in CSV cells and f-strings alike
+        return self.value
+
+    @classmethod
+    def parse(cls, value: Any) -> TrialStatus | None:
+        """A stored status (None for none, or for a text no version ever wrote)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
+# A trial with one of these statuses has cost figures but no trained accuracy.
+# `duplicate` repeats an earlier trial's figures: that trial stands for the plan.
+# A tuple (equality), not a set: a str Enum hashes by its name, not its value.
+UNTRAINED = (
+    TrialStatus.OVER_BUDGET,
+    TrialStatus.FAILED,
+    TrialStatus.STOPPED_EARLY,
+    TrialStatus.DUPLICATE,
+)
+# Metrics that are an accuracy in [0, 1]: drops, floors and early-stop margins are in their units.
+ACCURACY_METRICS = ("accuracy", "f1", "recall")
+ACCURACY_DROP = "accuracy_drop"
+# Metrics the schema stores per trial; trials.csv always has these columns, in this order.
+METRIC_KEYS = (
+    "accuracy",
+    "recall",
+    "f1",
+    ACCURACY_DROP,
+    "params",
+    "macs",
+    "weight_bytes",
+    "peak_activation_bytes",
+    "memory_bytes",
+    "flash_bytes",
+    "latency_ms",
+    "build_s",
+    "train_s",
+)
+
+
+class _Objective(Protocol):
+    @property
+    def metric(self) -> str: ...
+
+    @property
+    def direction(self) -> str: ...
+
+
+class _Writable(Protocol):
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+# --- reading ------------------------------------------------------------------------------------
+def primary_metric(objectives: Iterable[_Objective] = (), stored: str | None = None) -> str:
+    """The metric accuracy drops are measured on: `stored` (the study's `primary_metric`), else
+    the first maximised objective, else `accuracy`."""
+    if stored:
+        return str(stored)
+    return next((o.metric for o in objectives if o.direction == "maximize"), "accuracy")
+
+
+def status_of(trial: Any) -> TrialStatus | None:
+    """A frozen trial's status; a FAILED trial that recorded none is `failed`."""
+    status = TrialStatus.parse(trial.user_attrs.get("status"))
+    if status is None and trial.state.name == "FAIL":
+        return TrialStatus.FAILED
+    return status
+
+
+def is_trained(state: str, status: TrialStatus | str | None) -> bool:
+    """COMPLETE and trained to the end (not over budget, stopped, a repeat or failed)."""
+    return state == "COMPLETE" and status not in UNTRAINED
+
+
+def is_feasible(
+    state: str,
+    status: TrialStatus | str | None,
+    constraints: Mapping[str, float],
+    values: Sequence[float] | None = None,
+) -> bool:
+    """Trained, finite objective values (when given) and every constraint value <= 0."""
+    return (
+        is_trained(state, status)
+        and (values is None or all(math.isfinite(v) for v in values))
+        and all(float(v) <= 0.0 for v in constraints.values())
+    )
+
+
+def constraints_of(trial: Any) -> dict[str, float]:
+    """A frozen trial's constraint values: Optuna's own, else the user attr `constraints`."""
+    constraints = {str(k): float(v) for k, v in (trial.constraints or {}).items()}
+    stored = trial.user_attrs.get("constraints")
+    if not constraints and isinstance(stored, Mapping):
+        constraints = {str(k): float(v) for k, v in stored.items() if v is not None}
+    return constraints
+
+
+def trial_feasible(trial: Any) -> bool:
+    """`is_feasible` of a frozen trial."""
+    return is_feasible(trial.state.name, status_of(trial), constraints_of(trial), trial.values)
+
+
+def _rows(value: Any) -> tuple[tuple[Any, ...], ...]:
+    """Stored per-kernel cost rows as tuples (anything else: none)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(tuple(r) for r in value if isinstance(r, list))
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything the review needs about one trial, as plain values."""
+
+    number: int
+    state: str  # Optuna TrialState name: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+    status: TrialStatus | None
+    values: tuple[float, ...] | None  # objective values, in the study's objective order
+    metrics: Mapping[str, Any]  # the schema's per-trial metrics (None when not measured)
+    constraints: Mapping[str, float]
+    feasible: bool
+    plan: Mapping[str, Any] | None
+    plan_text: str
+    fail_reason: str | None = None
+    skipped_layers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    datetime_start: str | None = None
+    duration_s: float | None = None
+    recipe: str | None = None  # a warm-start recipe's name ("int8", ...) when it was enqueued
+    weights: str | None = None  # the trained state_dict file, as the search recorded it
+    refined: Mapping[str, Any] | None = None  # study attr `refined`: longer recovery, re-scored
+    duplicate_of: int | None = None  # a repeated plan: the trial that evaluated it
+    # The cost model's per-kernel rows (objective.layer_costs): name, kind, latency_ms,
+    # weight_bytes, activation bytes. Empty for runs recorded before they were stored.
+    layer_costs: tuple[tuple[Any, ...], ...] = ()
+
+    @property
+    def violation(self) -> float:
+        """Sum of the positive constraint values (0 when every budget is met)."""
+        return sum(max(0.0, float(v)) for v in self.constraints.values())
+
+    @property
+    def trained(self) -> bool:
+        return is_trained(self.state, self.status)
+
+    def value(self, metric: str) -> float | None:
+        """A metric by name: the trial's user attribute (objectives are also there)."""
+        v = self.metrics.get(metric)
+        return None if v is None else float(v)
+
+    @classmethod
+    def from_trial(
+        cls,
+        t: Any,
+        objectives: Sequence[_Objective] = (),
+        refined: Mapping[str, Any] | None = None,
+        *,
+        target: str | None = None,
+    ) -> TrialRecord:
+        """Read a frozen Optuna trial; `target` reads one target's view of a multi-target one."""
+        ua = dict(t.user_attrs)
+        state = t.state.name
+        status = status_of(t)
+        constraints = constraints_of(t)
+        values = tuple(float(v) for v in t.values) if t.values is not None else None
+        if target is not None:
+            ua, constraints, values = _target_view(ua, constraints, values, objectives, target)
+        metrics = {k: ua.get(k) for k in METRIC_KEYS}
+        # Objectives whose metric is not one of the schema's names are read from the values.
+        for o, v in zip(objectives, values or ()):
+            if metrics.get(o.metric) is None:
+                metrics[o.metric] = ua.get(o.metric, v)
+        feasible = values is not None and is_feasible(state, status, constraints, values)
+        plan = ua.get("plan")
+        fail_reason = ua.get("fail_reason")
+        if state == "FAIL" and not fail_reason:
+            recorded = (t.system_attrs or {}).get("fail_reason")
+            fail_reason = recorded or "failed (no reason recorded)"
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        start = t.datetime_start
+        return cls(
+            number=int(t.number),
+            state=state,
+            status=status,
+            values=values,
+            metrics=metrics,
+            constraints=constraints,
+            feasible=bool(feasible),
+            plan=plan if isinstance(plan, Mapping) else None,
+            plan_text=str(ua.get("plan_text") or ""),
+            fail_reason=fail_reason,
+            skipped_layers=dict(ua.get("skipped_layers") or {}),
+            params=dict(t.params),
+            datetime_start=start.isoformat(timespec="seconds") if start else None,
+            duration_s=duration,
+            recipe=ua.get("recipe"),
+            duplicate_of=ua.get("duplicate_of"),
+            weights=ua.get("weights"),
+            refined=refined if isinstance(refined, Mapping) else None,
+            layer_costs=_rows(ua.get("layer_costs")),
+        )
+
+
+def _target_view(
+    ua: dict[str, Any],
+    constraints: Mapping[str, float],
+    values: tuple[float, ...] | None,
+    objectives: Sequence[_Objective],
+    target: str,
+) -> tuple[dict[str, Any], dict[str, float], tuple[float, ...] | None]:
+    """One target's reading of a multi-target trial: `m@T` attributes become `m`, the
+    constraints are `constraints@T` (and the target-free accuracy drop), and the objective
+    values are the metrics on T (the study's own values aggregate the targets)."""
+    suffix = f"@{target}"
+    view = {k: v for k, v in ua.items() if "@" not in k}
+    view.update({k[: -len(suffix)]: v for k, v in ua.items() if k.endswith(suffix)})
+    mine = {str(k): float(v) for k, v in (ua.get(f"constraints{suffix}") or {}).items()}
+    if ACCURACY_DROP in constraints:
+        mine[ACCURACY_DROP] = float(constraints[ACCURACY_DROP])
+    if values is not None:
+        values = tuple(
+            float(view[o.metric]) if view.get(o.metric) is not None else float(v)
+            for o, v in zip(objectives, values)
+        )
+    return view, mine, values
+
+
+# --- writing ------------------------------------------------------------------------------------
+def write_attrs(trial: _Writable, attrs: Mapping[str, Any]) -> None:
+    """Store figures on the trial as they become known (timings, checkpoint, weights file)."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def write_plan(trial: _Writable, plan: Mapping[str, Any], text: str, key: str) -> None:
+    """The plan, first: a trial that fails later still says what it tried."""
+    write_attrs(trial, {"plan": dict(plan), "plan_text": text, "plan_key": key})
+
+
+def write_failure(trial: _Writable, reason: str, trace: str | None = None) -> None:
+    """A trial that raised: status `failed` with its reason (and a short traceback)."""
+    trial.set_user_attr("status", TrialStatus.FAILED.value)
+    trial.set_user_attr("fail_reason", reason[:500])
+    if trace is not None:
+        trial.set_user_attr("fail_trace", trace[-2000:])
+
+
+def write_outcome(
+    trial: Any,
+    status: TrialStatus,
+    *,
+    metrics: Mapping[str, Any],
+    constraints: Mapping[str, float],
+    constraint_names: Sequence[str],
+) -> None:
+    """A finished trial: Optuna's constraints (`constraint_names`), the constraint values and
+    metrics as user attrs, then the status (written last: a status means the record is whole)."""
+    for name in constraint_names:
+        trial.set_constraint(name, float(constraints[name]))
+    trial.set_user_attr("constraints", {k: float(v) for k, v in constraints.items()})
+    write_attrs(trial, metrics)
+    trial.set_user_attr("status", status.value)
+
+
+# A repeat copies the earlier trial's figures, never what identifies or timed that trial.
+_NOT_COPIED = frozenset(
+    {"plan", "plan_text", "plan_key", "recipe", "weights", "status"}
+    | {"sample_s", "build_s", "train_s", "duplicate_of"}
+)
+
+
+def write_duplicate(trial: Any, earlier: Any, constraint_names: Sequence[str]) -> None:
+    """Record an already-evaluated plan with the earlier trial's figures."""
+    trial.set_user_attr("duplicate_of", earlier.number)
+    write_attrs(trial, {k: v for k, v in earlier.user_attrs.items() if k not in _NOT_COPIED})
+    for name, value in (earlier.user_attrs.get("constraints") or {}).items():
+        if name in constraint_names:
+            trial.set_constraint(name, float(value))
+    trial.set_user_attr("status", TrialStatus.DUPLICATE.value)
+
+
+def plan_key_of(trial: Any) -> str | None:
+    """The stored duplicate-detection key of a trial's plan."""
+    return trial.user_attrs.get("plan_key")
