@@ -19,7 +19,7 @@ from search.hardware import (
     measure_latency_ms,
     profile_from_dict,
 )
-from search.hardware._calibrate import Sample, fit_profile, prediction_errors
+from search.hardware._fit import Sample, fit_profile, prediction_errors
 from search.hardware._graph import summarize
 from search.hardware._measure import export_fp32_onnx, time_callable
 from search.hardware._onnx import onnx_kernels
@@ -256,7 +256,8 @@ MCU_TRUE = profile_from_dict(
 
 
 def _zoo_csv(tmp_path: Path, profile) -> Path:
-    from search.hardware._calibrate import predicted_ms, zoo_sample
+    from search.hardware._fit import predicted_ms
+    from search.hardware._measurements import zoo_sample
 
     lines = ["network,precision,latency_ms,source"]
     for net in ZOO:
@@ -285,13 +286,13 @@ def test_zoo_rows_fit_and_leave_one_network_out_recovers_the_device(tmp_path: Pa
     assert cal.profile.latency_error_p90 is not None and cal.profile.latency_error_p90 < 0.05
     assert load_profile(str(tmp_path / "b.yaml")) == cal.profile
     # The base is clearly off on the same rows.
-    from search.hardware._calibrate import read_measurements
+    from search.hardware._measurements import read_measurements
 
     assert max(abs(e) for e in prediction_errors(read_measurements(csv_path), base)) > 0.5
 
 
 def test_published_rows_are_read_for_the_base_profile_only(tmp_path: Path) -> None:
-    from search.hardware._calibrate import read_measurements
+    from search.hardware._measurements import read_measurements
 
     path = tmp_path / "published.csv"
     path.write_text(
@@ -355,7 +356,8 @@ def test_calibrate_cli_prints_the_leave_one_network_out_error(tmp_path: Path, ca
 def test_a_builtin_base_starts_from_its_stated_figures_not_its_fitted_ones(tmp_path: Path) -> None:
     """The built-in YAML holds figures fitted to all published rows; a leave-one-network-out
     that leaned on them would let each held-out network inform its own prediction."""
-    from search.hardware._calibrate import calibrate, read_measurements
+    from search.hardware._calibrate import calibrate
+    from search.hardware._measurements import read_measurements
 
     samples = read_measurements(_zoo_csv(tmp_path, MCU_TRUE))
     fitted = load_profile("mcu")
@@ -374,12 +376,9 @@ def test_a_builtin_base_starts_from_its_stated_figures_not_its_fitted_ones(tmp_p
 def test_networks_of_one_backbone_leave_together() -> None:
     """The ST zoo's MobileNetV2 0.35 at 128 px with 1000 or 5 classes is one network: a fit
     that saw the 5-class row would know the 1000-class one."""
-    from search.hardware._calibrate import (
-        fit_device,
-        leave_one_network_out,
-        predicted_ms,
-        zoo_sample,
-    )
+    from search.hardware._device_fit import fit_device, leave_one_network_out
+    from search.hardware._fit import predicted_ms
+    from search.hardware._measurements import zoo_sample
 
     a = zoo_sample("st_mobilenet_v2_035_128", 8, 100.0)
     b = zoo_sample("st_mobilenet_v2_035_128_c5", 8, 80.0)

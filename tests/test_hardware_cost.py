@@ -328,7 +328,7 @@ def test_a_graph_the_tflm_memory_model_cannot_follow_falls_back_to_liveness(
     """The TFLM arena model never takes the cost estimate down; the report says what it used."""
     from torch import nn
 
-    from search.hardware import _graph, estimate_cost, load_profile
+    from search.hardware import _fx_summary, _graph, estimate_cost, load_profile
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
     mcu = load_profile("mcu")
@@ -338,7 +338,7 @@ def test_a_graph_the_tflm_memory_model_cannot_follow_falls_back_to_liveness(
     def broken(*_: object) -> None:
         raise KeyError("an op it does not know")
 
-    monkeypatch.setattr(_graph, "_tflm_graph", broken)
+    monkeypatch.setattr(_fx_summary, "tflm_graph", broken)
     _graph.clear_cache()  # summaries are cached per model structure
     try:
         cost = estimate_cost(net, (3, 16, 16), mcu, activation_bits=8)

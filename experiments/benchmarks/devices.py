@@ -40,15 +40,14 @@ sys.path.insert(0, str(REPO))
 
 from search.hardware import load_profile, profile_from_dict  # noqa: E402
 from search.hardware._calibrate import (  # noqa: E402
-    DEVICE_PRIORS,
     FIT_STARTS,
     MCU_CLOCK_MHZ,
     Calibration,
     calibrate,
-    csv_rows,
-    predicted_ms,
-    read_measurements,
 )
+from search.hardware._device_fit import DEVICE_PRIORS  # noqa: E402
+from search.hardware._fit import predicted_ms  # noqa: E402
+from search.hardware._measurements import csv_rows, read_measurements  # noqa: E402
 from search.hardware._profile import HardwareProfile  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"

@@ -8,14 +8,9 @@ Example::
     print(cost.latency_ms, cost.peak_activation_bytes)
 """
 
-from ._calibrate import (
-    Calibration,
-    calibrate_from_measurements,
-    calibrate_host,
-    calibration_from_csv,
-    cost_summary,
-)
-from ._cost import CostReport, LayerCost, constraint_values, estimate_cost
+from ._calibrate import Calibration, calibrate_from_measurements, calibration_from_csv
+from ._cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
+from ._host_calibration import calibrate_host
 from ._measure import (
     Measurement,
     export_fp32_onnx,

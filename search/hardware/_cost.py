@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ._graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
+from ._graph import summarize
+from ._kernels import COMPUTE_KINDS, GraphSummary, Kernel
+from ._measure import export_fp32_onnx, measure_onnx
 from ._profile import BUDGET_KEYS, HardwareProfile
 from ._tflm import arena_tail, flatbuffer_overhead, full_integer, greedy_plan
 
@@ -274,4 +278,45 @@ def constraint_values(
     for key in budgets:
         if key not in BUDGET_KEYS:
             raise ValueError(f"unknown budget {key!r}; allowed: {list(BUDGET_KEYS)}")
+    return out
+
+
+def cost_summary(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    profile: HardwareProfile,
+    measure: bool = False,
+    *,
+    layer_bits: Mapping[str, int] | None = None,
+    activation_bits: int = 32,
+    layer_density: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """What `python -m search cost` prints: the predicted figures (and the measured latency).
+
+    Returns a flat JSON-ready dict: profile, input_shape, params, macs, weight_bytes,
+    peak_activation_bytes, memory_bytes, flash_bytes, latency_ms (predicted), traced, notes,
+    and with `measure=True` measured_latency_ms (fp32 ONNX Runtime on this machine, with the
+    profile's thread count) and measured_iqr_ratio.
+    """
+    cost = estimate_cost(
+        model,
+        input_shape,
+        profile,
+        layer_bits=layer_bits,
+        activation_bits=activation_bits,
+        layer_density=layer_density,
+    )
+    out: dict[str, Any] = {"profile": profile.name, "input_shape": list(input_shape)}
+    out.update(cost.metrics())
+    out["traced"] = cost.traced
+    out["notes"] = list(cost.notes)
+    if measure:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_fp32_onnx(
+                model, input_shape, Path(tmp) / "model.onnx", batch=profile.batch
+            )
+            m = measure_onnx(path, threads=profile.threads, batch=profile.batch)
+        out["measured_latency_ms"] = m.median_ms
+        out["measured_iqr_ratio"] = round(m.iqr_ratio, 4)
+        out["measured_stable"] = m.stable
     return out

@@ -1,0 +1,46 @@
+"""What the cost model reads off a model: its runtime kernels and its memory timeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+COMPUTE_KINDS = ("conv", "dwconv", "linear")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One runtime kernel with everything the cost model needs (counts at the traced batch)."""
+
+    name: str  # module name (conv/linear) or graph node name
+    kind: str  # conv | dwconv | linear | elementwise
+    macs: int
+    in_elems: int  # activation elements read
+    out_elems: int  # activation elements written
+    weight_numel: int = 0
+    bias_numel: int = 0
+    out_channels: int = 0  # per-channel quantization scales
+    layer: str | None = None  # key into layer_bits / layer_density
+    # An add that takes a conv's output (or the activation right after such an add): runtimes
+    # whose profile says `fused_add` fold it into that conv (ONNX Runtime's NCHWc Conv+Sum).
+    residual: bool = False
+    in_channels: int = 0  # convs: for the channel-alignment rule
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class GraphSummary:
+    """The structure-dependent part of a cost estimate, cached per model structure."""
+
+    kernels: tuple[Kernel, ...]
+    params: int
+    other_param_numel: int  # parameters outside conv/linear weights and biases (fp32)
+    folded_bias_numel: int  # bias a folded batch norm adds to a conv that had none
+    peak_elems: int  # peak live activation elements
+    peak_elems_dw_in_place: int  # the same with in-place depthwise convolution
+    input_elems: int
+    traced: bool = True
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    # The graph as TFLite Micro runs the converted .tflite (`tflm_graph`): activation buffers
+    # as (elements, first op, last op), and the operators as (kind, output channels).
+    tflm_buffers: tuple[tuple[int, int, int], ...] = ()
+    tflm_ops: tuple[tuple[str, int], ...] = ()
