@@ -177,7 +177,7 @@ def _run(args: argparse.Namespace, *, worker: bool = False) -> int:
 
 
 def _write_outputs(storage_url: str, study_name: str, run_dir: Path, *, summary: bool) -> None:
-    from .pareto import load_run, write_outputs
+    from .review import load_run, write_outputs
 
     run = load_run(storage_url, study_name)
     paths = write_outputs(run, run_dir)
@@ -188,7 +188,7 @@ def _write_outputs(storage_url: str, study_name: str, run_dir: Path, *, summary:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .pareto import run_dir_storage
+    from .review import run_dir_storage
 
     if args.storage:
         if not args.study:

@@ -35,8 +35,17 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .pareto import RunData, TrialRecord, _why, layer_rows, load_run, load_run_dir
-from .plan_summary import latency_error, latency_note, latency_text
+from .review import (
+    RunData,
+    TrialRecord,
+    latency_error,
+    latency_note,
+    latency_text,
+    layer_rows,
+    load_run,
+    load_run_dir,
+)
+from .review import why_infeasible as _why
 
 __all__ = ["ApplyResult", "ExportResult", "apply_winner", "export_winner"]
 

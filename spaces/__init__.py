@@ -16,6 +16,8 @@ from ._plan import (
     PlanError,
     PruneConfig,
     QuantizeConfig,
+    flatten_plan,
+    layer_rows,
 )
 from ._space import Dim, LayerInfo, SearchSpace, SpaceError
 
@@ -36,4 +38,6 @@ __all__ = [
     "QuantizeConfig",
     "SearchSpace",
     "SpaceError",
+    "flatten_plan",
+    "layer_rows",
 ]

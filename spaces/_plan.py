@@ -9,6 +9,7 @@ Per-layer decisions are keyed by the module name in the model the operator sees
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -224,6 +225,14 @@ class CompressionPlan:
     def replace(self, **sections: Any) -> CompressionPlan:
         return dataclasses.replace(self, **sections)
 
+    def flat(self) -> dict[str, Any]:
+        """The plan as flat columns (`flatten_plan` of its dict form)."""
+        return flatten_plan(self.to_dict())
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        """The plan's per-layer decisions (`layer_rows` of its dict form)."""
+        return layer_rows(self.to_dict())
+
     def describe(self) -> str:
         """One short line a person can read in a hover or a table."""
         parts = []
@@ -245,3 +254,51 @@ class CompressionPlan:
         )
         parts.append("w" + "/".join(str(b) for b in bits) + f" a{self.quantize.activation_bits}")
         return ", ".join(parts)
+
+
+# --- flat views: stored trials hold a plan's dict form, so these read that ---------------------
+def flatten_plan(plan: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`{"prune": {"ratios": {"conv1": .5}}}` -> `{"prune.ratios.conv1": .5}` (flat columns)."""
+    out: dict[str, Any] = {}
+    for section, body in (plan or {}).items():
+        if not isinstance(body, Mapping):
+            out[str(section)] = body
+            continue
+        for key, value in body.items():
+            if isinstance(value, Mapping):
+                for layer, v in value.items():
+                    out[f"{section}.{key}.{layer}"] = v
+            else:
+                out[f"{section}.{key}"] = value
+    return out
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name)]
+
+
+def layer_rows(plan: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-layer decisions of a plan: layer, weight bits, prune ratio, kept-rank fraction.
+
+    A global prune ratio is ranked across layers at build time, so each row shows it with
+    `prune_global=True` rather than a per-layer figure the plan does not hold.
+    """
+    plan = plan or {}
+    lowrank = plan.get("lowrank") or {}
+    prune = plan.get("prune") or {}
+    quant = plan.get("quantize") or {}
+    ranks = lowrank.get("ranks") or {}
+    ratios = prune.get("ratios") or {}
+    bits = quant.get("weight_bits") or {}
+    glob = prune.get("global_ratio")
+    layers = sorted(set(ranks) | set(ratios) | set(bits), key=_natural)
+    return [
+        {
+            "layer": layer,
+            "bits": int(bits.get(layer, quant.get("default_weight_bits", 32))),
+            "prune_ratio": float(glob if glob is not None else ratios.get(layer, 0.0)),
+            "prune_global": glob is not None,
+            "rank": float(ranks.get(layer, 1.0)),
+        }
+        for layer in layers
+    ]

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from search._format import number
 from search.config import load_experiment
 from search.errors import ConfigError
-from search.export import _f, export_winner
+from search.export import export_winner
 from search.hardware import constraint_values, estimate_cost, load_profile
-from search.pareto import load_run
-from search.plan_summary import latency_band
+from search.review import latency_band, load_run
 from search.study import run_search
 from tests._tiny import run_cli, write_tiny_experiment
 
@@ -108,7 +108,7 @@ def test_p90_budget_checks_the_pessimistic_bound(in_tmp: Path) -> None:
     card = (export_winner(exp.run_dir, pick="knee").winner_dir / "card.md").read_text()
     band = f"{lat:.3g} ms ({lat * (1 - P90):.3g}-{lat * (1 + P90):.3g} ms, p90)"
     assert f"Predicted latency {band}" in card
-    assert "| latency_ms | " in card and f"| {band} | {_f(budget)} ms | ok |" in card
+    assert "| latency_ms | " in card and f"| {band} | {number(budget)} ms | ok |" in card
     assert f"pessimistic bound, {lat * (1 + P90):.3g} ms (`budget_margin: p90`)" in card
     assert "test: a made-up calibration" in card  # where the error figure comes from
 

@@ -96,7 +96,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, _shared_cache: Path):
 def test_export_knee_then_apply(real_run: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from search.pareto import load_run_dir
+    from search.review import load_run_dir
 
     run = load_run_dir(real_run)
     assert run.front, "the tiny search found nothing feasible"

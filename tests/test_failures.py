@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 import search.objective
 from search.config import load_experiment
-from search.pareto import load_run, write_outputs
+from search.review import load_run, write_outputs
 from search.study import run_search
 from tests._tiny import write_tiny_experiment
 

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from search.errors import ConfigError
-from search.pareto import (
+from search.review import (
     Objective,
     dominates,
     hypervolume,

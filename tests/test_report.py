@@ -26,9 +26,16 @@ import optuna
 import pytest
 from optuna.trial import create_trial
 
-from search.pareto import load_run
-from search.plan_summary import FEATURES, latency_error, layer_shares, summary_features
-from search.report import figures, render_report, report_html
+from search.review import (
+    FEATURES,
+    figures,
+    latency_error,
+    layer_shares,
+    load_run,
+    render_report,
+    report_html,
+    summary_features,
+)
 
 try:  # the study builder lives beside this file
     from test_pareto import BASE, BUDGETS, MAX_DROP, SPECS, make_study, make_trial

@@ -21,7 +21,7 @@ from search.compress._quantization import activation_quantizers
 from search.config import load_experiment
 from search.errors import ConfigError
 from search.objective import TrialObjective, checkpoint_epoch, plan_key
-from search.pareto import load_run
+from search.review import load_run
 from search.pipeline import build, calibrate_build
 from search.study import load_space, load_target, run_search
 from search.tasks import fit, load_task

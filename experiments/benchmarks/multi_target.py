@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from search.config import load_experiment  # noqa: E402
-from search.pareto import RunData, load_run  # noqa: E402
+from search.review import RunData, load_run  # noqa: E402
 from search.study import run_search  # noqa: E402
 from search.tasks import load_task  # noqa: E402
 

@@ -113,7 +113,7 @@ def budget_hypervolume(
     max_drop: float = MAX_DROP,
 ) -> float:
     """Hypervolume of the feasible rows with the reference at the budget corner."""
-    from search.pareto import hypervolume
+    from search.review import hypervolume
 
     points = [hv_point(r, base_acc, budgets) for r in rows if r["feasible"]]
     return hypervolume(points, [100 * max_drop, 0.0, 0.0])
@@ -165,7 +165,7 @@ def dominance_margin(
 
 def pareto_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The feasible rows no other feasible row dominates (val accuracy, latency, bytes)."""
-    from search.pareto import pareto_indices
+    from search.review import pareto_indices
 
     ok = [r for r in rows if r["feasible"]]
     losses = [[-r["accuracy"], r["latency_ms"], r["weight_bytes"]] for r in ok]

@@ -4,7 +4,7 @@ Compute first, draw second: `summary_features` gives the few numbers the paralle
 view plots for every trial (one axis per feature, whatever the network's depth), and
 `layer_shares` explains one plan layer by layer from the cost model's rows recorded at search
 time (`objective.layer_costs`): each layer's latency, weight bytes and activation memory in
-the base model and in the plan. `search.report` only draws these objects; tests check them.
+the base model and in the plan. the report only draws these objects; tests check them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pareto import RunData, TrialRecord, layer_rows
+from spaces import layer_rows
+
+from ..record import TrialRecord
+from ._run import RunData
 
 __all__ = [
     "FEATURES",

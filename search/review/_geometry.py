@@ -1,0 +1,136 @@
+"""Pareto geometry on loss vectors (lower is better): dominance, the front, hypervolume, knee.
+
+Pure functions of numbers; `search.review` states the definitions they implement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Objective",
+    "dominates",
+    "hypervolume",
+    "knee_index",
+    "knee_ranking",
+    "loss",
+    "normalised",
+    "pareto_indices",
+]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective of the study: a metric name and its direction."""
+
+    metric: str
+    direction: str  # "maximize" | "minimize"
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"objective {self.metric}: direction {self.direction!r}")
+
+    @property
+    def sign(self) -> float:
+        """+1 for minimise, -1 for maximise: `sign * value` is a loss."""
+        return 1.0 if self.direction == "minimize" else -1.0
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Loss vector `a` dominates `b`: no worse anywhere, strictly better somewhere."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto_indices(losses: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the non-dominated loss vectors (duplicates all kept)."""
+    return [
+        i
+        for i, a in enumerate(losses)
+        if not any(dominates(b, a) for j, b in enumerate(losses) if j != i)
+    ]
+
+
+def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:
+    """Volume dominated by loss vectors (minimisation) and bounded by `reference`.
+
+    Exact sweeps for 1-3 objectives; more objectives go to Optuna's WFG (its one use here).
+
+    Example:
+        >>> hypervolume([(1, 3), (2, 2), (3, 1)], (4, 4))
+        6.0
+    """
+    ref = [float(r) for r in reference]
+    pts = [[float(x) for x in p] for p in points]
+    if any(len(p) != len(ref) for p in pts):
+        raise ValueError("every point needs one value per reference axis")
+    # Points not strictly inside the reference box dominate nothing within it.
+    pts = [p for p in pts if all(math.isfinite(x) and x < r for x, r in zip(p, ref))]
+    if not pts:
+        return 0.0
+    k = len(ref)
+    if k == 1:
+        return ref[0] - min(p[0] for p in pts)
+    if k == 2:
+        return _hv2(pts, ref)
+    if k == 3:
+        return _hv3(pts, ref)
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    return float(compute_hypervolume(np.asarray(pts), np.asarray(ref)))
+
+
+def _hv2(pts: list[list[float]], ref: list[float]) -> float:
+    hv, best_y = 0.0, ref[1]
+    for x, y in sorted((p[0], p[1]) for p in pts):
+        if y < best_y:
+            # A new horizontal strip [y, best_y) covered from x to the reference.
+            hv += (ref[0] - x) * (best_y - y)
+            best_y = y
+    return hv
+
+
+def _hv3(pts: list[list[float]], ref: list[float]) -> float:
+    pts = sorted(pts, key=lambda p: p[2])
+    hv = 0.0
+    for i, p in enumerate(pts):
+        z_next = pts[i + 1][2] if i + 1 < len(pts) else ref[2]
+        if z_next > p[2]:
+            # Slab [z_i, z_next): dominated area of every point at or below this height.
+            hv += _hv2(pts[: i + 1], ref[:2]) * (z_next - p[2])
+    return hv
+
+
+def knee_index(losses: Sequence[Sequence[float]]) -> int | None:
+    """Index of the knee among front loss vectors (see `search.review`); None if empty."""
+    order = knee_ranking(losses)
+    return order[0] if order else None
+
+
+def knee_ranking(losses: Sequence[Sequence[float]]) -> list[int]:
+    if not losses:
+        return []
+    k = len(losses[0])
+    lo = [min(p[j] for p in losses) for j in range(k)]
+    hi = [max(p[j] for p in losses) for j in range(k)]
+    norm = [
+        [(p[j] - lo[j]) / (hi[j] - lo[j]) if hi[j] > lo[j] else 0.0 for j in range(k)]
+        for p in losses
+    ]
+    # max of min(1 - n_j)  ==  min of max(n_j); then the smaller sum; then the earlier index.
+    return sorted(range(len(losses)), key=lambda i: (max(norm[i]), sum(norm[i]), i))
+
+
+def loss(values: Sequence[float], objectives: Sequence[Objective]) -> list[float]:
+    return [o.sign * float(v) for v, o in zip(values, objectives)]
+
+
+def normalised(
+    values: Sequence[float], objectives: Sequence[Objective], scales: Sequence[float]
+) -> list[float]:
+    return [
+        float(v) / s if o.direction == "minimize" else 1.0 - float(v) / s
+        for v, o, s in zip(values, objectives, scales)
+    ]

@@ -1,0 +1,320 @@
+"""Reading a study into `RunData`: storage URLs and run folders, one record per trial, and
+the study-level figures (front, hypervolume, knee, least violating, budget lines)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..record import UNTRAINED, TrialRecord, TrialStatus, budget_for_metric
+from ..record import _rows as cost_rows
+from ..record import primary_metric as primary_of
+from ._geometry import (
+    Objective,
+    dominates,
+    hypervolume,
+    knee_index,
+    loss,
+    normalised,
+    pareto_indices,
+)
+from ._run import RunData
+
+__all__ = [
+    "assemble",
+    "build_run",
+    "load_run",
+    "load_run_dir",
+    "redact_url",
+    "run_dir_storage",
+]
+
+LEAST_VIOLATING_N = 5
+
+
+def redact_url(url: str) -> str:
+    """The storage URL with any password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def run_dir_storage(run_dir: str | Path) -> tuple[str, str]:
+    """(storage URL, study name) of a run folder: its `study.db` and the study inside it.
+
+    A folder with several studies picks the one named after the folder; otherwise ConfigError.
+    """
+    run_dir = Path(run_dir)
+    db = run_dir / "study.db"
+    if not db.is_file():
+        raise ConfigError(
+            str(run_dir),
+            "run",
+            "no study.db in this folder; for a shared storage "
+            "use `report --storage URL --study NAME`",
+        )
+    url = f"sqlite:///{db.resolve()}"
+    names = _study_names(url)
+    if len(names) == 1:
+        return url, names[0]
+    if run_dir.name in names:
+        return url, run_dir.name
+    raise ConfigError(str(db), "study", f"holds studies {names}; name one with --study")
+
+
+def _study_names(url: str) -> list[str]:
+    import optuna
+
+    return sorted(optuna.study.get_all_study_names(storage=url))
+
+
+def _check_sqlite_exists(url: str) -> None:
+    # Opening a missing SQLite file would silently create an empty study database.
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise ConfigError(url, "storage", "no such SQLite file")
+
+
+def load_run(storage_url: str, study_name: str | None = None) -> RunData:
+    """Read a study from any Optuna RDB storage URL into `RunData`.
+
+    Args:
+        storage_url: e.g. `sqlite:///experiments/runs/quickstart/study.db` or a PostgreSQL URL.
+        study_name: the study; None when the storage holds exactly one.
+    """
+    import optuna
+
+    _check_sqlite_exists(storage_url)
+    shown = redact_url(storage_url)
+    try:
+        names = _study_names(storage_url)
+    except Exception as exc:  # bad URL, unreachable server, not an Optuna database
+        raise ConfigError(shown, "storage", f"cannot open: {exc}") from None
+    if study_name is None:
+        if len(names) != 1:
+            raise ConfigError(shown, "study", f"name one of {names} with --study")
+        study_name = names[0]
+    if study_name not in names:
+        raise ConfigError(shown, "study", f"no study {study_name!r}; the storage holds {names}")
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    return build_run(study, storage=shown)
+
+
+def load_run_dir(run_dir: str | Path) -> RunData:
+    """`load_run` for a run folder holding `study.db`."""
+    url, name = run_dir_storage(run_dir)
+    return load_run(url, name)
+
+
+def build_run(study: Any, *, storage: str = "", target: str | None = None) -> RunData:
+    """Build `RunData` from a live `optuna.Study` (what `load_run` does after opening it).
+
+    A study over several targets gets one view per target in `views`; `target` builds that
+    target's view alone: its profile, budgets, constraints and cost metrics (`latency_ms@T`...).
+    """
+    attrs = dict(study.user_attrs)
+    targets = [str(n) for n in attrs.get("targets") or ()]
+    if target is not None:
+        if target not in targets:
+            raise ConfigError(
+                study.study_name, "--target", f"{target!r} is not one of the study's {targets}"
+            )
+        attrs.update((attrs.get("target_views") or {}).get(target) or {})
+    directions = [d.name.lower() for d in study.directions]
+    raw = attrs.get("objectives")
+    if raw:
+        objectives = tuple(Objective(str(m), str(d)) for m, d in raw)
+    else:
+        objectives = tuple(Objective(f"objective_{i}", d) for i, d in enumerate(directions))
+    if [o.direction for o in objectives] != directions:
+        raise ConfigError(
+            study.study_name,
+            "objectives",
+            f"user attr {raw} does not match the study's directions {directions}",
+        )
+    constraint_names = tuple(attrs.get("constraints") or ())
+    refined = attrs.get("refined") or {}
+    trials = tuple(
+        TrialRecord.from_trial(t, objectives, refined.get(str(t.number)), target=target)
+        for t in study.get_trials(deepcopy=False)
+    )
+    if not constraint_names:
+        seen: dict[str, None] = {}
+        for t in trials:
+            seen.update(dict.fromkeys(t.constraints))
+        constraint_names = tuple(seen)
+    run = assemble(
+        study_name=study.study_name,
+        storage=storage,
+        objectives=objectives,
+        constraint_names=constraint_names,
+        budgets=attrs.get("budgets") or {},
+        profile=attrs.get("profile") or {},
+        base_metrics=attrs.get("base_metrics") or {},
+        task=str(attrs.get("task") or ""),
+        space=str(attrs.get("space") or ""),
+        experiment=attrs.get("experiment") or {},
+        trials=trials,
+        accuracy_floor=_accuracy_floor(attrs, objectives),
+        base_hash=str(attrs.get("base_hash") or ""),
+        primary_metric=str(attrs.get("primary_metric") or ""),
+        base_layer_costs=cost_rows(attrs.get("base_layer_costs")),
+    )
+    views = {n: build_run(study, storage=storage, target=n) for n in targets} if not target else {}
+    return replace(run, views=views, target=target)
+
+
+def _accuracy_floor(attrs: Mapping[str, Any], objectives: Sequence[Objective]) -> dict[str, float]:
+    """`max_accuracy_drop` as a line on the primary metric's axis: base value minus the drop."""
+    drop, base = attrs.get("max_accuracy_drop"), attrs.get("base_metrics") or {}
+    primary = primary_of(objectives, attrs.get("primary_metric"))
+    if not isinstance(drop, (int, float)) or primary not in [o.metric for o in objectives]:
+        return {}
+    b = base.get(primary)
+    return {primary: float(b) - float(drop)} if isinstance(b, (int, float)) else {}
+
+
+def assemble(
+    *,
+    study_name: str,
+    storage: str,
+    objectives: Sequence[Objective],
+    constraint_names: Sequence[str],
+    budgets: Mapping[str, float],
+    profile: Mapping[str, Any],
+    base_metrics: Mapping[str, Any],
+    task: str,
+    space: str,
+    experiment: Mapping[str, Any],
+    trials: Sequence[TrialRecord],
+    accuracy_floor: Mapping[str, float] | None = None,
+    base_hash: str = "",
+    primary_metric: str = "",
+    base_layer_costs: Sequence[Sequence[Any]] = (),
+) -> RunData:
+    """Compute the front, hypervolume, knee and least-violating list from trial records.
+
+    `accuracy_floor` adds budget lines for maximised metrics (base value - max drop).
+    """
+    objectives = tuple(objectives)
+    trials = tuple(sorted(trials, key=lambda t: t.number))
+    feasible = [t for t in trials if t.feasible]
+    losses = [loss(t.values or (), objectives) for t in feasible]
+    front_ix = pareto_indices(losses)
+    knee = knee_index([losses[i] for i in front_ix])
+    front = sorted(
+        (feasible[i] for i in front_ix),
+        key=lambda t: (loss(t.values or (), objectives)[0], t.number),
+    )
+
+    scales = tuple(_scale(o, j, base_metrics, trials) for j, o in enumerate(objectives))
+    ref = [1.0] * len(objectives)
+    hv_history: list[tuple[int, float]] = []
+    pts: list[list[float]] = []
+    hv = 0.0
+    for t in trials:
+        if t.feasible:
+            p = normalised(t.values or (), objectives, scales)
+            if not any(dominates(q, p) or q == p for q in pts):
+                pts = [q for q in pts if not dominates(p, q)] + [p]
+                hv = hypervolume(pts, ref)
+        if t.state in ("COMPLETE", "FAIL", "PRUNED"):
+            hv_history.append((t.number, hv))
+
+    least: tuple[int, ...] = ()
+    if not front:
+        complete = [t for t in trials if t.state == "COMPLETE" and t.plan is not None]
+        # Trained ones first among equals: they have a real accuracy.
+        least = tuple(
+            t.number
+            for t in sorted(complete, key=lambda t: (t.violation, not t.trained, t.number))[
+                :LEAST_VIOLATING_N
+            ]
+        )
+
+    return RunData(
+        study_name=study_name,
+        storage=storage,
+        objectives=objectives,
+        constraint_names=tuple(constraint_names),
+        budgets=dict(budgets),
+        profile=dict(profile),
+        base_metrics=dict(base_metrics),
+        task=task,
+        space=space,
+        experiment=dict(experiment),
+        trials=trials,
+        front=tuple(t.number for t in front),
+        hv_scales=scales,
+        hypervolume=hv,
+        hypervolume_history=tuple(hv_history),
+        knee=(feasible[front_ix[knee]].number if knee is not None else None),
+        least_violating=least,
+        budget_lines={
+            **_budget_lines(objectives, constraint_names, budgets, trials),
+            **(accuracy_floor or {}),
+        },
+        base_hash=base_hash,
+        primary_metric=primary_of(objectives, primary_metric),
+        base_layer_costs=tuple(tuple(r) for r in base_layer_costs),
+    )
+
+
+def _scale(o: Objective, j: int, base: Mapping[str, Any], trials: Sequence[TrialRecord]) -> float:
+    b = base.get(o.metric)
+    if isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0:
+        return float(b)
+    seen = [
+        abs(t.values[j])
+        for t in trials
+        if t.trained and t.values is not None and math.isfinite(t.values[j])
+    ]
+    m = max(seen, default=0.0)
+    return m if m > 0 else 1.0
+
+
+def _budget_lines(
+    objectives: Sequence[Objective],
+    constraint_names: Sequence[str],
+    budgets: Mapping[str, float],
+    trials: Sequence[TrialRecord],
+) -> dict[str, float]:
+    """Each objective's budget in its own units, derived from the recorded constraint values
+    of the budget that limits it (`search.budgets`).
+
+    A constraint is `value / budget - 1`, so `budget = value / (1 + c)`: this converts kB budgets
+    to a bytes axis without assuming 1000 or 1024. A line is drawn only when every trial gives
+    the same budget (so a wrongly matched constraint draws nothing).
+    """
+    out: dict[str, float] = {}
+    for o in objectives:
+        line = None
+        c = budget_for_metric(o.metric, aliases=True)
+        if c is not None and c in constraint_names:
+            est = [
+                v / (1.0 + t.constraints[c])
+                for t in trials
+                if c in t.constraints
+                and (v := t.value(o.metric)) is not None
+                and t.status != TrialStatus.FAILED
+                and abs(1.0 + t.constraints[c]) > 1e-12
+                and not (o.direction == "maximize" and t.status in UNTRAINED)
+            ]
+            if est and max(est) - min(est) <= 1e-6 * max(abs(x) for x in est) + 1e-12:
+                line = float(sum(est) / len(est))
+        if line is None:
+            b = budgets.get(o.metric)
+            if isinstance(b, (int, float)) and not isinstance(b, bool):
+                line = float(b)
+        if line is not None:
+            out[o.metric] = line
+    return out

@@ -1,0 +1,320 @@
+"""RunData: the frozen review data of one study, its look-ups, picks and serialisation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._format import number
+from .._io import jsonable
+from ..errors import ConfigError
+from ..record import ACCURACY_METRICS, TrialRecord, TrialStatus
+from ._geometry import Objective, knee_ranking, loss
+
+__all__ = [
+    "LATENCY_METRICS",
+    "PICKS",
+    "SIZE_METRICS",
+    "RunData",
+    "why_infeasible",
+]
+
+PICKS = ("knee", "max-accuracy", "min-latency", "min-size")
+# Which metric a pick optimises when the study has several candidates: first match wins.
+SIZE_METRICS = ("flash_bytes", "weight_bytes", "memory_bytes", "params", "size_bytes", "size_kb")
+LATENCY_METRICS = ("latency_ms",)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The review data of one study. Build it with `load_run` or `build_run`."""
+
+    study_name: str
+    storage: str  # the storage URL with any password hidden
+    objectives: tuple[Objective, ...]
+    constraint_names: tuple[str, ...]
+    budgets: Mapping[str, float]
+    profile: Mapping[str, Any]
+    base_metrics: Mapping[str, Any]
+    task: str
+    space: str
+    experiment: Mapping[str, Any]
+    trials: tuple[TrialRecord, ...]
+    front: tuple[int, ...]  # trial numbers on the feasible front, sorted by the first objective
+    hv_scales: tuple[float, ...]  # the normalising scale S of each objective
+    hypervolume: float
+    hypervolume_history: tuple[tuple[int, float], ...]  # (trial number, HV of trials <= it)
+    knee: int | None
+    least_violating: tuple[int, ...]
+    budget_lines: Mapping[str, float]  # metric -> budget expressed in that metric's units
+    base_hash: str = ""  # sha256 of the base model's state_dict file (study attr `base_hash`)
+    primary_metric: str = ""  # the metric accuracy drops are measured on
+    base_layer_costs: tuple[tuple[Any, ...], ...] = ()  # the base model's per-kernel rows
+    # A study over several targets (search.multi_target): target name -> that target's view,
+    # an ordinary single-target RunData. Empty for a single-target study.
+    views: Mapping[str, RunData] = field(default_factory=dict)
+    target: str | None = None  # which target this view is (None: a single-target study)
+
+    def __post_init__(self) -> None:
+        numbers = [t.number for t in self.trials]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("trial numbers must be unique")
+        known = set(numbers)
+        for n in (
+            *self.front,
+            *self.least_violating,
+            *([self.knee] if self.knee is not None else []),
+        ):
+            if n not in known:
+                raise ValueError(f"trial {n} is referenced but not in the run")
+
+    # --- look-ups -------------------------------------------------------------------------------
+    def trial(self, number: int) -> TrialRecord:
+        for t in self.trials:
+            if t.number == number:
+                return t
+        raise KeyError(number)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(o.metric for o in self.objectives)
+
+    @property
+    def feasible_trials(self) -> tuple[TrialRecord, ...]:
+        return tuple(t for t in self.trials if t.feasible)
+
+    @property
+    def front_trials(self) -> tuple[TrialRecord, ...]:
+        return tuple(self.trial(n) for n in self.front)
+
+    @property
+    def any_feasible(self) -> bool:
+        return bool(self.front)
+
+    def counts(self) -> dict[str, int]:
+        """How many trials ended which way (for the summary line and the report header)."""
+        c = {
+            "trials": len(self.trials),
+            "complete": 0,
+            "trained": 0,
+            "feasible": 0,
+            "over_budget": 0,
+            "failed": 0,
+            "pruned": 0,
+            "duplicate": 0,
+            "running": 0,
+            "front": len(self.front),
+        }
+        for t in self.trials:
+            c["complete"] += t.state == "COMPLETE"
+            c["trained"] += t.trained
+            c["feasible"] += t.feasible
+            c["over_budget"] += t.status == TrialStatus.OVER_BUDGET
+            c["failed"] += t.state == "FAIL" or t.status == TrialStatus.FAILED
+            c["pruned"] += t.state == "PRUNED" or t.status == TrialStatus.STOPPED_EARLY
+            c["duplicate"] += t.status == TrialStatus.DUPLICATE
+            c["running"] += t.state in ("RUNNING", "WAITING")
+        return c
+
+    def pick_metric(self, pick: str) -> Objective | None:
+        """The objective a pick optimises (None for `knee`); ConfigError if the study lacks it."""
+        if pick == "knee":
+            return None
+        wanted = {
+            "max-accuracy": ("maximize", ACCURACY_METRICS),
+            "min-latency": ("minimize", LATENCY_METRICS),
+            "min-size": ("minimize", SIZE_METRICS),
+        }.get(pick)
+        if wanted is None:
+            raise ConfigError("--pick", "pick", f"{pick!r} is not one of {list(PICKS)}")
+        direction, names = wanted
+        by_name = {o.metric: o for o in self.objectives}
+        for name in names:
+            if name in by_name and by_name[name].direction == direction:
+                return by_name[name]
+        # Not an objective: still pickable from the per-trial metrics (the schema stores them).
+        for name in names:
+            if any(t.value(name) is not None for t in self.front_trials):
+                return Objective(name, direction)
+        raise ConfigError(
+            "--pick", "pick", f"{pick!r} needs one of {list(names)} among the study's metrics"
+        )
+
+    def picks(self) -> dict[str, int | None]:
+        """The trial number each pick selects on the feasible front (None if it cannot)."""
+        out: dict[str, int | None] = {}
+        for p in PICKS:
+            try:
+                out[p] = self.pick(p).number
+            except ConfigError:
+                out[p] = None
+        return out
+
+    def pick(
+        self, pick: str = "knee", *, trial: int | None = None, allow_infeasible: bool = False
+    ) -> TrialRecord:
+        """The trial to export: `trial` by number, or a pick on the feasible front.
+
+        Raises ConfigError when the trial does not exist or was not trained, or when it (or the
+        whole study) is infeasible and `allow_infeasible` is False.
+        """
+        src = f"study {self.study_name}"
+        if trial is not None:
+            try:
+                t = self.trial(trial)
+            except KeyError:
+                raise ConfigError(
+                    src, "--trial", f"no trial {trial}; the study has {len(self.trials)} trials"
+                ) from None
+            if t.duplicate_of is not None:
+                raise ConfigError(
+                    src,
+                    "--trial",
+                    f"trial {trial} repeats the plan of trial {t.duplicate_of}, which holds its "
+                    f"weights; export --trial {t.duplicate_of}",
+                )
+            if t.state != "COMPLETE" or t.plan is None:
+                raise ConfigError(
+                    src,
+                    "--trial",
+                    f"trial {trial} is {t.state.lower()}"
+                    f"{' (' + t.fail_reason + ')' if t.fail_reason else ''}; "
+                    "pick a COMPLETE trial",
+                )
+            if not t.feasible and not allow_infeasible:
+                raise ConfigError(
+                    src,
+                    "--trial",
+                    f"trial {trial} is infeasible ({why_infeasible(t)}); "
+                    "pass --allow-infeasible to export it anyway",
+                )
+            return t
+        if pick not in PICKS:
+            raise ConfigError(src, "--pick", f"{pick!r} is not one of {list(PICKS)}")
+        if not self.front:
+            if not allow_infeasible or not self.least_violating:
+                lv = ", ".join(
+                    f"#{n} ({why_infeasible(self.trial(n))})" for n in self.least_violating[:3]
+                )
+                raise ConfigError(
+                    src,
+                    "--pick",
+                    "no trial meets the budgets"
+                    + (f"; least violating: {lv}" if lv else "")
+                    + (
+                        "; pass --allow-infeasible to export the least violating one"
+                        if self.least_violating
+                        else ""
+                    ),
+                )
+            return self.trial(self.least_violating[0])
+        if pick == "knee":
+            assert self.knee is not None
+            return self.trial(self.knee)
+        obj = self.pick_metric(pick)
+        assert obj is not None
+        order = _knee_order(self)
+        cands = [t for t in self.front_trials if t.value(obj.metric) is not None]
+        if not cands:
+            raise ConfigError(src, "--pick", f"no front trial has {obj.metric}")
+        best = min(cands, key=lambda t: (obj.sign * (t.value(obj.metric) or 0.0), order[t.number]))
+        return best
+
+    # --- serialisation --------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """The study-level facts as plain JSON values."""
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "task": self.task,
+            "space": self.space,
+            "profile": self.profile.get("name") if self.profile else None,
+            "objectives": [[o.metric, o.direction] for o in self.objectives],
+            "constraints": list(self.constraint_names),
+            "budgets": dict(self.budgets),
+            "base_metrics": dict(self.base_metrics),
+            "counts": self.counts(),
+            "hypervolume": self.hypervolume,
+            "hypervolume_reference": {
+                "scales": dict(zip(self.metric_names, self.hv_scales)),
+                "point": [1.0] * len(self.objectives),
+                "definition": "minimise: v/S, maximise: 1 - v/S; reference 1.0 per axis; "
+                "S = base model value, else the largest trained value",
+            },
+            "knee": self.knee,
+            "picks": self.picks(),
+        }
+
+    def summary_text(self) -> str:
+        """A few lines for the terminal: counts, the front, the knee (per target if several)."""
+        if self.views:
+            trained = self.counts()["trained"]
+            head = (
+                f"{len(self.trials)} trials, {trained} trained once for {len(self.views)} targets"
+            )
+            return "\n".join(
+                [head, *(f"== {name} ==\n{v.summary_text()}" for name, v in self.views.items())]
+            )
+        c = self.counts()
+        lines = [
+            f"{c['trials']} trials: {c['feasible']} feasible, {c['over_budget']} over budget "
+            f"(not trained), {c['failed']} failed, {c['pruned']} stopped early, "
+            f"repeats {c['duplicate']}; "
+            f"{c['front']} on the front, hypervolume {self.hypervolume:.4f}"
+        ]
+        if not self.front:
+            lines.append("nothing feasible; least violating:")
+            for n in self.least_violating:
+                t = self.trial(n)
+                lines.append(f"  #{n} {why_infeasible(t)}: {t.plan_text}")
+            return "\n".join(lines)
+        for t in self.front_trials:
+            vals = ", ".join(
+                f"{o.metric} {number(v)}" for o, v in zip(self.objectives, t.values or ())
+            )
+            mark = "  <- knee" if t.number == self.knee else ""
+            lines.append(f"  #{t.number}: {vals} | {t.plan_text}{mark}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """pareto.json: the summary, the feasible front (metrics and plans), least violating."""
+        out = self.summary()
+        out["front"] = [_trial_json(t, self.objectives) for t in self.front_trials]
+        out["least_violating"] = [
+            _trial_json(self.trial(n), self.objectives) for n in self.least_violating
+        ]
+        out["hypervolume_history"] = [[n, hv] for n, hv in self.hypervolume_history]
+        return jsonable(out)
+
+
+def why_infeasible(t: TrialRecord) -> str:
+    """Why a trial is off the front, in a few words: the budgets it overshoots, else its status."""
+    over = [f"{k} +{v:.0%}" for k, v in t.constraints.items() if v > 0]
+    if over:
+        return "over " + ", ".join(over)
+    return t.status or t.state.lower()
+
+
+def _trial_json(t: TrialRecord, objectives: Sequence[Objective]) -> dict[str, Any]:
+    return {
+        "trial": t.number,
+        "status": t.status,
+        "feasible": t.feasible,
+        "values": dict(zip((o.metric for o in objectives), t.values or ())),
+        "metrics": dict(t.metrics),
+        "constraints": dict(t.constraints),
+        "violation": t.violation,
+        "plan_text": t.plan_text,
+        "plan": t.plan,
+        "skipped_layers": dict(t.skipped_layers),
+        "recipe": t.recipe,
+        "refined": dict(t.refined) if t.refined else None,
+    }
+
+
+def _knee_order(run: RunData) -> dict[int, int]:
+    """Front trial number -> its rank in the knee ordering (used to break pick ties)."""
+    trials = run.front_trials
+    ranking = knee_ranking([loss(t.values or (), run.objectives) for t in trials])
+    return {trials[i].number: r for r, i in enumerate(ranking)}
