@@ -18,6 +18,8 @@ from spaces import (
     QuantizeConfig,
     SearchSpace,
     SpaceError,
+    flatten_plan,
+    layer_rows,
 )
 from tests.conftest import REPO
 
@@ -42,6 +44,26 @@ def test_plan_round_trips_through_dict_and_yaml():
     assert plan.quantize.bits("conv1") == 4 and plan.quantize.bits("conv2") == 32
     assert plan.prune.ratio("fc") == 0.0
     assert "prune" in plan.describe() and "w4/8" in plan.describe()
+
+
+def test_plan_flat_views_read_the_plan_and_its_stored_dict_alike():
+    plan = CompressionPlan(
+        prune=PruneConfig(ratios={"conv10": 0.5, "conv2": 0.25}),
+        quantize=QuantizeConfig(weight_bits={"conv2": 4}, default_weight_bits=8),
+    )
+    flat = plan.flat()
+    assert flat == flatten_plan(plan.to_dict())
+    assert flat["prune.ratios.conv10"] == 0.5 and flat["quantize.weight_bits.conv2"] == 4
+    assert flat["quantize.default_weight_bits"] == 8 and flat["architecture.family"] == "base"
+    assert flatten_plan(None) == {} and layer_rows(None) == []
+    rows = plan.layer_rows()
+    assert rows == layer_rows(plan.to_dict())
+    # Natural order (conv2 before conv10); unnamed layers take the default bits.
+    assert [(r["layer"], r["bits"], r["prune_ratio"]) for r in rows] == [
+        ("conv2", 4, 0.25),
+        ("conv10", 8, 0.5),
+    ]
+    assert not any(r["prune_global"] for r in rows) and all(r["rank"] == 1.0 for r in rows)
 
 
 @pytest.mark.parametrize(
