@@ -331,7 +331,8 @@ class _Walk:
     def conv_function(self, step: _Step) -> bool:
         n = step.node
         w = self.shape(n.args[1]) if len(n.args) > 1 else None
-        groups = int(n.kwargs.get("groups", n.args[6] if len(n.args) > 6 else 1))
+        groups_arg: Any = n.kwargs.get("groups", n.args[6] if len(n.args) > 6 else 1)
+        groups = int(groups_arg)
         if w is None:
             return False
         kernel = Kernel(

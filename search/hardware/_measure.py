@@ -17,7 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -258,8 +258,6 @@ def with_measured_latency(
     calibration: fixed threads, warm-up, median, IQR rule; a measurement that stayed noisy is
     kept and said so in the report's notes.
     """
-    from dataclasses import replace
-
     if isinstance(model_or_onnx, nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             path = export_fp32_onnx(model_or_onnx, input_shape, Path(tmp) / "m.onnx", batch=batch)
