@@ -35,15 +35,9 @@ from spaces import SearchSpace
 from .compress import Compressed
 from .config import Experiment
 from .hardware import CostReport, HardwareProfile, constraint_values, estimate_cost
-
-# ACCURACY_METRICS through objective: pareto sits above this module.
-from .objective import (
-    ACCURACY_DROP,
-    ACCURACY_METRICS,
-    TrialObjective,
-    latency_margin,
-    layer_costs,
-)
+from .objective import TrialObjective, latency_margin, layer_costs
+from .pipeline import cost_of
+from .record import ACCURACY_DROP, ACCURACY_METRICS, write_attrs
 from .tasks import Task
 
 ANY_TARGET = "any_target"
@@ -126,14 +120,7 @@ class MultiTargetObjective(TrialObjective):
         worst: dict[str, float] = {}
         for name, profile in self.profiles.items():
             if profile is not self.profile:
-                cost = estimate_cost(
-                    compressed.model,
-                    self.task.input_shape,
-                    profile,
-                    layer_bits=compressed.layer_bits,
-                    activation_bits=compressed.activation_bits,
-                    layer_density=compressed.layer_density,
-                )
+                cost = cost_of(compressed, self.task, profile)
             margin = self.margins[name]
             cons = constraint_values(
                 cost, self.target_budgets[name], profile=profile, latency_margin=margin
@@ -141,12 +128,17 @@ class MultiTargetObjective(TrialObjective):
             runs = runs_bits(profile, compressed.layer_bits, compressed.activation_bits)
             cons[BITS] = 0.0 if runs else 1.0
             if margin:
-                trial.set_user_attr(at("latency_bound_ms", name), cost.latency_ms * (1 + margin))
-            trial.set_user_attr(at("layer_costs", name), layer_costs(cost))
-            trial.set_user_attr(at("constraints", name), {k: float(v) for k, v in cons.items()})
+                write_attrs(trial, {at("latency_bound_ms", name): cost.latency_ms * (1 + margin)})
+            write_attrs(
+                trial,
+                {
+                    at("layer_costs", name): layer_costs(cost),
+                    at("constraints", name): {k: float(v) for k, v in cons.items()},
+                },
+            )
             metrics.update({at(k, name): v for k, v in cost.metrics().items()})
             worst[name] = max(cons.values())
-        trial.set_user_attr("fits", sorted(n for n, w in worst.items() if w <= 0))
+        write_attrs(trial, {"fits": sorted(n for n, w in worst.items() if w <= 0)})
         return {ANY_TARGET: min(worst.values())}, metrics
 
     def needed_accuracy(self, study: optuna.Study, cost: CostReport) -> float | None:

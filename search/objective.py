@@ -32,17 +32,27 @@ from .hardware import (
     estimate_cost,
     with_measured_latency,
 )
-from .pipeline import build, calibrate_build, recover
-from .record import ACCURACY_METRICS
+from .pipeline import build, calibrate_build, cost_of, train
+from .record import (
+    ACCURACY_DROP,
+    ACCURACY_METRICS,
+    TrialStatus,
+    primary_metric,
+    status_of,
+    trial_feasible,
+    write_attrs,
+    write_duplicate,
+    write_failure,
+    write_outcome,
+    write_plan,
+)
 from .tasks import Task
 
-ACCURACY_DROP = "accuracy_drop"
 # Early stop: at the recovery checkpoint (half the epochs) a plan must be within this much of
 # the accuracy it needs (see `TrialObjective.needed_accuracy`). Chosen from recovery curves on
 # the built-in task (experiments/results/early_stop.md): no plan that ended within the floor
 # was ever this far below it at the checkpoint.
 EARLY_STOP_MARGIN = 0.2
-TRAINED = "trained"
 
 
 class StoppedEarly(Exception):
@@ -51,15 +61,6 @@ class StoppedEarly(Exception):
     def __init__(self, accuracy: float, epoch: int, needed: float, unit: str = "epoch") -> None:
         super().__init__(f"val accuracy {accuracy:.3f} after {unit} {epoch}, needs {needed:.3f}")
         self.accuracy, self.epoch, self.needed, self.unit = accuracy, epoch, needed, unit
-
-
-def checkpoint_epoch(epochs: int) -> int | None:
-    """The recovery epoch after which early stop is judged: half of them (None: a recovery of
-    one epoch has no point before its end to judge at).
-
-    Students (from scratch) are still noisy after a third: one sat at 0.73 and ended at 0.99.
-    """
-    return epochs // 2 if epochs >= 2 else None
 
 
 def _as_good(theirs: Any, mine: float, objective: Objective) -> bool:
@@ -128,9 +129,7 @@ class TrialObjective:
         # Bad user input met inside a trial (a NaN deep in a streamed split): the search stops
         # and run_search raises it, instead of failing every later trial the same way.
         self.config_error: ConfigError | None = None
-        self.primary = next(
-            (o.metric for o in exp.objectives if o.direction == "maximize"), "accuracy"
-        )
+        self.primary = primary_metric(exp.objectives)
         self._layers: dict[ArchitectureConfig, list[LayerInfo]] = {}
         base_cost = estimate_cost(task.base_model, task.input_shape, profile)
         # The search evaluates on the task's fixed validation subset (all of it by default).
@@ -181,14 +180,11 @@ class TrialObjective:
             raise
         except ConfigError as exc:
             self.config_error = exc
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("fail_reason", str(exc)[:500])
+            write_failure(trial, str(exc))
             trial.study.stop()
             raise
         except Exception as exc:  # recorded as FAILED with its reason; the search goes on
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
-            trial.set_user_attr("fail_trace", traceback.format_exc(limit=4)[-2000:])
+            write_failure(trial, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=4))
             raise
 
     def build_and_cost(self, plan: CompressionPlan) -> tuple[Compressed, CostReport]:
@@ -198,15 +194,7 @@ class TrialObjective:
         `calibrate_build` does when the untrained model must run quantized.
         """
         compressed = build(plan, self.task, calibrate=False)
-        cost = estimate_cost(
-            compressed.model,
-            self.task.input_shape,
-            self.profile,
-            layer_bits=compressed.layer_bits,
-            activation_bits=compressed.activation_bits,
-            layer_density=compressed.layer_density,
-        )
-        return compressed, cost
+        return compressed, cost_of(compressed, self.task, self.profile)
 
     def measured(self, compressed: Compressed, cost: CostReport) -> CostReport:
         """The cost with its latency measured in ONNX Runtime on this machine: the deployed
@@ -236,33 +224,18 @@ class TrialObjective:
         refine: bool = False,
         checkpoint: Callable[[int, torch.nn.Module], None] | None = None,
     ) -> torch.nn.Module:
-        """Recovery: `steps` or `epochs` (default: the experiment's budget, in steps when
-        `recovery.steps` is set; students, from scratch, get their own budget and learning
-        rate; `refine` for the refine stage's). `checkpoint(done, model)` runs once, after
-        `checkpoint_epoch(budget)` epochs or steps (never for a budget of one), and may raise
+        """Recovery with the experiment's budget (`pipeline.train`); `checkpoint` may raise
         `StoppedEarly`."""
-        rec = self.exp.recovery
-        student = plan.architecture.family != "base"
-        default_epochs, lr = rec.schedule(student, refine=refine)
-        if epochs is None and steps is None:
-            epochs, steps = default_epochs, rec.steps_for(student, refine=refine)
-        at = checkpoint_epoch(steps if steps is not None else (epochs or 0))
-
-        def on_progress(done: int, model: torch.nn.Module) -> None:
-            if checkpoint is not None and done == at:
-                checkpoint(done, model)
-
-        return recover(
+        return train(
             compressed,
             plan,
             self.task,
-            epochs=epochs or 0,
-            steps=steps,
-            lr=lr,
-            batch_size=rec.batch_size,
+            self.exp.recovery,
             seed=seed,
-            on_epoch=on_progress if steps is None else None,
-            on_step=on_progress if steps is not None else None,
+            epochs=epochs,
+            steps=steps,
+            refine=refine,
+            checkpoint=checkpoint,
         )
 
     def needed_accuracy(self, study: optuna.Study, cost: CostReport) -> float | None:
@@ -287,9 +260,9 @@ class TrialObjective:
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 ua = t.user_attrs
                 if (
-                    ua.get("status") == TRAINED
+                    status_of(t) is TrialStatus.TRAINED
+                    and trial_feasible(t)
                     and ua.get(self.primary) is not None
-                    and all(v <= 0 for v in ua.get("constraints", {}).values())
                     and all(_as_good(ua.get(o.metric), known[o.metric], o) for o in others)
                 ):
                     needs.append(float(ua[self.primary]))
@@ -298,7 +271,7 @@ class TrialObjective:
     def duplicate_of(self, study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
         """An earlier finished trial of the same plan (its result answers this one)."""
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("plan_key") == key and t.user_attrs.get("status") != "duplicate":
+            if t.user_attrs.get("plan_key") == key and status_of(t) is not TrialStatus.DUPLICATE:
                 return t
         return None
 
@@ -306,16 +279,7 @@ class TrialObjective:
         self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial
     ) -> tuple[float, ...]:
         """Record an already-evaluated plan with the earlier trial's figures, without work."""
-        trial.set_user_attr("duplicate_of", earlier.number)
-        skip = {"plan", "plan_text", "plan_key", "recipe", "weights", "status"}
-        skip |= {"sample_s", "build_s", "train_s", "duplicate_of"}
-        for key, value in earlier.user_attrs.items():
-            if key not in skip:
-                trial.set_user_attr(key, value)
-        for name, value in (earlier.user_attrs.get("constraints") or {}).items():
-            if name in self.constraint_names:
-                trial.set_constraint(name, float(value))
-        trial.set_user_attr("status", "duplicate")
+        write_duplicate(trial, earlier, self.constraint_names)
         assert earlier.values is not None
         return tuple(float(v) for v in earlier.values)
 
@@ -325,23 +289,21 @@ class TrialObjective:
         sample_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pkey = plan_key(plan)
-        trial.set_user_attr("plan", plan.to_dict())
-        trial.set_user_attr("plan_text", plan.describe())
-        trial.set_user_attr("plan_key", pkey)
+        write_plan(trial, plan.to_dict(), plan.describe(), pkey)
         earlier = self.duplicate_of(trial.study, pkey)
         if earlier is not None:
             return self._answer_duplicate(trial, earlier)
         compressed, cost = self.build_and_cost(plan)
         constraints, metrics = self.cost_figures(trial, compressed, cost)
         if compressed.skipped:
-            trial.set_user_attr("skipped_layers", dict(compressed.skipped))
+            write_attrs(trial, {"skipped_layers": dict(compressed.skipped)})
         # Written now, so a trial that fails in training still records them.
-        trial.set_user_attr("sample_s", round(sample_s, 4))
-        trial.set_user_attr("build_s", round(time.perf_counter() - t0, 4))
+        build_s = time.perf_counter() - t0
+        write_attrs(trial, {"sample_s": round(sample_s, 4), "build_s": round(build_s, 4)})
 
         if any(v > 0 for v in constraints.values()):
             # Over budget: record the real cost, never train. Accuracy is reported as 0.0.
-            status = "over_budget"
+            status = TrialStatus.OVER_BUDGET
             measured = {self.primary: 0.0}
             metrics.update({k: None for k in ("accuracy", "recall", "f1")})
         else:
@@ -355,7 +317,8 @@ class TrialObjective:
 
             def checkpoint(done: int, model: torch.nn.Module) -> None:
                 acc = self.task.evaluate(model, "val", subset=True)[self.primary]
-                trial.set_user_attr("checkpoint_accuracy", acc)  # report() is single-objective
+                # report() is single-objective
+                write_attrs(trial, {"checkpoint_accuracy": acc})
                 if needed is not None and acc < needed - EARLY_STOP_MARGIN:
                     raise StoppedEarly(acc, done, needed, unit)
 
@@ -367,29 +330,32 @@ class TrialObjective:
                     checkpoint=None if needed is None else checkpoint,
                 )
                 measured = self.task.evaluate(model, "val", subset=True)
-                status = TRAINED
+                status = TrialStatus.TRAINED
             except StoppedEarly as stop:
                 # Completed with what the checkpoint saw (not trained to the end): the sampler
                 # learns from it, and it is never feasible nor on the front.
                 measured = {self.primary: stop.accuracy}
-                trial.set_user_attr(f"stopped_at_{stop.unit}", stop.epoch)
-                trial.set_user_attr("early_stop_reason", str(stop))
-                status = "stopped_early"
+                write_attrs(
+                    trial,
+                    {f"stopped_at_{stop.unit}": stop.epoch, "early_stop_reason": str(stop)},
+                )
+                status = TrialStatus.STOPPED_EARLY
             metrics.update(measured)
             metrics["train_s"] = round(time.perf_counter() - t1, 3)
-            if status == TRAINED and self.weights_dir is not None:
-                trial.set_user_attr("weights", str(self.save_weights(model, trial.number)))
+            if status is TrialStatus.TRAINED and self.weights_dir is not None:
+                write_attrs(trial, {"weights": str(self.save_weights(model, trial.number))})
 
         drop = self.baseline.metrics[self.primary] - measured[self.primary]
         metrics[ACCURACY_DROP] = drop
         if self.exp.max_accuracy_drop is not None:
             constraints[ACCURACY_DROP] = drop - self.exp.max_accuracy_drop
-        for name in self.constraint_names:
-            trial.set_constraint(name, float(constraints[name]))
-        trial.set_user_attr("constraints", {k: float(v) for k, v in constraints.items()})
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("status", status)
+        write_outcome(
+            trial,
+            status,
+            metrics=metrics,
+            constraints=constraints,
+            constraint_names=self.constraint_names,
+        )
         return self.objective_values(metrics)
 
     def cost_figures(
@@ -398,14 +364,14 @@ class TrialObjective:
         """The plan's budget constraints (`value / budget - 1`) and cost metrics; records the
         per-kernel rows (and the measured or bounded latency) on the trial."""
         if self.exp.latency == "measured":
-            trial.set_user_attr("predicted_latency_ms", cost.latency_ms)
+            write_attrs(trial, {"predicted_latency_ms": cost.latency_ms})
             cost = self.measured(compressed, cost)
         constraints = constraint_values(
             cost, self.budgets, profile=self.profile, latency_margin=self.latency_margin
         )
         if self.latency_margin:  # the bound the budget was checked against
-            trial.set_user_attr("latency_bound_ms", cost.latency_ms * (1 + self.latency_margin))
-        trial.set_user_attr("layer_costs", layer_costs(cost))
+            write_attrs(trial, {"latency_bound_ms": cost.latency_ms * (1 + self.latency_margin)})
+        write_attrs(trial, {"layer_costs": layer_costs(cost)})
         return constraints, dict(cost.metrics())
 
     def objective_values(self, metrics: dict[str, Any]) -> tuple[float, ...]:

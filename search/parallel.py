@@ -23,15 +23,14 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Experiment
 from .errors import ConfigError
+from .storage import fail_orphaned_trials, public_url
 
 if TYPE_CHECKING:  # the study module imports torch and optuna; the lock must stay light
-    import optuna
     from optuna.trial import FrozenTrial
 
     from .study import SearchResult
@@ -53,16 +52,6 @@ def threads_per_worker(jobs: int, cores: int | None = None) -> int:
     """Torch threads for each of `jobs` processes so that jobs x threads <= cores."""
     cores = cores or os.cpu_count() or 1
     return max(1, cores // max(1, jobs))
-
-
-def public_url(url: str) -> str:
-    """The storage URL with any password masked, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: show it as given, it holds no password
-        return url
 
 
 @contextlib.contextmanager
@@ -99,62 +88,6 @@ def run_lock(exp: Experiment) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the flock
-
-
-def fail_orphaned_trials(study: optuna.Study, storage_url: str, *, grace_s: float) -> list[int]:
-    """Fail (and retry once) RUNNING trials whose process died before its first heartbeat.
-
-    Optuna's heartbeat check skips a RUNNING trial that has no heartbeat row at all: a process
-    killed between creating a trial and writing its first heartbeat (a few milliseconds) leaves
-    it RUNNING forever, never retried. Such a trial older than `grace_s` is dead: a live one
-    records its heartbeat at once. Call this when a run starts (resume).
-
-    Returns:
-        The numbers of the trials it failed.
-    """
-    import optuna
-    import sqlalchemy
-    from optuna.trial import TrialState
-
-    now = datetime.now()  # datetime_start is the writer's naive local time
-    old = [
-        t.number
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.datetime_start is not None and now - t.datetime_start > timedelta(seconds=grace_s)
-    ]
-    if not old:
-        return []
-    storage = optuna.storages.RDBStorage(
-        storage_url, skip_table_creation=True, skip_compatibility_check=True
-    )
-    try:
-        study_id = storage.get_study_id_from_name(study.study_name)
-        ids = {storage.get_trial_id_from_study_id_trial_number(study_id, n): n for n in old}
-        with storage.engine.connect() as conn:
-            beating = {
-                row[0]
-                for row in conn.execute(
-                    sqlalchemy.text(
-                        "SELECT trial_id FROM trial_heartbeats WHERE trial_id IN "
-                        f"({', '.join(str(int(i)) for i in ids)})"
-                    )
-                )
-            }
-        failed = []
-        for trial_id, number in ids.items():
-            if trial_id in beating:
-                continue  # Optuna's own stale check handles it
-            try:
-                if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                    failed.append(number)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another process failed it first
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-            retry(study, storage.get_trial(trial_id))
-        return failed
-    finally:
-        storage.remove_session()
-        storage.engine.dispose()
 
 
 def audit_trials(trials: Sequence[FrozenTrial]) -> dict[str, Any]:

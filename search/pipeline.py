@@ -1,7 +1,8 @@
-"""One plan through the pipeline: build (no training), recover (fine-tune), evaluate.
+"""One plan through the pipeline: build (no training), cost, train (recover), evaluate.
 
 `build` is deterministic for a given plan and task, so `apply` can rebuild a winner's structure
-and load its fine-tuned weights.
+and load its fine-tuned weights. `cost_of` and `train` are the one way to cost and to train a
+compressed model: the objective, the refine stage, the export and the benchmarks call them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from torch import nn
 from spaces import CompressionPlan
 
 from .compress import Compressed, calibrate, compress, distillation_loss
+from .config import Recovery
+from .hardware import CostReport, HardwareProfile, estimate_cost
 from .tasks import Task, fit
 
-CALIBRATION_ROWS = 256  # activation ranges after recovery
+# Activation ranges after recovery, and the calibration rows of an exported int8 model.
+CALIBRATION_ROWS = 256
 BUILD_ROWS = 64  # build: graph tracing, Taylor importance, first ranges (cheap first)
 
 
@@ -42,6 +46,81 @@ def calibrate_build(compressed: Compressed, task: Task) -> None:
     """The activation ranges `build(..., calibrate=False)` left unset, as `build` sets them."""
     if compressed.activation_bits < 32:
         calibrate(compressed.model, task.calibration_inputs(BUILD_ROWS))
+
+
+def cost_of(compressed: Compressed, task: Task, profile: HardwareProfile) -> CostReport:
+    """The compressed model's predicted figures on `profile`, at its bits and densities."""
+    return estimate_cost(
+        compressed.model,
+        task.input_shape,
+        profile,
+        layer_bits=compressed.layer_bits,
+        activation_bits=compressed.activation_bits,
+        layer_density=compressed.layer_density,
+    )
+
+
+def checkpoint_epoch(epochs: int) -> int | None:
+    """The recovery epoch (or step) after which early stop is judged: half of them (None: a
+    recovery of one epoch has no point before its end to judge at).
+
+    Students (from scratch) are still noisy after a third: one sat at 0.73 and ended at 0.99.
+    """
+    return epochs // 2 if epochs >= 2 else None
+
+
+def recovery_budget(
+    recovery: Recovery, plan: CompressionPlan, *, refine: bool = False
+) -> tuple[int, int | None, float]:
+    """Epochs, steps (None: count epochs) and learning rate of one recovery of `plan`:
+    students, from scratch, get their own; `refine` the refine stage's."""
+    student = plan.architecture.family != "base"
+    epochs, lr = recovery.schedule(student, refine=refine)
+    return epochs, recovery.steps_for(student, refine=refine), lr
+
+
+def train(
+    compressed: Compressed,
+    plan: CompressionPlan,
+    task: Task,
+    recovery: Recovery,
+    *,
+    seed: int,
+    epochs: int | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    refine: bool = False,
+    on_progress: Callable[[int, nn.Module], None] | None = None,
+    checkpoint: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """Recovery: `steps` or `epochs`, at `lr` (each defaults to `recovery_budget`'s).
+    `on_progress(done, model)` runs after every epoch (or step) but the last;
+    `checkpoint(done, model)` once, after `checkpoint_epoch(budget)` of them (never for a
+    budget of one), and may raise to stop."""
+    default_epochs, default_steps, default_lr = recovery_budget(recovery, plan, refine=refine)
+    if epochs is None and steps is None:
+        epochs, steps = default_epochs, default_steps
+    at = checkpoint_epoch(steps if steps is not None else (epochs or 0))
+
+    def progress(done: int, model: nn.Module) -> None:
+        if on_progress is not None:
+            on_progress(done, model)
+        if checkpoint is not None and done == at:
+            checkpoint(done, model)
+
+    hook = progress if (on_progress or checkpoint) is not None else None
+    return recover(
+        compressed,
+        plan,
+        task,
+        epochs=epochs or 0,
+        steps=steps,
+        lr=default_lr if lr is None else lr,
+        batch_size=recovery.batch_size,
+        seed=seed,
+        on_epoch=hook if steps is None else None,
+        on_step=hook if steps is not None else None,
+    )
 
 
 def recover(

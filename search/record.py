@@ -36,6 +36,7 @@ __all__ = [
     "TrialStatus",
     "budget_for_metric",
     "constraints_of",
+    "cost_rows",
     "is_feasible",
     "is_trained",
     "primary_metric",
@@ -163,8 +164,9 @@ def trial_feasible(trial: Any) -> bool:
     return is_feasible(trial.state.name, status_of(trial), constraints_of(trial), trial.values)
 
 
-def _rows(value: Any) -> tuple[tuple[Any, ...], ...]:
-    """Stored per-kernel cost rows as tuples (anything else: none)."""
+def cost_rows(value: Any) -> tuple[tuple[Any, ...], ...]:
+    """Stored per-kernel cost rows (`layer_costs`, `base_layer_costs`) as tuples (anything
+    else: none)."""
     if not isinstance(value, list):
         return ()
     return tuple(tuple(r) for r in value if isinstance(r, list))
@@ -259,7 +261,7 @@ class TrialRecord:
             duplicate_of=ua.get("duplicate_of"),
             weights=ua.get("weights"),
             refined=refined if isinstance(refined, Mapping) else None,
-            layer_costs=_rows(ua.get("layer_costs")),
+            layer_costs=cost_rows(ua.get("layer_costs")),
         )
 
 

@@ -26,6 +26,9 @@ from ._resources import resolve
 from .config import Experiment
 from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
+from .pipeline import recovery_budget
+from .record import TrialStatus, status_of, trial_feasible
+from .storage import fail_orphaned_trials, public_url
 from .validate import check_space_runs_on
 
 HEARTBEAT_S = 10
@@ -65,8 +68,6 @@ def check_storage_url(storage: str, file: str, field: str) -> None:
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
-
-    from .parallel import public_url
 
     shown = public_url(storage)
     try:
@@ -215,7 +216,7 @@ def counted(trials: Sequence[FrozenTrial]) -> int:
     A plan the sampler proposes again is answered from the earlier trial in milliseconds
     (status `duplicate`) and does not count, so `trials` is the number of distinct plans.
     """
-    return sum(t.user_attrs.get("status") != "duplicate" for t in trials)
+    return sum(status_of(t) is not TrialStatus.DUPLICATE for t in trials)
 
 
 def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
@@ -223,8 +224,6 @@ def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
     try:
         storage = make_storage(exp.storage_url)
     except Exception as exc:  # tables that cannot be created, a database that went away
-        from .parallel import public_url
-
         file, field = exp.storage_where
         orig = getattr(exc, "orig", None) or exc
         raise ConfigError(
@@ -296,9 +295,9 @@ class _Progress:
             self.bar.write(f"trial {trial.number} failed: {reason}")
         if trials is None:
             trials = completed(study)
-        feasible = [t for t in trials if is_feasible(t)]
+        feasible = [t for t in trials if trial_feasible(t)]
         best = max((t.user_attrs.get(self.primary) or 0.0 for t in feasible), default=None)
-        skipped = sum(t.user_attrs.get("status") == "over_budget" for t in trials)
+        skipped = sum(status_of(t) is TrialStatus.OVER_BUDGET for t in trials)
         self.bar.set_postfix(
             feasible=len(feasible),
             over_budget=skipped,
@@ -310,14 +309,6 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Trained to the end and within every budget (a repeat or an early stop never is)."""
-    ua = trial.user_attrs
-    return ua.get("status") == "trained" and all(
-        v <= 0 for v in ua.get("constraints", {}).values()
-    )
 
 
 def validate_run(exp: Experiment) -> tuple[SearchSpace, list[HardwareProfile]]:
@@ -351,7 +342,6 @@ def run_search(
             **objective_kwargs)`.
     """
     from .objective import TrialObjective
-    from .parallel import fail_orphaned_trials
     from .tasks import load_task
 
     space, profiles = validate_run(exp)
@@ -390,7 +380,7 @@ def run_search(
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal failed_here, repeats_here
         failed_here += trial.state == TrialState.FAIL
-        repeats_here += trial.user_attrs.get("status") == "duplicate"
+        repeats_here += status_of(trial) is TrialStatus.DUPLICATE
         trials = completed(study)
         bar.update(study, trial, trials)
         # Enough plans, or failing trials, or a sampler that keeps proposing plans it has seen
@@ -437,11 +427,11 @@ def run_search(
 def tally(result: SearchResult) -> SearchResult:
     """Fill the result's counts from its study (again after parallel workers finished)."""
     trials = completed(result.study)
-    status = [t.user_attrs.get("status") for t in trials]
+    status = [status_of(t) for t in trials]
     result.completed = len(trials)
-    result.over_budget = status.count("over_budget")
-    result.stopped_early = status.count("stopped_early")
-    result.duplicates = status.count("duplicate")
+    result.over_budget = status.count(TrialStatus.OVER_BUDGET)
+    result.stopped_early = status.count(TrialStatus.STOPPED_EARLY)
+    result.duplicates = status.count(TrialStatus.DUPLICATE)
     result.failed = len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return result
 
@@ -458,14 +448,12 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
     from spaces import CompressionPlan
 
     exp, primary = objective.exp, objective.primary
-    front = [t for t in study.best_trials if t.user_attrs.get("status") == "trained"]
+    front = [t for t in study.best_trials if status_of(t) is TrialStatus.TRAINED]
     front.sort(key=lambda t: -(t.user_attrs.get(primary) or 0.0))
     refined = dict(study.user_attrs.get("refined", {}))
     for t in front[: exp.recovery.refine_top_k]:
         plan = CompressionPlan.from_dict(t.user_attrs["plan"])
-        student = plan.architecture.family != "base"
-        epochs, _ = exp.recovery.schedule(student, refine=True)
-        steps = exp.recovery.steps_for(student, refine=True)
+        epochs, steps, _ = recovery_budget(exp.recovery, plan, refine=True)
         budget = {"epochs": epochs} if steps is None else {"epochs": epochs, "steps": steps}
         done = refined.get(str(t.number), {})
         if (done.get("epochs"), done.get("steps")) == (epochs, steps):

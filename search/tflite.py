@@ -38,7 +38,10 @@ __all__ = [
     "write_c_array",
 ]
 
-CALIBRATION_ROWS = 128  # PT2E observers see this many training rows, one at a time
+# Of the calibration rows it is given (pipeline.CALIBRATION_ROWS), PT2E's observers see this
+# many: the exported graph is batch 1, so each row is one forward pass; a cap, not a second
+# calibration set size.
+PT2E_OBSERVER_ROWS = 128
 C_ALIGN = 16  # TFLM wants the flatbuffer 16-byte aligned (its tensors are read in place)
 _EXTRA_HINT = (
     'install the optional extra: pip install "compression-search[tflite]" '
@@ -182,7 +185,7 @@ def _convert(model: Any, example: tuple[Any, ...], calib_inputs: Any) -> Any:
     )
     graph = torch.export.export(model, example).module()
     prepared = prepare_pt2e(graph, quantizer)
-    rows = calib_inputs[:CALIBRATION_ROWS]
+    rows = calib_inputs[:PT2E_OBSERVER_ROWS]
     for i in range(len(rows)):  # the exported graph is batch 1
         prepared(rows[i : i + 1].float())
     quantized = convert_pt2e(prepared, fold_quantize=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import search.objective
+import search.pipeline
 from search.config import load_experiment
 from search.review import load_run, write_outputs
 from search.study import run_search
@@ -31,7 +31,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exp = load_experiment(write_tiny_experiment(in_tmp, trials=5)).with_overrides(out="run")
-    real_recover = search.objective.recover
+    real_recover = search.pipeline.recover
 
     def faulty_recover(compressed, plan, task, *, seed, **kwargs):
         # The objective seeds recovery with exp.seed + trial.number: that names the trial.
@@ -48,7 +48,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(
                     p.fill_(float("nan"))
         return real_recover(compressed, plan, task, seed=seed, **kwargs)
 
-    monkeypatch.setattr(search.objective, "recover", faulty_recover)
+    monkeypatch.setattr(search.pipeline, "recover", faulty_recover)
     result = run_search(exp, progress=False, log=lambda _line: None)
 
     trials = result.study.get_trials(deepcopy=False)

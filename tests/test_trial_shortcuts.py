@@ -20,9 +20,9 @@ import search.objective
 from search.compress._quantization import activation_quantizers
 from search.config import load_experiment
 from search.errors import ConfigError
-from search.objective import TrialObjective, checkpoint_epoch, plan_key
+from search.objective import TrialObjective, plan_key
+from search.pipeline import build, calibrate_build, checkpoint_epoch
 from search.review import load_run
-from search.pipeline import build, calibrate_build
 from search.study import load_space, load_target, run_search
 from search.tasks import fit, load_task
 from spaces import CompressionPlan, QuantizeConfig

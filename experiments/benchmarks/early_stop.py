@@ -2,7 +2,7 @@
 
 Draws random plans from the `joint` space on the built-in digits task, recovers each with the
 product's epochs (`search.config.Recovery`: plans on the base network, students from scratch)
-through `search.pipeline.recover`, and records the val accuracy after every epoch. Then it
+through `search.pipeline.train`, and records the val accuracy after every epoch. Then it
 replays the rule `search.objective` applies (stop when the checkpoint accuracy is more than
 `EARLY_STOP_MARGIN` below the accuracy floor, base - 3 points) and counts:
 
@@ -33,8 +33,8 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 
 from search.config import parse_experiment  # noqa: E402
-from search.objective import EARLY_STOP_MARGIN, TrialObjective, checkpoint_epoch  # noqa: E402
-from search.pipeline import recover  # noqa: E402
+from search.objective import EARLY_STOP_MARGIN, TrialObjective  # noqa: E402
+from search.pipeline import checkpoint_epoch, recovery_budget, train  # noqa: E402
 from search.study import load_space, load_target  # noqa: E402
 from search.tasks import load_task  # noqa: E402
 
@@ -57,18 +57,17 @@ def curves(n_plans: int, seed: int) -> tuple[float, list[dict]]:
         plan = objective.suggest(trial)
         compressed, _ = objective.build_and_cost(plan)
         student = plan.architecture.family != "base"
-        epochs, lr = rec.schedule(student)
+        epochs, _, _ = recovery_budget(rec, plan)
         seen: list[float] = []
         t0 = time.perf_counter()
-        model = recover(
+        model = train(
             compressed,
             plan,
             task,
+            rec,
             epochs=epochs,
-            lr=lr,
-            batch_size=rec.batch_size,
             seed=seed + i,
-            on_epoch=lambda _e, m, seen=seen: seen.append(task.evaluate(m, "val")["accuracy"]),
+            on_progress=lambda _e, m, seen=seen: seen.append(task.evaluate(m, "val")["accuracy"]),
         )
         final = task.evaluate(model, "val")["accuracy"]
         rows.append(

@@ -116,6 +116,7 @@ def attempt(stage: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def timed_search(exp: Any, device: str, out: Path) -> dict[str, Any]:
     """Run the search in this process; trials/min over the trials it trained."""
+    from search.record import TrialStatus, status_of
     from search.study import run_search
 
     exp = replace(exp, device=device, out=str(out))
@@ -127,9 +128,9 @@ def timed_search(exp: Any, device: str, out: Path) -> dict[str, Any]:
     trials = [
         t
         for t in result.study.get_trials(deepcopy=False)
-        if t.state.is_finished() and t.user_attrs.get("status") != "duplicate"
+        if t.state.is_finished() and status_of(t) is not TrialStatus.DUPLICATE
     ]
-    trained = [t for t in trials if t.user_attrs.get("status") == "trained"]
+    trained = [t for t in trials if status_of(t) is TrialStatus.TRAINED]
     train_s = sum(t.user_attrs.get("train_s", 0.0) for t in trained)
     return {
         "device": device,

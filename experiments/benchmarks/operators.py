@@ -1,7 +1,7 @@
 """Each compression operator alone, at three strengths, on the built-in digits reference CNN.
 
 For every row: stored size (bytes), MACs, and validation/test accuracy after recovery
-(fine-tuning with distillation from the reference model, the pipeline's own `recover`).
+(fine-tuning with distillation from the reference model, the pipeline's own `train`).
 Also measured: int8 ONNX Runtime accuracy of the 8-bit row against its simulated accuracy, and
 what caching the teacher's logits saves per trial.
 
@@ -31,8 +31,8 @@ import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from search.compress import Compressed, compressible_layers, export_onnx  # noqa: E402
 from search.config import load_experiment  # noqa: E402
-from search.hardware import estimate_cost, load_profile  # noqa: E402
-from search.pipeline import build, recover  # noqa: E402
+from search.hardware import load_profile  # noqa: E402
+from search.pipeline import build, cost_of, train  # noqa: E402
 from search.tasks import classification_metrics, load_task, predict  # noqa: E402
 from spaces import (  # noqa: E402
     ArchitectureConfig,
@@ -155,15 +155,12 @@ def main() -> None:
         n_epochs = 0 if operator == "reference" else (student_epochs if student else epochs)
         t0 = time.perf_counter()
         if n_epochs:
-            model = recover(c, plan, task, epochs=n_epochs, lr=rec.lr,
-                            batch_size=rec.batch_size, seed=exp.seed)  # fmt: skip
+            # The operator table compares operators at one learning rate, students included.
+            model = train(c, plan, task, rec, epochs=n_epochs, lr=rec.lr, seed=exp.seed)
         else:
             model = c.model.eval()
         train_s = time.perf_counter() - t0
-        cost = estimate_cost(
-            model, task.input_shape, profile, layer_bits=c.layer_bits,
-            activation_bits=c.activation_bits, layer_density=c.layer_density,
-        )  # fmt: skip
+        cost = cost_of(c, task, profile)
         row = {
             "operator": operator,
             "strength": strength,

@@ -301,6 +301,8 @@ def experiment(project: Path, model: str, images: int) -> Path:
 
 
 def markdown(real: dict[str, Any]) -> str:
+    from search.record import TrialStatus
+
     lines = [
         "## Real-sized data: torchvision networks at 3x224x224, streamed from disk",
         "",
@@ -321,8 +323,8 @@ def markdown(real: dict[str, Any]) -> str:
     for r in real["runs"]:
         # A repeated plan is answered from its first trial; an enqueued plan left unrun has
         # no status: neither is a trial the search ran.
-        ran = [t for t in r["trials"] if t["status"] not in (None, "duplicate")]
-        trained = sum(t["status"] == "trained" for t in ran)
+        ran = [t for t in r["trials"] if t["status"] not in (None, TrialStatus.DUPLICATE)]
+        trained = sum(t["status"] == TrialStatus.TRAINED for t in ran)
         rate = round(r["stream_rows"] / max(r["stream_s"], 1e-9))
         build = max((t["build_s"] or 0) for t in r["trials"])
         lines.append(

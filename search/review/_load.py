@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..record import UNTRAINED, TrialRecord, TrialStatus, budget_for_metric
-from ..record import _rows as cost_rows
+from ..record import UNTRAINED, TrialRecord, TrialStatus, budget_for_metric, cost_rows
 from ..record import primary_metric as primary_of
 from ._geometry import (
     Objective,
