@@ -7,8 +7,9 @@ The tests check each directly.
 
 Definitions (the README quotes these):
 
-* **Feasible**: the trial is COMPLETE, was trained (status not `over_budget`/`failed`) and every
-  constraint value is <= 0 (Optuna's convention: `value / budget - 1` for budgets).
+* **Feasible** (`search.record.is_feasible`): the trial is COMPLETE, was trained (no untrained
+  status such as `over_budget`/`failed`), its objective values are finite and every constraint
+  value is <= 0 (Optuna's convention: `value / budget - 1` for budgets).
 * **Pareto front**: the feasible trials that no other feasible trial dominates on the study's
   objectives (no worse on all, better on one). Trials with identical values all stay.
 * **Hypervolume**: each objective is turned into a normalised loss, lower is better, with a fixed

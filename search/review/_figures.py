@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._figures_front import front_2d, front_3d, pair_axes
-from ._figures_plan import hv_history, layers, parcoords, why
+from ._figures_plan import hv_history, parcoords, per_layer, why_this_plan
 from ._run import RunData
 
 __all__ = ["figures"]
@@ -26,8 +26,8 @@ def figures(run: RunData) -> dict[str, Any]:
         ("front_3d", front_3d),
         ("parcoords", parcoords),
         ("hypervolume", hv_history),
-        ("layers", layers),
-        ("why", why),
+        ("layers", per_layer),
+        ("why", why_this_plan),
     ):
         fig = make(run)
         if fig is not None:

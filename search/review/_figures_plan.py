@@ -14,7 +14,7 @@ from ._plan_facts import FEATURES, SHARE_FIGURES, PlanShares, layer_shares, summ
 from ._run import RunData
 from ._style import AFTER_C, BEFORE_C, FEASIBLE, MAX_LAYER_PLANS, axis_label
 
-__all__ = ["hv_history", "layers", "parcoords", "why"]
+__all__ = ["hv_history", "parcoords", "per_layer", "why_this_plan"]
 
 
 def parcoords(run: RunData) -> Any | None:
@@ -132,7 +132,7 @@ def _layer_candidates(run: RunData) -> list[TrialRecord]:
     return [run.trial(n) for n in run.least_violating]
 
 
-def layers(run: RunData) -> Any | None:
+def per_layer(run: RunData) -> Any | None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -231,7 +231,7 @@ def _why_total(shares: PlanShares, key: str, unit: str) -> str:
     return f"{amount(before, unit)} \u2192 {amount(after, unit)}{ratio}"
 
 
-def why(run: RunData) -> Any | None:
+def why_this_plan(run: RunData) -> Any | None:
     """Why this plan: each layer's latency, weight bytes and activation memory in the base model
     and in a front plan, as fractions of the base model's total (a menu picks the plan)."""
     import plotly.graph_objects as go
