@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from ..budgets import BUDGET_METRICS
 from ._graph import summarize
 from ._kernels import COMPUTE_KINDS, GraphSummary, Kernel
 from ._measure import export_fp32_onnx, measure_onnx
@@ -259,11 +260,9 @@ def constraint_values(
     limit, so no plan that cannot run on the device is ever feasible. `latency_margin` checks
     the latency budget against the pessimistic bound `latency_ms * (1 + latency_margin)`.
     """
-    value = {
-        "latency_ms": cost.latency_ms * (1.0 + latency_margin),
-        "memory_kb": cost.memory_bytes / 1024,
-        "flash_kb": cost.flash_bytes / 1024,
-    }
+    figures: dict[str, float] = dict(cost.metrics())
+    figures["latency_ms"] = cost.latency_ms * (1.0 + latency_margin)
+    value = {key: figures[m.metric] / m.scale for key, m in BUDGET_METRICS.items()}
     limits = profile.hard_limits() if profile is not None else {}
     out: dict[str, float] = {}
     for key in BUDGET_KEYS:
