@@ -82,7 +82,7 @@ class ExportResult:
             if tflite
             else ("ONNX Runtime", m.get("onnx_test", {}))
         )
-        primary = m.get("primary_metric", "accuracy")
+        primary = primary_metric(stored=m.get("primary_metric"))
         if primary in test:
             lines.append(
                 f"  test {primary}: PyTorch {test[primary]:.4f}, {runtime} "

@@ -143,9 +143,7 @@ class MultiTargetObjective(TrialObjective):
 
     def needed_accuracy(self, study: optuna.Study, cost: CostReport) -> float | None:
         """Only the accuracy floor: a plan dominated on one target may win on another."""
-        if self.primary not in ACCURACY_METRICS or self.exp.max_accuracy_drop is None:
-            return None
-        return self.baseline.metrics[self.primary] - self.exp.max_accuracy_drop
+        return self.accuracy_floor() if self.primary in ACCURACY_METRICS else None
 
     def objective_values(self, metrics: dict[str, Any]) -> tuple[float, ...]:
         out = []

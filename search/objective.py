@@ -238,6 +238,12 @@ class TrialObjective:
             checkpoint=checkpoint,
         )
 
+    def accuracy_floor(self) -> float | None:
+        """The base model's primary metric minus `max_accuracy_drop` (None: no floor)."""
+        if self.exp.max_accuracy_drop is None:
+            return None
+        return self.baseline.metrics[self.primary] - self.exp.max_accuracy_drop
+
     def needed_accuracy(self, study: optuna.Study, cost: CostReport) -> float | None:
         """The accuracy a plan of this cost must reach to matter (None: anything may).
 
@@ -250,9 +256,8 @@ class TrialObjective:
         """
         if self.primary not in ACCURACY_METRICS:
             return None
-        needs = []
-        if self.exp.max_accuracy_drop is not None:
-            needs.append(self.baseline.metrics[self.primary] - self.exp.max_accuracy_drop)
+        floor = self.accuracy_floor()
+        needs = [] if floor is None else [floor]
         known = cost.metrics()
         others = [o for o in self.exp.objectives if o.metric != self.primary]
         ranked = any(o.metric == self.primary for o in self.exp.objectives)

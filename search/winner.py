@@ -19,6 +19,7 @@ import yaml
 
 from ._io import plain
 from .errors import ConfigError
+from .record import primary_metric
 
 __all__ = [
     "APPLY_TOLERANCE",
@@ -237,7 +238,7 @@ def apply_winner(
         exported_size={k: m[k] for k in SIZE_KEYS if k in m},
         test=task.evaluate(model, "test"),
         exported_test=dict(m["test"]),
-        primary_metric=str(m.get("primary_metric", "accuracy")),
+        primary_metric=primary_metric(stored=m.get("primary_metric")),
         out=Path(out) if out else None,
     )
     if out:
