@@ -193,7 +193,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.storage:
         if not args.study:
             raise ConfigError("<command line>", "--study", "is required with --storage")
-        from .study import check_storage_url
+        from .storage import check_storage_url
 
         check_storage_url(args.storage, "<command line>", "--storage")
         out = Path(args.out or args.run_dir or Path("experiments/runs") / args.study)
@@ -216,7 +216,7 @@ def _export(args: argparse.Namespace) -> int:
             "<command line>", "run_dir", "give a run folder or --storage and --study"
         )
     if args.storage:
-        from .study import check_storage_url
+        from .storage import check_storage_url
 
         check_storage_url(args.storage, "<command line>", "--storage")
     result = export_winner(

@@ -1,4 +1,4 @@
-"""Storage helpers below the study: a URL fit for messages, and the orphaned-trial sweep.
+"""Storage helpers below the study: URL checks, a URL fit for messages, the orphaned-trial sweep.
 
 Light on imports (optuna and SQLAlchemy load inside the functions): the run lock in
 `search.parallel` uses `public_url` before anything heavy is imported.
@@ -7,12 +7,15 @@ Light on imports (optuna and SQLAlchemy load inside the functions): the run lock
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["fail_orphaned_trials", "public_url"]
+__all__ = ["check_storage_url", "fail_orphaned_trials", "first_line", "public_url"]
 
 
 def public_url(url: str) -> str:
@@ -79,3 +82,64 @@ def fail_orphaned_trials(study: optuna.Study, storage_url: str, *, grace_s: floa
     finally:
         storage.remove_session()
         storage.engine.dispose()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, whitespace folded, at most 200 characters."""
+    text = " ".join(str(exc).split("\n")[0].split())
+    return (text or type(exc).__name__)[:200]
+
+
+def check_storage_url(storage: str, file: str, field: str) -> None:
+    """A server is connected to once (10 s timeout); a SQLite file's folder must exist.
+
+    Raises:
+        ConfigError: naming `file` and `field` (`--storage` or the `storage` field), the
+            password masked (exit status 2).
+    """
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    shown = public_url(storage)
+    try:
+        url = make_url(storage)
+        url.get_dialect()
+    except ImportError as exc:
+        raise ConfigError(file, field, _driver_hint(storage, exc)) from None
+    except Exception as exc:  # malformed URL or unknown database kind
+        raise ConfigError(
+            file,
+            field,
+            f"{shown!r} is not a usable SQLAlchemy URL ({first_line(exc)}); "
+            "use sqlite:///path/study.db or postgresql://user:password@host:5432/db",
+        ) from None
+    if url.get_backend_name() == "sqlite":
+        folder = Path(url.database or ".").parent
+        if url.database not in (None, "", ":memory:") and not folder.is_dir():
+            raise ConfigError(file, field, f"the folder {folder} of {shown} does not exist")
+        return
+    connect_args = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except ImportError as exc:
+        raise ConfigError(file, field, _driver_hint(storage, exc)) from None
+    except Exception as exc:
+        raise ConfigError(file, field, f"{shown}: {first_line(exc)}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise ConfigError(file, field, f"cannot connect to {shown}: {first_line(orig)}") from None
+    finally:
+        engine.dispose()
+
+
+def _driver_hint(url: str, exc: BaseException) -> str:
+    if url.startswith("postgresql"):
+        return (
+            f"the PostgreSQL driver is not installed ({first_line(exc)}); "
+            "pip install 'compression-search[postgres]'"
+        )
+    return f"its database driver is not installed ({first_line(exc)})"

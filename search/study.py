@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
 from .pipeline import recovery_budget
 from .record import TrialStatus, status_of, trial_feasible
-from .storage import fail_orphaned_trials, public_url
+from .storage import check_storage_url, fail_orphaned_trials, first_line, public_url
 from .validate import check_space_runs_on
 
 HEARTBEAT_S = 10
@@ -46,71 +46,12 @@ def _sqlite_fast_commits(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split("\n")[0].split())
-    return (text or type(exc).__name__)[:200]
-
-
 def check_storage(exp: Experiment) -> None:
     """Refuse the experiment's storage URL if it cannot work, before anything is trained or
     written (see `check_storage_url`); the default SQLite file in the run folder is not
     checked: it is created with the folder."""
     if exp.storage is not None:
         check_storage_url(exp.storage, *exp.storage_where)
-
-
-def check_storage_url(storage: str, file: str, field: str) -> None:
-    """A server is connected to once (10 s timeout); a SQLite file's folder must exist.
-
-    Raises:
-        ConfigError: naming `file` and `field` (`--storage` or the `storage` field), the
-            password masked (exit status 2).
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
-
-    shown = public_url(storage)
-    try:
-        url = make_url(storage)
-        url.get_dialect()
-    except ImportError as exc:
-        raise ConfigError(file, field, _driver_hint(storage, exc)) from None
-    except Exception as exc:  # malformed URL or unknown database kind
-        raise ConfigError(
-            file,
-            field,
-            f"{shown!r} is not a usable SQLAlchemy URL ({_first_line(exc)}); "
-            "use sqlite:///path/study.db or postgresql://user:password@host:5432/db",
-        ) from None
-    if url.get_backend_name() == "sqlite":
-        folder = Path(url.database or ".").parent
-        if url.database not in (None, "", ":memory:") and not folder.is_dir():
-            raise ConfigError(file, field, f"the folder {folder} of {shown} does not exist")
-        return
-    connect_args = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
-    try:
-        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
-    except ImportError as exc:
-        raise ConfigError(file, field, _driver_hint(storage, exc)) from None
-    except Exception as exc:
-        raise ConfigError(file, field, f"{shown}: {_first_line(exc)}") from None
-    try:
-        with engine.connect():
-            pass
-    except Exception as exc:
-        orig = getattr(exc, "orig", None) or exc
-        raise ConfigError(file, field, f"cannot connect to {shown}: {_first_line(orig)}") from None
-    finally:
-        engine.dispose()
-
-
-def _driver_hint(url: str, exc: BaseException) -> str:
-    if url.startswith("postgresql"):
-        return (
-            f"the PostgreSQL driver is not installed ({_first_line(exc)}); "
-            "pip install 'compression-search[postgres]'"
-        )
-    return f"its database driver is not installed ({_first_line(exc)})"
 
 
 def make_storage(url: str) -> optuna.storages.RDBStorage:
@@ -229,7 +170,7 @@ def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
         raise ConfigError(
             file,
             field,
-            f"cannot open the study in {public_url(exp.storage_url)}: {_first_line(orig)}",
+            f"cannot open the study in {public_url(exp.storage_url)}: {first_line(orig)}",
         ) from None
     directions = [o.direction for o in exp.objectives]
     n_done = 0
