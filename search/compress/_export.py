@@ -135,6 +135,17 @@ def export_onnx(
     return path
 
 
+def saturating_cpu() -> bool:
+    """Whether ONNX Runtime's uint8 x int8 kernels saturate on this CPU: x86 with AVX2 but no
+    VNNI sums pairs of products in int16 (VPMADDUBSW), which overflows for full-range weights,
+    so weights are quantized to 7 bits there (ONNX Runtime's `reduce_range`)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
 def _quantize_int8(
     fp32: Path,
     out: Path,
@@ -188,5 +199,6 @@ def _quantize_int8(
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         nodes_to_exclude=exclude,
+        reduce_range=not symmetric and saturating_cpu(),
         extra_options={"ActivationSymmetric": True} if symmetric else None,
     )
