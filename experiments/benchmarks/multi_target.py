@@ -10,7 +10,7 @@ per seed:
   M` (default 2N). Its hypervolume per device is read at trial N (every device has then seen N
   costed plans, as in its own study) and at M.
 
-For each device it compares the hypervolume of that device's front (`search.pareto`'s
+For each device it compares the hypervolume of that device's front (`search.review`'s
 definition, the same scales and reference in both arms) and counts training runs (trials
 trained or stopped early: the expensive part). It also reads the multi study's hypervolume
 history to find how many of its trials (and trainings) it needed to reach each separate

@@ -68,6 +68,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from search._io import jsonable  # noqa: E402
 from search.config import Experiment, parse_experiment  # noqa: E402
 from search.objective import EARLY_STOP_MARGIN, TrialObjective  # noqa: E402
 from spaces import CompressionPlan  # noqa: E402
@@ -618,16 +619,6 @@ def _spread(rows: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 # --- output ------------------------------------------------------------------------------------
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float):
-        return None if math.isnan(x) else ("inf" if math.isinf(x) else x)
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def _ci(m: Mapping[str, Any], unit: str = "", nd: int = 2) -> str:
     if m["median"] is None:
         return "-"
@@ -866,7 +857,8 @@ def main() -> None:
             done.append(r)
             log(f"{r['kind']} s{r['seed']}: {r['wall_s']:.0f} s ({len(done)}/{len(units)})")
             st = stamp(commit, load_before, time.perf_counter() - _T0)
-            raw.write_text(json.dumps(_jsonable({"done": done, "stamp": st})))  # --reanalyse
+            saved = {"done": done, "stamp": st}  # for --reanalyse
+            raw.write_text(json.dumps(jsonable(saved, inf="inf")))
     write(args, done, st)
 
 
@@ -877,7 +869,8 @@ def write(args: argparse.Namespace, done: list[dict[str, Any]], st: dict[str, An
     figures = analyse(done, seeds)
     doc = {**figures["summary"], "stamp": st, "notes": args.note, "per_seed": figures["per_seed"]}
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "search_quality.json").write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
+    text = json.dumps(jsonable(doc, inf="inf"), indent=1) + "\n"
+    (args.results / "search_quality.json").write_text(text)
     (args.results / "search_quality.md").write_text(markdown(doc))
     log(f"wrote {args.results}/search_quality.{{json,md}}")
 
