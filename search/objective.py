@@ -37,6 +37,7 @@ from .record import (
     ACCURACY_DROP,
     ACCURACY_METRICS,
     TrialStatus,
+    plan_key_of,
     primary_metric,
     status_of,
     trial_feasible,
@@ -276,7 +277,7 @@ class TrialObjective:
     def duplicate_of(self, study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
         """An earlier finished trial of the same plan (its result answers this one)."""
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("plan_key") == key and status_of(t) is not TrialStatus.DUPLICATE:
+            if plan_key_of(t) == key and status_of(t) is not TrialStatus.DUPLICATE:
                 return t
         return None
 
