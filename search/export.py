@@ -15,7 +15,8 @@ float32, which TFLite Micro runs on its float kernels) and `model_data.cc`/`.h` 
 as a C array); the test split runs in the TFLite Micro interpreter, and `winner.yaml` records its
 arena beside the predicted `peak_activation_bytes` (`search.tflite`).
 
-The card is `search.card`'s; the winner file's format and `apply_winner` are `search.winner`'s.
+The card is `search.card`'s; the winner file's format and `apply_winner` are `search.winner`'s;
+the deployed file and its check in ONNX Runtime or TFLite Micro are `search.runtimes`'.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ._io import atomic_write_dir, plain
 from .errors import ConfigError
 from .record import TrialStatus, primary_metric
 from .review import RunData, TrialRecord, load_run, load_run_dir
+from .runtimes import onnx_into, tflite_into
 from .winner import (
     WINNER_FORMAT,
     ApplyResult,
@@ -50,7 +52,6 @@ __all__ = ["ApplyResult", "ExportResult", "apply_winner", "export_winner"]
 ARTIFACTS = ("model.pt", "model.onnx", "card.md")
 TFLITE_ARTIFACTS = ("model.pt", "model.tflite", "model_data.cc", "model_data.h", "card.md")
 FORMATS = ("onnx", "onnx-fp16", "tflite")
-ONNX_TOLERANCE = 0.01  # ONNX Runtime vs PyTorch test accuracy: within 1 point
 
 
 @dataclass(frozen=True)
@@ -118,31 +119,6 @@ def _find_weights(recorded: str | None, run_dir: Path | None) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-class _OnnxModel:
-    """An ONNX Runtime session that `Task.evaluate` can call like a torch module."""
-
-    def __init__(self, path: Path, *, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-
-    def to(self, *_: Any, **__: Any) -> _OnnxModel:
-        return self
-
-    def eval(self) -> _OnnxModel:
-        return self
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-
-        out = self.session.run(None, {self.input: x.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out)
-
-
 def _is_host(profile: Mapping[str, Any]) -> bool:
     return str(profile.get("name", "")).lower().startswith("host")
 
@@ -167,7 +143,7 @@ def export_winner(
     Args:
         run_dir: the run folder (its `study.db`); with `storage`, where `winner/` goes by default.
         storage, study: a shared storage URL and study name instead of the run folder's SQLite.
-        pick: `knee` | `max-accuracy` | `min-latency` | `min-size` (see `search.pareto`).
+        pick: `knee` | `max-accuracy` | `min-latency` | `min-size` (see `search.review`).
         trial: export this trial number instead of a pick.
         out: the winner folder (default `RUN_DIR/winner`).
         allow_infeasible: export even when the trial, or every trial, breaks a budget.
@@ -252,9 +228,8 @@ def _export_into(
 
     from spaces import CompressionPlan
 
-    from .compress import export_onnx
     from .hardware import measure_latency_ms
-    from .pipeline import CALIBRATION_ROWS, build, cost_of
+    from .pipeline import build, cost_of
     from .tasks import load_task
 
     where = f"study {run.study_name}"
@@ -285,7 +260,7 @@ def _export_into(
     int8_layers = sorted(k for k, b in compressed.layer_bits.items() if b == 8)
     runtime_metrics: dict[str, Any]
     if fmt == "tflite":
-        runtime_metrics = _tflite_into(
+        runtime_metrics = tflite_into(
             tmp,
             model,
             task,
@@ -299,28 +274,17 @@ def _export_into(
         )
         measure = False  # the host measures ONNX Runtime; a board is not this machine
     else:
-        export_onnx(
+        runtime_metrics = onnx_into(
+            tmp,
             model,
-            tmp / "model.onnx",
-            input_shape=tuple(task.input_shape),
+            task,
+            profile,
+            log,
             int8=bool(int8_layers) and fmt == "onnx",
-            calib_inputs=task.calibration_inputs(CALIBRATION_ROWS),
-            symmetric="tensorrt" in str((profile.runtime or {}).get("name", "")).lower(),
+            float16=fmt == "onnx-fp16",
+            primary=primary,
+            torch_test=test,
         )
-        if fmt == "onnx-fp16":
-            _to_float16(tmp / "model.onnx")
-        onnx_test = task.evaluate(_OnnxModel(tmp / "model.onnx"), "test")  # type: ignore[arg-type]
-        onnx_gap = abs(float(onnx_test[primary]) - float(test[primary]))
-        if onnx_gap > ONNX_TOLERANCE:
-            log(
-                f"warning: ONNX Runtime test {primary} {onnx_test[primary]:.4f} is "
-                f"{onnx_gap * 100:.2f} points from PyTorch's {test[primary]:.4f} (limit 1 point)"
-            )
-        runtime_metrics = {
-            "onnx_test": onnx_test,
-            "onnx_vs_torch_points": round(onnx_gap * 100, 4),
-            "onnx_within_1_point": onnx_gap <= ONNX_TOLERANCE,
-        }
     measured = None
     if measure:
         measured = measure_latency_ms(
@@ -433,83 +397,3 @@ def _trained_weights(
     )
     train(compressed, plan, task, exp.recovery, seed=exp.seed + t.number)
     return "trained at export"
-
-
-def _to_float16(path: Path) -> None:
-    """Rewrite an fp32 ONNX file as float16 (its input and output stay float32)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
-
-
-def _tflite_into(
-    tmp: Path,
-    model: Any,
-    task: Any,
-    compressed: Any,
-    cost: Any,
-    profile: Any,
-    where: str,
-    log: Callable[[str], None],
-    *,
-    primary: str,
-    torch_test: Mapping[str, Any],
-) -> dict[str, Any]:
-    """`model.tflite` + C array in `tmp`; its test metrics in TFLite Micro and its arena."""
-    from .pipeline import CALIBRATION_ROWS
-    from .tflite import LiteRtModel, TflmModel, convert, operators, write_c_array
-
-    bits = dict(compressed.layer_bits)
-    wider = sorted(k for k, b in bits.items() if b != 8)
-    # TFLM has int8 kernels (weights and activations) and float ones; a plan with any wider
-    # layer or activation runs as float32 there (its card says so).
-    int8 = bool(bits) and not wider and compressed.activation_bits == 8
-    convert(
-        model,
-        tmp / "model.tflite",
-        input_shape=tuple(task.input_shape),
-        calib_inputs=task.calibration_inputs(CALIBRATION_ROWS) if int8 else None,
-        int8=int8,
-        where=where,
-    )
-    size = write_c_array(tmp / "model.tflite", tmp)
-    tflm = TflmModel(tmp / "model.tflite", where=where)
-    tflm_test = task.evaluate(tflm, "test")
-    gap = abs(float(tflm_test[primary]) - float(torch_test[primary]))
-    if gap > ONNX_TOLERANCE:
-        log(
-            f"warning: TFLite Micro test {primary} {tflm_test[primary]:.4f} is "
-            f"{gap * 100:.2f} points from PyTorch's {torch_test[primary]:.4f} (limit 1 point)"
-        )
-    arena = tflm.arena()
-    litert_ms = LiteRtModel(tmp / "model.tflite").latency_ms()  # what a phone's runtime does
-    runtime_flash = int(profile.runtime_flash_kb * 1024)
-    why = ""
-    if not int8:
-        parts = [f"{len(wider)} layer(s) wider than 8 bits"] if wider else []
-        if compressed.activation_bits != 8:
-            parts.append(f"activations at {compressed.activation_bits} bits")
-        why = (", ".join(parts) or "no quantized layer") + (
-            ": TFLite Micro runs them on its float32 kernels"
-        )
-    return {
-        "tflm_test": tflm_test,
-        "tflm_vs_torch_points": round(gap * 100, 4),
-        "tflm_within_1_point": gap <= ONNX_TOLERANCE,
-        "tflite": {
-            "kind": "int8" if int8 else "float32",
-            "why_float": why or None,
-            "bytes": size,
-            "operators": operators(tmp / "model.tflite"),
-            "arena": arena.as_dict(),
-            "predicted_peak_activation_bytes": int(cost.peak_activation_bytes),
-            "predicted_memory_bytes": int(cost.memory_bytes),
-            "arena_vs_predicted": round(arena.total / max(cost.memory_bytes, 1) - 1, 4),
-            "flash_bytes": size + runtime_flash,
-            "runtime_flash_bytes": runtime_flash,
-            "predicted_flash_bytes": int(cost.flash_bytes),
-            "flash_vs_predicted": round((size + runtime_flash) / max(cost.flash_bytes, 1) - 1, 4),
-            "litert_host_latency_ms": round(litert_ms, 4),
-        },
-    }

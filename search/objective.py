@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo, SearchSpace
 
+from ._io import atomic_write
 from .compress import Compressed, build_student, compressible_layers, export_onnx
 from .config import Experiment, Objective
 from .errors import ConfigError
@@ -389,9 +390,5 @@ class TrialObjective:
 
     def save_weights(self, model: torch.nn.Module, number: int, suffix: str = "") -> Path:
         assert self.weights_dir is not None
-        self.weights_dir.mkdir(parents=True, exist_ok=True)
         path = self.weights_dir / f"trial-{number}{suffix}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-        return path
+        return atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write
 from .errors import ConfigError
 
 __all__ = [
@@ -145,16 +146,17 @@ def convert(
     plain = folded(model).eval()
     example = (torch.zeros((1, *input_shape)),)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+
+    def write(tmp: Path) -> None:
+        edge = _convert(plain, example, calib_inputs if int8 else None)
+        edge.export(str(tmp))
+        _strip_names(tmp)
+
     log: list[str] = []
     try:
         with _captured_fds() as log, torch.no_grad():
-            edge = _convert(plain, example, calib_inputs if int8 else None)
-            edge.export(str(tmp))
-            _strip_names(tmp)
-        tmp.replace(path)
+            atomic_write(path, write)
     except Exception as exc:  # noqa: BLE001 - any converter failure becomes one error line
-        tmp.unlink(missing_ok=True)
         text = f"{exc}\n{''.join(log)}"
         op = _first_operator(text)
         what = f"operator {op}" if op else f"{type(exc).__name__}: {_one_line(str(exc))}"

@@ -38,6 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from search._io import atomic_write_text  # noqa: E402
 from search.hardware import load_profile, profile_from_dict  # noqa: E402
 from search.hardware._calibrate import (  # noqa: E402
     FIT_STARTS,
@@ -272,9 +273,7 @@ def write_host_error(section: dict[str, Any]) -> None:
 def _replace_profile(path: Path, text: str) -> None:
     """Write a profile YAML whole, and only if it still loads (a bad edit leaves the old file)."""
     profile_from_dict(yaml.safe_load(text), file=str(path))  # raises on a bad edit
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def _pct(x: float | None) -> str:

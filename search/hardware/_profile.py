@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from .._io import atomic_write_text
+from .._resources import resolve
 from ..budgets import BUDGET_KEYS  # one list of budget names for experiments and profiles
 from ..errors import ConfigError
 
@@ -407,8 +409,6 @@ def load_profile(
         ConfigError: unknown name, missing file, unreadable YAML, or any bad field (the error
             then names the profile file and the field).
     """
-    from .._resources import resolve
-
     path = resolve("profile", name_or_path, file=file, field=field)
     try:
         data = yaml.safe_load(path.read_text())
@@ -421,12 +421,7 @@ def load_profile(
 
 def write_profile(profile: HardwareProfile, path: str | Path, *, header: str = "") -> Path:
     """Write a profile as YAML that `load_profile` reads back to an equal profile."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(profile.to_dict(), sort_keys=False, default_flow_style=False)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # never leave a half-written profile behind
-    return path
+    return atomic_write_text(path, text)  # never leave a half-written profile behind

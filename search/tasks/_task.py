@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import IterableDataset, TensorDataset
 
+from .._io import atomic_write
 from ..config import Experiment, UserTask
 from ..errors import ConfigError
 from ._data import DataSplit
@@ -369,8 +370,6 @@ def _cached_base(
             "inputs (e.g. to mean 0, std 1) or give task.weights",
         ) from None
     model.cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)  # atomic: concurrent workers never read a half-written file
+    # Whole or not at all: concurrent workers never read a half-written file.
+    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
     return model.eval(), file_sha256(path)
