@@ -3,7 +3,7 @@
 A trained plan's accuracy does not depend on the device, so `targets: [mcu, phone]` (or
 `run --targets mcu,phone`) runs one study whose trials record, per target T, the cost metrics
 as `latency_ms@T`, `flash_bytes@T`, ..., the budget constraints as `constraints@T` and the
-per-kernel rows as `layer_costs@T`. `search.pareto` turns each target's attributes into an
+per-kernel rows as `layer_costs@T`. `search.review` turns each target's attributes into an
 ordinary single-target view (its own feasible set, front, hypervolume, knee), which the report
 and the export read unchanged.
 

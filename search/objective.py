@@ -33,7 +33,7 @@ from .hardware import (
     estimate_cost,
     with_measured_latency,
 )
-from .pipeline import build, calibrate_build, cost_of, train
+from .pipeline import CALIBRATION_ROWS, build, calibrate_build, cost_of, train
 from .record import (
     ACCURACY_DROP,
     ACCURACY_METRICS,
@@ -209,7 +209,7 @@ class TrialObjective:
                 Path(tmp) / "trial.onnx",
                 input_shape=self.task.input_shape,
                 int8=int8,
-                calib_inputs=self.task.calibration_inputs() if int8 else None,
+                calib_inputs=self.task.calibration_inputs(CALIBRATION_ROWS) if int8 else None,
             )
             return with_measured_latency(
                 cost, path, self.task.input_shape, threads=self.profile.threads

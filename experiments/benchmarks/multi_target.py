@@ -44,13 +44,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from search.config import load_experiment  # noqa: E402
+from search.record import TrialStatus  # noqa: E402
 from search.review import RunData, load_run  # noqa: E402
 from search.study import run_search  # noqa: E402
 from search.tasks import load_task  # noqa: E402
 
 TARGETS = ("mcu", "phone", "cloud_gpu")
 RESULTS = ROOT / "experiments" / "results"
-TRAINED = ("trained", "stopped_early")  # statuses that cost a training run
+TRAINED = (TrialStatus.TRAINED, TrialStatus.STOPPED_EARLY)  # statuses that cost a training run
 
 
 def _git_commit() -> str:
@@ -77,7 +78,9 @@ def _trainings(run: RunData, upto: int | None = None) -> int:
 def _nth_plan(run: RunData, n: int) -> int:
     """The number of the trial that completed the study's n-th evaluated plan (repeats and
     enqueued recipes still waiting do not count, as in `--trials`)."""
-    done = [t.number for t in run.trials if t.state == "COMPLETE" and t.status != "duplicate"]
+    done = [
+        t.number for t in run.trials if t.state == "COMPLETE" and t.status != TrialStatus.DUPLICATE
+    ]
     return done[min(n, len(done)) - 1]
 
 

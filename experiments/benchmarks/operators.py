@@ -32,7 +32,7 @@ import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
 from search.compress import Compressed, compressible_layers, export_onnx  # noqa: E402
 from search.config import load_experiment  # noqa: E402
 from search.hardware import load_profile  # noqa: E402
-from search.pipeline import build, cost_of, train  # noqa: E402
+from search.pipeline import CALIBRATION_ROWS, build, cost_of, train  # noqa: E402
 from search.tasks import classification_metrics, load_task, predict  # noqa: E402
 from spaces import (  # noqa: E402
     ArchitectureConfig,
@@ -225,7 +225,7 @@ def _onnx_accuracy(model: nn.Module, task) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "q.onnx", input_shape=task.input_shape, int8=True,
-                           calib_inputs=task.calibration_inputs(256))  # fmt: skip
+                           calib_inputs=task.calibration_inputs(CALIBRATION_ROWS))  # fmt: skip
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x, y = task.test.dataset.tensors
         logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])

@@ -71,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 from search._io import jsonable  # noqa: E402
 from search.config import Experiment, parse_experiment  # noqa: E402
 from search.objective import EARLY_STOP_MARGIN, TrialObjective  # noqa: E402
+from search.record import TrialStatus, status_of  # noqa: E402
 from spaces import CompressionPlan  # noqa: E402
 
 TASK, TARGET = "gratings", "mcu"
@@ -274,18 +275,19 @@ def trial_rows(storage: str, name: str, budgets: Mapping[str, float]) -> list[di
     rows = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         ua = t.user_attrs
-        if ua.get("latency_ms") is None or ua.get("status") == "duplicate":
+        status = status_of(t)
+        if ua.get("latency_ms") is None or status == TrialStatus.DUPLICATE:
             continue
         keys = ("params", "macs", "weight_bytes", "peak_activation_bytes")
         keys += ("memory_bytes", "flash_bytes", "latency_ms")
         cost = CostReport(**{k: ua[k] for k in keys})
         within = all(v <= 0 for v in constraint_values(cost, budgets, profile=profile).values())
         acc = ua.get("accuracy")
-        trained = ua.get("status") == "trained"
+        trained = status == TrialStatus.TRAINED
         rows.append(
             {
                 "number": t.number,
-                "status": ua.get("status"),
+                "status": str(status),
                 "accuracy": acc,
                 "latency_ms": ua["latency_ms"],
                 "weight_bytes": ua["weight_bytes"],
@@ -327,7 +329,7 @@ def _search(exp: Experiment, *, warm: bool = True, **kwargs: Any) -> list[dict[s
 
 def stage_pick(rows: Sequence[Mapping[str, Any]], fixed: CompressionPlan) -> CompressionPlan:
     """A stage's pick: the fastest trained plan within the accuracy tolerance (or `fixed`)."""
-    ok = [r for r in rows if r["status"] == "trained" and r["relaxed_ok"]]
+    ok = [r for r in rows if r["status"] == TrialStatus.TRAINED and r["relaxed_ok"]]
     if not ok:
         return fixed
     best = min(ok, key=lambda r: (r["latency_ms"], -r["accuracy"]))
@@ -375,12 +377,14 @@ def baselines(seed: int, refine: Mapping[str, int] = REFINE) -> dict[str, Any]:
     """The hand-made plans, built, trained for the refine budget, costed, scored."""
     from search.compress import build_student, compressible_layers
     from search.hardware import estimate_cost, load_profile
-    from search.pipeline import build, recover
+    from search.pipeline import build, cost_of, train
     from search.tasks import load_task
     from spaces import ArchitectureConfig, PruneConfig, QuantizeConfig
 
-    exp = experiment("baselines", ROOT / "experiments" / "runs" / "unused")
+    # The refine budget's recovery: the baselines train exactly as the refined front does.
+    exp = experiment("baselines", ROOT / "experiments" / "runs" / "unused", refine=refine)
     task = load_task(exp, log=lambda m: None)
+    profile = load_profile(TARGET)
     layers = compressible_layers(task.base_model)
     int8 = QuantizeConfig(weight_bits={x.name: 8 for x in layers}, activation_bits=8)
     student = ArchitectureConfig("mobilenetv2", 0.5)
@@ -399,29 +403,19 @@ def baselines(seed: int, refine: Mapping[str, int] = REFINE) -> dict[str, Any]:
     }
     out: dict[str, Any] = {
         "fp32_base": {
-            **estimate_cost(task.base_model, task.input_shape, load_profile(TARGET)).metrics(),
+            **estimate_cost(task.base_model, task.input_shape, profile).metrics(),
             "val_accuracy": task.evaluate(task.base_model, "val")["accuracy"],
             "test_accuracy": task.evaluate(task.base_model, "test")["accuracy"],
         }
     }
     for name, plan in plans.items():
-        is_student = plan.architecture.family != "base"
-        epochs = refine["student_epochs" if is_student else "epochs"]
-        lr = exp.recovery.schedule(is_student)[1]
         compressed = build(plan, task)
-        cost = estimate_cost(
-            compressed.model,
-            task.input_shape,
-            load_profile(TARGET),
-            layer_bits=compressed.layer_bits,
-            activation_bits=compressed.activation_bits,
-            layer_density=compressed.layer_density,
-        )
-        model = recover(compressed, plan, task, epochs=epochs, lr=lr, batch_size=64, seed=seed)
+        cost = cost_of(compressed, task, profile)
+        model = train(compressed, plan, task, exp.recovery, seed=seed, refine=True)
         out[name] = {
             **cost.metrics(),
             "plan": plan.describe(),
-            "epochs": epochs,
+            "epochs": exp.recovery.schedule(plan.architecture.family != "base", refine=True)[0],
             "val_accuracy": task.evaluate(model, "val")["accuracy"],
             "test_accuracy": task.evaluate(model, "test")["accuracy"],
         }
@@ -534,8 +528,10 @@ def analyse(done: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> dict[str
                 "trials": {
                     "auto": len(auto["auto"]),
                     "halving": len(auto["halving"]),
-                    "halving_promoted": sum(r["status"] == "trained" for r in auto["halving"]),
-                    "auto_trained": sum(r["status"] == "trained" for r in auto["auto"]),
+                    "halving_promoted": sum(
+                        r["status"] == TrialStatus.TRAINED for r in auto["halving"]
+                    ),
+                    "auto_trained": sum(r["status"] == TrialStatus.TRAINED for r in auto["auto"]),
                 },
                 "search_wall_s": {
                     "auto": search_wall_s(auto["auto"]),

@@ -111,7 +111,7 @@ class Task:
                 self._rows[n] = self.train.take(n)
         return self._rows[n]
 
-    def calibration_inputs(self, n: int = 256) -> Tensor:
+    def calibration_inputs(self, n: int) -> Tensor:
         """Fixed training inputs for activation ranges and Taylor importance (see `rows`)."""
         return self.rows(n)[0]
 
