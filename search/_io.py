@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,10 @@ def jsonable(x: Any, *, inf: Any = None) -> Any:
 
 
 def plain(x: Any) -> Any:
-    """YAML-safe plain values: tuples to lists, numpy/torch scalars to numbers, keys to strings."""
+    """YAML-safe plain values: tuples to lists, numpy/torch scalars to numbers, enums to their
+    values, keys to strings."""
+    if isinstance(x, Enum):
+        return plain(x.value)
     if isinstance(x, Mapping):
         return {str(k): plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):

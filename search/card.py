@@ -158,10 +158,16 @@ def _file_format(r: Mapping[str, Any]) -> list[str]:
             "TensorRT providers); input and output stay float32."
         ]
     o = r["onnx"]
-    return [
+    lines = [
         f"- ONNX: {len(o['int8_qdq_layers'])} layer(s) as int8 QDQ "
         f"({', '.join(o['int8_qdq_layers']) or 'none'}), the rest fp32."
     ]
+    if o.get("int8_weight_bits") == 7:
+        lines.append(
+            "- int8 weights use 7 bits of their range: the exporting CPU (x86, no VNNI) runs "
+            "ONNX Runtime's uint8 x int8 kernels with int16 sums that would saturate."
+        )
+    return lines
 
 
 def _metrics(r: Mapping[str, Any]) -> list[str]:

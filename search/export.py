@@ -32,9 +32,9 @@ import yaml
 from . import card
 from ._io import atomic_write_dir, plain
 from .errors import ConfigError
-from .record import TrialStatus, primary_metric
+from .record import primary_metric
 from .review import RunData, TrialRecord, load_run, load_run_dir
-from .runtimes import onnx_into, tflite_into
+from .runtimes import onnx_into, symmetric_int8, tflite_into
 from .winner import (
     WINNER_FORMAT,
     ApplyResult,
@@ -228,6 +228,7 @@ def _export_into(
 
     from spaces import CompressionPlan
 
+    from .compress import int8_weight_bits
     from .hardware import measure_latency_ms
     from .pipeline import build, cost_of
     from .tasks import load_task
@@ -320,7 +321,7 @@ def _export_into(
         "trial": t.number,
         "pick": pick,
         "feasible": t.feasible,
-        "status": t.status.value if isinstance(t.status, TrialStatus) else t.status,
+        "status": t.status,
         "plan_text": t.plan_text,
         "plan": t.plan,
         "weights_from": weights_from,
@@ -335,6 +336,10 @@ def _export_into(
             if fmt == "onnx"
             else [],
             "activation_bits": compressed.activation_bits,
+            # 7 on x86 CPUs without VNNI: see compress.int8_weight_bits
+            "int8_weight_bits": int8_weight_bits(symmetric=symmetric_int8(profile))
+            if fmt == "onnx" and int8_layers
+            else None,
             "float16": fmt == "onnx-fp16",
         },
         "profile": dict(run.profile),

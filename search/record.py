@@ -74,7 +74,6 @@ class TrialStatus(str, Enum):
 
 # A trial with one of these statuses has cost figures but no trained accuracy.
 # `duplicate` repeats an earlier trial's figures: that trial stands for the plan.
-# A tuple (equality), not a set: a str Enum hashes by its name, not its value.
 UNTRAINED = (
     TrialStatus.OVER_BUDGET,
     TrialStatus.FAILED,
@@ -178,7 +177,7 @@ class TrialRecord:
 
     number: int
     state: str  # Optuna TrialState name: COMPLETE, FAIL, PRUNED, RUNNING, WAITING
-    status: TrialStatus | None
+    status: TrialStatus | str | None  # str: a text this version does not know
     values: tuple[float, ...] | None  # objective values, in the study's objective order
     metrics: Mapping[str, Any]  # the schema's per-trial metrics (None when not measured)
     constraints: Mapping[str, float]
@@ -245,7 +244,8 @@ class TrialRecord:
         return cls(
             number=int(t.number),
             state=state,
-            status=status,
+            # A status text this version does not know is kept as written, for display.
+            status=status if status is not None else ua.get("status"),
             values=values,
             metrics=metrics,
             constraints=constraints,

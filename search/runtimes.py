@@ -51,6 +51,11 @@ def _to_float16(path: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
 
 
+def symmetric_int8(profile: Any) -> bool:
+    """TensorRT's QDQ import refuses uint8: its profiles get int8 activations (zero point 0)."""
+    return "tensorrt" in str((profile.runtime or {}).get("name", "")).lower()
+
+
 def onnx_into(
     tmp: Path,
     model: Any,
@@ -73,7 +78,7 @@ def onnx_into(
         input_shape=tuple(task.input_shape),
         int8=int8,
         calib_inputs=task.calibration_inputs(CALIBRATION_ROWS),
-        symmetric="tensorrt" in str((profile.runtime or {}).get("name", "")).lower(),
+        symmetric=symmetric_int8(profile),
     )
     if float16:
         _to_float16(tmp / "model.onnx")

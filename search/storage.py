@@ -6,6 +6,7 @@ Light on imports (optuna and SQLAlchemy load inside the functions): the run lock
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +25,8 @@ def public_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: show it as given, it holds no password
-        return url
+    except Exception:  # not a URL SQLAlchemy parses: mask what looks like user:password@
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def fail_orphaned_trials(study: optuna.Study, storage_url: str, *, grace_s: float) -> list[int]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ._io import plain
+from ._io import atomic_write_text, plain
 from .errors import ConfigError
 from .record import primary_metric
 
@@ -177,9 +177,11 @@ def _read_winner(path: Path) -> dict[str, Any]:
         raise ConfigError(where, "<yaml>", "malformed YAML") from None
     if not isinstance(data, dict) or data.get("format") != WINNER_FORMAT:
         raise ConfigError(where, "format", f"not a winner file (expected format: {WINNER_FORMAT})")
-    for key in ("plan", "experiment", "metrics", "artifacts", "base_model"):
+    for key in ("plan", "experiment", "metrics", "artifacts", "base_model", "profile"):
         if not isinstance(data.get(key), dict):
             raise ConfigError(where, key, "missing; re-export the winner")
+    if not isinstance(data["metrics"].get("test"), dict):
+        raise ConfigError(where, "metrics.test", "missing; re-export the winner")
     return data
 
 
@@ -247,7 +249,8 @@ def apply_winner(
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), o / "model.pt")
-        (o / "applied.yaml").write_text(
+        atomic_write_text(
+            o / "applied.yaml",
             yaml.safe_dump(
                 plain(
                     {
@@ -259,6 +262,6 @@ def apply_winner(
                     }
                 ),
                 sort_keys=False,
-            )
+            ),
         )
     return result

@@ -12,6 +12,7 @@ import yaml
 
 from search.errors import ConfigError
 from search.export import apply_winner, export_winner
+from search.winner import WINNER_FORMAT
 
 try:  # the study builder lives beside this file
     from test_pareto import make_study
@@ -47,6 +48,14 @@ def test_apply_refuses_what_is_not_a_winner(tmp_path: Path) -> None:
     bad = tmp_path / "other.yaml"
     bad.write_text("name: quickstart\n")
     with pytest.raises(ConfigError, match="format"):
+        apply_winner(bad)
+    sections = {k: {} for k in ("plan", "experiment", "artifacts", "base_model")}
+    no_profile = {"format": WINNER_FORMAT, **sections, "metrics": {"test": {}}}
+    bad.write_text(yaml.safe_dump(no_profile))
+    with pytest.raises(ConfigError, match="profile: missing"):
+        apply_winner(bad)
+    bad.write_text(yaml.safe_dump({**no_profile, "profile": {}, "metrics": {}}))
+    with pytest.raises(ConfigError, match="metrics.test: missing"):
         apply_winner(bad)
 
 

@@ -9,7 +9,7 @@ is the recovery loss. Each operator is one private module with one config type, 
 from ._architecture import build_student
 from ._compress import Compressed, compress
 from ._distillation import distillation_loss
-from ._export import export_onnx
+from ._export import export_onnx, int8_weight_bits
 from ._layers import compressible_layers
 from ._quantization import calibrate
 from ._registry import register_handler
@@ -22,5 +22,6 @@ __all__ = [
     "compressible_layers",
     "distillation_loss",
     "export_onnx",
+    "int8_weight_bits",
     "register_handler",
 ]

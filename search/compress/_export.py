@@ -146,6 +146,12 @@ def saturating_cpu() -> bool:
     return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
 
 
+def int8_weight_bits(*, symmetric: bool) -> int:
+    """Bits of the int8 weight range this machine's export uses: 7 where ONNX Runtime's
+    uint8 x int8 kernels would saturate (`saturating_cpu`), else 8."""
+    return 7 if not symmetric and saturating_cpu() else 8
+
+
 def _quantize_int8(
     fp32: Path,
     out: Path,
@@ -199,6 +205,6 @@ def _quantize_int8(
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         nodes_to_exclude=exclude,
-        reduce_range=not symmetric and saturating_cpu(),
+        reduce_range=int8_weight_bits(symmetric=symmetric) == 7,
         extra_options={"ActivationSymmetric": True} if symmetric else None,
     )

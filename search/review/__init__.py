@@ -33,7 +33,7 @@ from spaces import flatten_plan, layer_rows
 from ..record import TrialRecord
 from ._figures import figures
 from ._geometry import Objective, dominates, hypervolume, knee_index, pareto_indices
-from ._load import assemble, build_run, load_run, load_run_dir, redact_url, run_dir_storage
+from ._load import assemble, build_run, load_run, load_run_dir, run_dir_storage
 from ._outputs import trials_frame, write_outputs, write_pareto_json, write_trials_csv
 from ._page import render_report, render_target_index, report_html, target_index_html
 from ._plan_facts import (
@@ -77,7 +77,6 @@ __all__ = [
     "load_run",
     "load_run_dir",
     "pareto_indices",
-    "redact_url",
     "render_report",
     "render_target_index",
     "report_html",

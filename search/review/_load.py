@@ -4,7 +4,6 @@ the study-level figures (front, hypervolume, knee, least violating, budget lines
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..record import UNTRAINED, TrialRecord, TrialStatus, budget_for_metric, cost_rows
 from ..record import primary_metric as primary_of
+from ..storage import public_url
 from ._geometry import (
     Objective,
     dominates,
@@ -29,21 +29,10 @@ __all__ = [
     "build_run",
     "load_run",
     "load_run_dir",
-    "redact_url",
     "run_dir_storage",
 ]
 
 LEAST_VIOLATING_N = 5
-
-
-def redact_url(url: str) -> str:
-    """The storage URL with any password replaced by ***."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def run_dir_storage(run_dir: str | Path) -> tuple[str, str]:
@@ -93,7 +82,7 @@ def load_run(storage_url: str, study_name: str | None = None) -> RunData:
     import optuna
 
     _check_sqlite_exists(storage_url)
-    shown = redact_url(storage_url)
+    shown = public_url(storage_url)
     try:
         names = _study_names(storage_url)
     except Exception as exc:  # bad URL, unreachable server, not an Optuna database

@@ -4,7 +4,7 @@ Compute first, draw second: `summary_features` gives the few numbers the paralle
 view plots for every trial (one axis per feature, whatever the network's depth), and
 `layer_shares` explains one plan layer by layer from the cost model's rows recorded at search
 time (`objective.layer_costs`): each layer's latency, weight bytes and activation memory in
-the base model and in the plan. the report only draws these objects; tests check them.
+the base model and in the plan. The report only draws these objects; tests check them.
 """
 
 from __future__ import annotations
