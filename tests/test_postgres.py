@@ -149,7 +149,10 @@ def test_two_machines_as_the_readme_sets_them_up(tmp_path: Path, postgres_url: s
     assert postgres_url.startswith("postgresql://")
     machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
     exps = [write_tiny_experiment(m, trials=TRIALS + 2) for m in machines]
-    env = cli_env(TINY_TRIAL_SLEEP="0.3")
+    # Machine B starts Python, imports torch and trains its own base model before it joins:
+    # 1.5 s per trial keeps A's trials running that long on a loaded machine (at 0.3 s, A
+    # finished alone once while a benchmark held both cores).
+    env = cli_env(TINY_TRIAL_SLEEP="1.5")
     env.pop("COMPRESS_SEARCH_CACHE", None)  # each machine trains (or loads) its own base model
     common = ["--storage", postgres_url, "--no-progress"]
     _run_then_worker(
