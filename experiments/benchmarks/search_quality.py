@@ -38,7 +38,7 @@ Selection is on validation, figures a user would quote are on test: the front's 
 (refined weights where refined) are scored on the test split. Ratios are medians over seeds
 with a 90 % bootstrap interval (seeds resampled).
 
-Run from the repository root (~30 minutes on the 2 cores alone; the results file says how long):
+Run from the repository root (about an hour on the 2 cores; the results file says how long):
     nice python experiments/benchmarks/search_quality.py
 Smoke run (minutes): `--trials 4 --seeds 0 --warm-seeds --refine-epochs 1 1 --results /tmp/x`.
 Writes experiments/results/search_quality.{json,md}; studies stay in experiments/runs/.
