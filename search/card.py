@@ -12,7 +12,7 @@ from typing import Any
 
 from ._format import number
 from .budgets import BUDGET_METRICS, budget_for_metric
-from .record import ACCURACY_DROP
+from .record import ACCURACY_DROP, COST_KEYS
 from .review import (
     RunData,
     TrialRecord,
@@ -24,17 +24,6 @@ from .review import (
 )
 
 __all__ = ["render"]
-
-# The cost figures of the budget table, in this order.
-_COST_ROWS = (
-    "params",
-    "macs",
-    "weight_bytes",
-    "peak_activation_bytes",
-    "memory_bytes",
-    "flash_bytes",
-    "latency_ms",
-)
 
 
 def _pct(measured: float, predicted: float) -> str:
@@ -246,7 +235,7 @@ def _budget_check(r: Mapping[str, Any], run: RunData, t: TrialRecord) -> list[st
         "| figure | base model | winner | budget | check |",
         "|---|---|---|---|---|",
     ]
-    for k in _COST_ROWS:
+    for k in COST_KEYS:
         bk = budget_for_metric(k)
         c = r["constraints"].get(bk) if bk else None
         budget = r["budgets"].get(bk) if bk else None

@@ -27,6 +27,7 @@ from .budgets import BUDGET_METRICS, LIMITED_BY, BudgetMetric, budget_for_metric
 __all__ = [
     "ACCURACY_DROP",
     "ACCURACY_METRICS",
+    "COST_KEYS",
     "BUDGET_METRICS",
     "LIMITED_BY",
     "METRIC_KEYS",
@@ -83,12 +84,8 @@ UNTRAINED = (
 # Metrics that are an accuracy in [0, 1]: drops, floors and early-stop margins are in their units.
 ACCURACY_METRICS = ("accuracy", "f1", "recall")
 ACCURACY_DROP = "accuracy_drop"
-# Metrics the schema stores per trial; trials.csv always has these columns, in this order.
-METRIC_KEYS = (
-    "accuracy",
-    "recall",
-    "f1",
-    ACCURACY_DROP,
+# The cost model's figures of a plan, in the order tables show them.
+COST_KEYS = (
     "params",
     "macs",
     "weight_bytes",
@@ -96,9 +93,9 @@ METRIC_KEYS = (
     "memory_bytes",
     "flash_bytes",
     "latency_ms",
-    "build_s",
-    "train_s",
 )
+# Metrics the schema stores per trial; trials.csv always has these columns, in this order.
+METRIC_KEYS = ("accuracy", "recall", "f1", ACCURACY_DROP, *COST_KEYS, "build_s", "train_s")
 
 
 class _Objective(Protocol):
