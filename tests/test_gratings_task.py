@@ -40,6 +40,7 @@ def test_base_network_breaks_the_mcu_budgets_of_the_benchmark_experiment() -> No
     assert cost.latency_ms >= 5 * budgets["latency_ms"]
     over = constraint_values(cost, budgets, profile=profile)
     assert over["flash_kb"] > 0  # float32 weights do not fit the board's flash
+    assert over["memory_kb"] > 0  # nor float32 activations its SRAM
 
 
 def test_at_least_25_per_layer_decisions() -> None:

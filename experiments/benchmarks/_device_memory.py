@@ -139,6 +139,8 @@ def _held_out_plans() -> dict[str, tuple[str, int, CompressionPlan]]:
     """Plans no constant was fitted on: name -> (task, seed, plan)."""
     int8 = QuantizeConfig(default_weight_bits=8, activation_bits=8)
     return {
+        # The benchmark task's base as it is: its float32 activations break the board's SRAM.
+        "gratings: base (float32)": ("gratings", 0, CompressionPlan()),
         "gratings: int8": ("gratings", 0, CompressionPlan(quantize=int8)),
         "gratings: pruned 40% int8 (seed 1)": (
             "gratings",

@@ -140,6 +140,12 @@ def _settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _architecture_id(model: nn.Module) -> str:
+    """The class and its parameter shapes: a cached base of an older architecture is not reused."""
+    shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    return f"{type(model).__name__}-{_settings_hash({'shapes': shapes})[:8]}"
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -237,7 +243,7 @@ def load_task(exp: Experiment, *, log: Callable[[str], None] = print) -> Task:
         DataSplit(split, TensorDataset(x, y), exp.source, shape, classes)
         for (x, y), split in zip(splits(), ("train", "val", "test"))
     )
-    model_id = "DigitsCNN(width=32)" if name == "digits" else type(make()).__name__
+    model_id = "DigitsCNN(width=32)" if name == "digits" else _architecture_id(make())
     settings = {"task": name, "model": model_id, **BASE_TRAINING, **training}
     model, digest = _cached_base(exp, settings, make, train, device, log, user_weights=None)
     return Task(
