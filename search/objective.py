@@ -50,10 +50,10 @@ from .record import (
 )
 from .tasks import Task
 
-# Early stop: at the recovery checkpoint (half the epochs) a plan on the base network must be
-# within this much of the accuracy it needs (see `TrialObjective.needed_accuracy`). Chosen from
-# recovery curves on the built-in task (experiments/results/early_stop.md): no plan that ended
-# within the floor was ever this far below it at the checkpoint.
+# Early stop: at the recovery checkpoint (half the epochs) a plan must be within this much of
+# the accuracy it needs (see `TrialObjective.needed_accuracy`). Chosen from recovery curves on
+# the built-in task (experiments/results/early_stop.md): no plan that ended within the floor
+# was ever this far below it at the checkpoint.
 EARLY_STOP_MARGIN = 0.2
 
 
@@ -315,13 +315,11 @@ class TrialObjective:
             metrics.update({k: None for k in ("accuracy", "recall", "f1")})
         else:
             t1 = time.perf_counter()
+            needed = (
+                self.needed_accuracy(trial.study, cost) if self.exp.recovery.early_stop else None
+            )
+
             student = plan.architecture.family != "base"
-            # Only plans on the trained base network are judged early: a student starts from
-            # scratch, and halfway through a short recovery its accuracy says little about the
-            # end (on `gratings` students sat at 0.51-0.53 after one epoch of three and ended
-            # at 0.88-0.90, above the floor; experiments/results/early_stop_gratings.md).
-            judged = self.exp.recovery.early_stop and not student
-            needed = self.needed_accuracy(trial.study, cost) if judged else None
             unit = "epoch" if self.exp.recovery.steps_for(student) is None else "step"
 
             def checkpoint(done: int, model: torch.nn.Module) -> None:

@@ -64,7 +64,7 @@ def checkpoint_epoch(epochs: int) -> int | None:
     """The recovery epoch (or step) after which early stop is judged: half of them (None: a
     recovery of one epoch has no point before its end to judge at).
 
-    After a third, plans were still noisy: a digits student sat at 0.73 and ended at 0.99.
+    Students (from scratch) are still noisy after a third: one sat at 0.73 and ended at 0.99.
     """
     return epochs // 2 if epochs >= 2 else None
 
