@@ -137,8 +137,7 @@ def markdown(doc: dict) -> str:
         "the search also raises the bar to the accuracy of any trained feasible plan that is "
         "no slower and no larger (not replayed here: it depends on the study). The margin was "
         "chosen on seed 0's digits curves; other seeds and tasks are held out. The search "
-        "judges plans on the base network only; the students' rows show what the rule would do "
-        "to students, which start from scratch (why they are exempt).",
+        "judges students too.",
         "",
         "| seed | kind | plans | ended feasible | stopped | false stops | true stops | "
         "infeasible, not stopped | epochs saved / total | lowest checkpoint of a feasible "
