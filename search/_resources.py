@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 _PACKAGE = Path(__file__).resolve().parent
 _KINDS = {
@@ -39,8 +39,10 @@ def resolve(kind: str, name_or_path: str | Path, *, file: str, field: str) -> Pa
     candidate = builtin_dir(kind) / f"{text}.yaml"
     if candidate.is_file():
         return candidate
+    names = builtin_names(kind)
     raise ConfigError(
         file,
         field,
-        f"unknown {kind} {text!r}; built-in: {builtin_names(kind)} or a path to a YAML",
+        f"unknown {kind} {text!r};{did_you_mean(text, names)} built-in: {names} "
+        "or a path to a YAML",
     )
