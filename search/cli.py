@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cost = sub.add_parser("cost", help="cost a model on a hardware profile")
     cost.add_argument("--model", required=True, help="pkg.module:function returning an nn.Module")
-    cost.add_argument("--input-shape", required=True, help="C,H,W")
+    cost.add_argument(
+        "--input-shape", required=True, help="one input's shape without the batch: C,H,W"
+    )
     cost.add_argument("--target", default="host")
     cost.add_argument("--measure", action="store_true", help="also measure it in ONNX Runtime")
     cost.add_argument("--json", action="store_true")
@@ -243,15 +245,12 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _cost(args: argparse.Namespace) -> int:
+    from ._format import number
     from .hardware import cost_summary, load_profile
 
-    try:
-        shape = tuple(int(d) for d in args.input_shape.split(","))
-    except ValueError:
-        raise ConfigError(
-            "<command line>", "--input-shape", "must be integers like 3,224,224"
-        ) from None
+    shape = _input_shape(args.input_shape)
     model = _import_model(args.model)
+    _probe_input_shape(model, shape, args.model)
     profile = load_profile(args.target, file="<command line>", field="--target")
     summary = cost_summary(model, shape, profile, measure=args.measure)
     if args.json:
@@ -259,8 +258,41 @@ def _cost(args: argparse.Namespace) -> int:
     else:
         width = max(len(k) for k in summary)
         for key, value in summary.items():
-            print(f"{key:<{width}}  {value}")
+            print(f"{key:<{width}}  {number(value)}")
     return 0
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigError(
+            "<command line>",
+            "--input-shape",
+            f"must be positive integers like 3,224,224 (one input, no batch), got {text!r}",
+        )
+    return shape
+
+
+def _probe_input_shape(model, shape: tuple[int, ...], spec: str) -> None:
+    """One zero input through the model: a shape it cannot take is the flag's mistake."""
+    import torch
+
+    from .errors import describe
+
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape))
+    except Exception as exc:  # the user's model refused it: name the flag, not a traceback
+        given = ",".join(map(str, shape))
+        raise ConfigError(
+            "<command line>",
+            "--input-shape",
+            f"{spec} cannot take a {given} input ({describe(exc)}); give one input's shape "
+            "without the batch, as the model's first layer takes it (e.g. C,H,W)",
+        ) from None
 
 
 def _import_model(spec: str):
@@ -279,7 +311,12 @@ def _import_model(spec: str):
             "<command line>", "--model", f"cannot import {module_name!r}: {exc}"
         ) from None
     factory = getattr(module, func, None)
-    model = factory() if callable(factory) else None
+    try:
+        model = factory() if callable(factory) else None
+    except Exception as exc:  # the user's factory failed: one line, not a traceback
+        from .errors import describe
+
+        raise ConfigError("<command line>", "--model", f"{spec} raised {describe(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError("<command line>", "--model", f"{spec} must return an nn.Module")
     return model.eval()

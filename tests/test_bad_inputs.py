@@ -2,7 +2,8 @@
 nothing written, and no code from a file executed.
 
 Every case in tests/bad_inputs/ (a folder with experiment.yaml, the files it points to, and
-expected.yaml) runs through the real CLI, `python -m search run`, in a subprocess. Hypothesis
+expected.yaml) runs through the real CLI, `python -m search run` (or the command its
+expected.yaml gives, such as `cost`), in a subprocess. Hypothesis
 fuzzes the experiment, profile and space loaders: a valid config or a clear error, never
 another exception.
 """
@@ -49,6 +50,7 @@ QUICK = {
     "zero_trials",
     "negative_trials_cli",
     "unknown_profile",
+    "misspelt_profile",
     "unknown_space",
     "out_escapes",
     "out_escapes_cli",
@@ -94,17 +96,16 @@ def test_bad_input_is_refused_cleanly(name: str, tmp_path: Path) -> None:
 
     env = cli_env(PYTHONDONTWRITEBYTECODE="1")
     env.pop("COMPRESS_SEARCH_CACHE", None)  # a cache written into the run folder would show
+    # `command`: another command's flags (cost), run in the case's folder; else `run` on it.
+    args = expected.get("command") or [
+        "run",
+        f"{name}/experiment.yaml",
+        "--no-progress",
+        *expected.get("args", []),
+    ]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "search",
-            "run",
-            f"{name}/experiment.yaml",
-            "--no-progress",
-            *expected.get("args", []),
-        ],
-        cwd=project,
+        [sys.executable, "-m", "search", *args],
+        cwd=case if "command" in expected else project,
         env=env,
         capture_output=True,
         text=True,

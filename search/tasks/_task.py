@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ._data import DataSplit
 from ._digits import DigitsCNN, digits_splits
 from ._gratings import GratingsCNN, gratings_splits
+from ._probe import probe_model
 from ._train import Teacher, TrainingDiverged, evaluate_split, fit, predict
 
 BASE_TRAINING = {"epochs": 30, "lr": 0.01, "batch_size": 64, "seed": 0}
@@ -290,6 +291,8 @@ def _load_user_task(
         )
         for d, n in zip(splits, ("train", "val", "test"))
     )
+    # Before the weights load or base training starts: the model against the experiment.
+    probe_model(make(), train, source=exp.source, spec=spec.model, num_classes=classes)
     weights = Path(spec.weights) if spec.weights else None
     if not train.sized:  # a stream without a length cannot be counted in epochs
         if weights is None and spec.train_steps is None:
