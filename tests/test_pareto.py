@@ -210,13 +210,20 @@ def test_dominance_and_front() -> None:
     assert pareto_indices(losses) == [0, 1, 2, 4]  # (0.5, 0.5) dominated; duplicates kept
 
 
-def test_knee_is_the_best_worst_normalised_objective() -> None:
-    # Min-max normalised: A max 1, B max 0.4, C max 1 -> B.
-    assert knee_index([(0, 1), (0.4, 0.4), (1, 0)]) == 1
-    # Ties on the worst objective go to the smaller sum: (0.5,0.2) beats (0.5,0.5).
-    assert knee_index([(0, 1), (0.5, 0.5), (0.5, 0.2), (1, 0)]) == 2
-    assert knee_index([(3, 3)]) == 0
+def test_knee_is_the_smallest_worst_shortfall() -> None:
+    # Worst shortfalls -0.2, -0.5, -0.3: the second plan has the most room on its tightest axis.
+    assert knee_index([(-1.0, -0.2), (-0.5, -0.9), (-0.3, -2.0)]) == 1
+    # Ties on the worst go to the smaller sum: (-0.5, -0.6) beats (-0.5, -0.5).
+    assert knee_index([(-0.5, -0.5), (-0.5, -0.6)]) == 1
+    # An ineligible plan is never the knee, however good its score; none eligible: no knee.
+    assert knee_index([(-3.0, -3.0), (-0.5, -0.5)], eligible=[False, True]) == 1
+    assert knee_index([(-3.0, -3.0)], eligible=[False]) is None
     assert knee_index([]) is None
+    # Fixed scales: an extreme plan does not change the choice between the others (min-max
+    # normalising over the front tied these two and took the first).
+    pts = [(-0.9, -0.4), (-0.6, -0.7)]
+    assert knee_index(pts) == 1
+    assert knee_index([*pts, (10.0, -50.0)]) == 1
 
 
 # --- the run data of a real study --------------------------------------------------------------
@@ -243,6 +250,15 @@ def test_front_knee_and_picks(run) -> None:
     assert set(run.front) == {0, 1, 3}
     assert run.front == (0, 1, 3)  # sorted by the first objective, best first
     assert run.knee == 1
+    # The knee's limits: the base accuracy less the 35-point drop, the latency budget, and the
+    # flash budget on the weight-bytes axis. Worst shortfalls: #1 -0.71, #3 -0.14, #0 -0.13.
+    assert [(lim.reference, lim.basis) for lim in run.knee_limits] == [
+        (0.9, "base"),
+        (pytest.approx(2.0), "budget"),
+        (pytest.approx(32 * 1024), "budget"),
+    ]
+    assert run.knee_limits[0].allowance == MAX_DROP
+    assert run.knee_order == (1, 3, 0) and run.never_knee == ()
     assert run.pick("knee").number == 1
     assert run.pick("max-accuracy").number == 0
     assert run.pick("min-latency").number == 3
@@ -347,6 +363,7 @@ def test_trials_csv_and_pareto_json(run, tmp_path: Path) -> None:
     data = json.loads(paths["pareto.json"].read_text())
     assert [f["trial"] for f in data["front"]] == [0, 1, 3]
     assert data["knee"] == 1 and data["picks"]["min-size"] == 3
+    assert data["knee_scale"]["limits"]["weight_bytes"]["from"] == "budget"
     assert data["front"][1]["plan"] == run.trial(1).plan
     assert data["front"][1]["refined"]["accuracy"] == pytest.approx(0.83)
     assert data["hypervolume"] == pytest.approx(run.hypervolume)

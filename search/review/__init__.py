@@ -18,12 +18,26 @@ Definitions (the README quotes these):
   becomes `v / S`, a maximised one `1 - v / S`. The reference point is 1.0 on every axis: "as
   costly as the uncompressed model and zero accuracy". A front point that is worse than the
   reference on any axis adds nothing. So 1.0 would be a model with the base accuracy at no cost.
-* **Knee**: normalise the front min-max per objective (0 = best on the front, 1 = worst); the
-  knee is the front point whose *worst* normalised objective is best, i.e. the largest minimum
-  distance from the worst corner along every axis (a max-min compromise). Ties go to the smaller
-  sum of normalised objectives (closer to the ideal corner), then to the lower trial number.
+* **Knee**: each objective of a front plan is a *shortfall* on a fixed scale, 0 at its limit
+  and -1 one unit inside it. Accuracy (a maximised objective): drop from the base model /
+  allowed drop - 1 (`max_accuracy_drop`, else 1 point), so -1 is no drop. A cost:
+  log2(cost / budget), so -1 is half the budget; a cost with no budget (or a study without
+  budgets) uses the base model's cost instead. The knee is the front plan whose largest
+  shortfall is smallest: the most room on its tightest limit. Ties go to the smaller sum, then
+  to the lower trial number. A plan that costs more than the base model, or than a feasible
+  uniform-int8 plan of it, on every cost objective is never the knee (no plan left: no knee).
+  Why: the limits are the user's, fixed before the search, so a plan's score is its own and no
+  outlier on the front rescales the axes (min-max normalising over the front chose an fp32
+  student over a plan 1.4 points better on the quickstart); the max (not a sum or a distance)
+  lets no margin on one axis hide a shortfall on another; and the shift of the accuracy axis
+  by -1 puts both kinds of axis at 0 on their limit (without it a drop >= 0 always outweighs a
+  cost under budget, and the knee is the most accurate plan). One unit, the whole allowed drop,
+  weighs as much as a factor 2 in cost. Fallbacks: no base metrics, the largest trained value
+  of each objective (as for the hypervolume); a multi-target study's own cost values are
+  already relative to the base model, so their limit is 1.0.
 * **Picks**: `knee`, `max-accuracy`, `min-latency`, `min-size`, each chosen on the feasible front
-  (ties broken by the knee order). `min-size` uses the first objective in `SIZE_METRICS`.
+  (ties broken by the knee order, plans that are never the knee last). `min-size` uses the first
+  objective in `SIZE_METRICS`.
 * **Least violating**: when nothing is feasible, the COMPLETE trials ranked by the sum of their
   positive constraint values (total relative overshoot), lowest first.
 """
@@ -32,7 +46,15 @@ from spaces import flatten_plan, layer_rows
 
 from ..record import TrialRecord
 from ._figures import figures
-from ._geometry import Objective, dominates, hypervolume, knee_index, pareto_indices
+from ._geometry import (
+    Limit,
+    Objective,
+    dominates,
+    hypervolume,
+    knee_index,
+    pareto_indices,
+    shortfall,
+)
 from ._load import assemble, build_run, load_run, load_run_dir, run_dir_storage
 from ._outputs import trials_frame, write_outputs, write_pareto_json, write_trials_csv
 from ._page import render_report, render_target_index, report_html, target_index_html
@@ -57,6 +79,7 @@ __all__ = [
     "SHARE_FIGURES",
     "SIZE_METRICS",
     "LayerShare",
+    "Limit",
     "Objective",
     "PlanShares",
     "RunData",
@@ -81,6 +104,7 @@ __all__ = [
     "render_target_index",
     "report_html",
     "run_dir_storage",
+    "shortfall",
     "summary_features",
     "target_index_html",
     "trials_frame",

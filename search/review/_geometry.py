@@ -1,4 +1,5 @@
-"""Pareto geometry on loss vectors (lower is better): dominance, the front, hypervolume, knee.
+"""Pareto geometry on loss vectors (lower is better): dominance, the front, hypervolume, and
+the knee's fixed, budget-relative scale.
 
 Pure functions of numbers; `search.review` states the definitions they implement.
 """
@@ -10,7 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "Limit",
     "Objective",
+    "costlier_everywhere",
     "dominates",
     "hypervolume",
     "knee_index",
@@ -18,6 +21,7 @@ __all__ = [
     "loss",
     "normalised",
     "pareto_indices",
+    "shortfall",
 ]
 
 
@@ -103,24 +107,70 @@ def _hv3(pts: list[list[float]], ref: list[float]) -> float:
     return hv
 
 
-def knee_index(losses: Sequence[Sequence[float]]) -> int | None:
-    """Index of the knee among front loss vectors (see `search.review`); None if empty."""
-    order = knee_ranking(losses)
-    return order[0] if order else None
+def knee_index(
+    scores: Sequence[Sequence[float]], eligible: Sequence[bool] | None = None
+) -> int | None:
+    """Index of the knee among front shortfall vectors (see `search.review`): the first of
+    `knee_ranking` when it is eligible; None for an empty front or when none is eligible."""
+    order = knee_ranking(scores, eligible)
+    ok = eligible if eligible is not None else [True] * len(scores)
+    return order[0] if order and ok[order[0]] else None
 
 
-def knee_ranking(losses: Sequence[Sequence[float]]) -> list[int]:
-    if not losses:
-        return []
-    k = len(losses[0])
-    lo = [min(p[j] for p in losses) for j in range(k)]
-    hi = [max(p[j] for p in losses) for j in range(k)]
-    norm = [
-        [(p[j] - lo[j]) / (hi[j] - lo[j]) if hi[j] > lo[j] else 0.0 for j in range(k)]
-        for p in losses
-    ]
-    # max of min(1 - n_j)  ==  min of max(n_j); then the smaller sum; then the earlier index.
-    return sorted(range(len(losses)), key=lambda i: (max(norm[i]), sum(norm[i]), i))
+def knee_ranking(
+    scores: Sequence[Sequence[float]], eligible: Sequence[bool] | None = None
+) -> list[int]:
+    """Indices of shortfall vectors (`shortfall`, lower is better) in knee order.
+
+    Eligible ones first; then the smaller worst shortfall (the tightest limit has the most
+    room); then the smaller sum (more room overall); then the lower index. Each score depends
+    on its own plan alone, so adding or removing a plan never reorders the others.
+    """
+    ok = eligible if eligible is not None else [True] * len(scores)
+    return sorted(
+        range(len(scores)),
+        key=lambda i: (not ok[i], max(scores[i], default=0.0), sum(scores[i]), i),
+    )
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One objective's limit on the knee's fixed scale, and where it came from.
+
+    Maximised (an accuracy): `reference` is the base model's value and `allowance` the drop
+    the experiment allows, both in the metric's units. Minimised (a cost): `reference` is the
+    budget, else the base model's cost. `basis`: "budget", "base", or "trials" (a fallback).
+    """
+
+    reference: float
+    allowance: float = 1.0
+    basis: str = "base"
+
+    def __post_init__(self) -> None:
+        if not (self.reference > 0 and self.allowance > 0):
+            raise ValueError(f"knee limit {self}: reference and allowance must be > 0")
+
+
+def shortfall(value: float, objective: Objective, limit: Limit) -> float:
+    """A value on the knee's scale: 0 at its limit, -1 one unit of room inside it.
+
+    Accuracy: drop / allowed drop - 1 (-1 = no drop at all). Cost: log2(cost / limit)
+    (-1 = half the budget).
+
+    Example:
+        >>> shortfall(5.0, Objective("latency_ms", "minimize"), Limit(10.0))
+        -1.0
+    """
+    v = float(value)
+    if objective.direction == "maximize":
+        return (limit.reference - v) / limit.allowance - 1.0
+    # A zero cost has unbounded room; the floor keeps the logarithm finite.
+    return math.log2(max(v, 1e-300) / limit.reference)
+
+
+def costlier_everywhere(costs: Sequence[float], reference: Sequence[float]) -> bool:
+    """Whether `costs` exceed `reference` on every axis (False when there are no axes)."""
+    return bool(costs) and all(float(c) > float(r) for c, r in zip(costs, reference, strict=True))
 
 
 def loss(values: Sequence[float], objectives: Sequence[Objective]) -> list[float]:

@@ -14,13 +14,16 @@ from ..record import UNTRAINED, TrialRecord, TrialStatus, budget_for_metric, cos
 from ..record import primary_metric as primary_of
 from ..storage import public_url
 from ._geometry import (
+    Limit,
     Objective,
+    costlier_everywhere,
     dominates,
     hypervolume,
-    knee_index,
+    knee_ranking,
     loss,
     normalised,
     pareto_indices,
+    shortfall,
 )
 from ._run import RunData
 
@@ -33,6 +36,9 @@ __all__ = [
 ]
 
 LEAST_VIOLATING_N = 5
+# The knee's allowed accuracy drop when the experiment sets none (`max_accuracy_drop: null`):
+# one point of an accuracy in [0, 1], a usual tolerance for compression.
+DEFAULT_ALLOWED_DROP = 0.01
 
 
 def run_dir_storage(run_dir: str | Path) -> tuple[str, str]:
@@ -153,6 +159,10 @@ def build_run(study: Any, *, storage: str = "", target: str | None = None) -> Ru
         experiment=attrs.get("experiment") or {},
         trials=trials,
         accuracy_floor=_accuracy_floor(attrs, objectives),
+        max_accuracy_drop=_number(attrs.get("max_accuracy_drop")),
+        # A multi-target study's own cost values are already relative to the base model (1.0 =
+        # the base model, `search.multi_target`); its target views hold each target's costs.
+        relative_costs=bool(targets) and target is None,
         base_hash=str(attrs.get("base_hash") or ""),
         primary_metric=str(attrs.get("primary_metric") or ""),
         base_layer_costs=cost_rows(attrs.get("base_layer_costs")),
@@ -185,6 +195,8 @@ def assemble(
     experiment: Mapping[str, Any],
     trials: Sequence[TrialRecord],
     accuracy_floor: Mapping[str, float] | None = None,
+    max_accuracy_drop: float | None = None,
+    relative_costs: bool = False,
     base_hash: str = "",
     primary_metric: str = "",
     base_layer_costs: Sequence[Sequence[Any]] = (),
@@ -192,19 +204,28 @@ def assemble(
     """Compute the front, hypervolume, knee and least-violating list from trial records.
 
     `accuracy_floor` adds budget lines for maximised metrics (base value - max drop).
+    `max_accuracy_drop` is the knee's unit of accuracy (None: `DEFAULT_ALLOWED_DROP`);
+    `relative_costs` says the cost values are already relative to the base model.
     """
     objectives = tuple(objectives)
     trials = tuple(sorted(trials, key=lambda t: t.number))
     feasible = [t for t in trials if t.feasible]
     losses = [loss(t.values or (), objectives) for t in feasible]
     front_ix = pareto_indices(losses)
-    knee = knee_index([losses[i] for i in front_ix])
     front = sorted(
         (feasible[i] for i in front_ix),
         key=lambda t: (loss(t.values or (), objectives)[0], t.number),
     )
 
     scales = tuple(_scale(o, j, base_metrics, trials) for j, o in enumerate(objectives))
+    budget_lines = _budget_lines(objectives, constraint_names, budgets, trials)
+    base = _base_values(objectives, base_metrics, relative_costs)
+    limits = tuple(
+        _knee_limit(o, j, base, {} if relative_costs else budget_lines, max_accuracy_drop, trials)
+        for j, o in enumerate(objectives)
+    )
+    bars = _cost_bars(objectives, base, trials)
+    knee_order, never_knee = _rank_knee(objectives, front, limits, bars)
     ref = [1.0] * len(objectives)
     hv_history: list[tuple[int, float]] = []
     pts: list[list[float]] = []
@@ -245,16 +266,126 @@ def assemble(
         hv_scales=scales,
         hypervolume=hv,
         hypervolume_history=tuple(hv_history),
-        knee=(feasible[front_ix[knee]].number if knee is not None else None),
+        knee=(knee_order[0] if knee_order and knee_order[0] not in never_knee else None),
         least_violating=least,
-        budget_lines={
-            **_budget_lines(objectives, constraint_names, budgets, trials),
-            **(accuracy_floor or {}),
-        },
+        budget_lines={**budget_lines, **(accuracy_floor or {})},
         base_hash=base_hash,
         primary_metric=primary_of(objectives, primary_metric),
         base_layer_costs=tuple(tuple(r) for r in base_layer_costs),
+        knee_limits=limits,
+        knee_order=knee_order,
+        never_knee=never_knee,
     )
+
+
+# --- the knee on fixed, budget-relative scales (definitions: `search.review`) --------------------
+def _number(v: Any) -> float | None:
+    """A finite positive number, else None (a missing, null or nonsensical attribute)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return float(v) if ok else None
+
+
+def _base_values(
+    objectives: Sequence[Objective], base_metrics: Mapping[str, Any], relative_costs: bool
+) -> dict[str, float]:
+    """The base model's value of each objective that has one (relative costs: 1.0)."""
+    out = {}
+    for o in objectives:
+        b = (
+            1.0
+            if relative_costs and o.direction == "minimize"
+            else _number(base_metrics.get(o.metric))
+        )
+        if b is not None:
+            out[o.metric] = b
+    return out
+
+
+def _knee_limit(
+    o: Objective,
+    j: int,
+    base: Mapping[str, float],
+    budget_lines: Mapping[str, float],
+    max_drop: float | None,
+    trials: Sequence[TrialRecord],
+) -> Limit:
+    """Where objective `o` reaches its limit on the knee's scale.
+
+    Accuracy: the base model's value, less the allowed drop. A cost: its budget; a cost without
+    one (an older study, or a metric no budget limits) falls back to the base model's cost, so
+    its room counts halvings from the uncompressed model. With no base value either (studies
+    written before `base_metrics`), the largest trained value stands in, as for the hypervolume.
+    """
+    if o.direction == "maximize":
+        allowance = max_drop or DEFAULT_ALLOWED_DROP
+        if o.metric in base:
+            return Limit(base[o.metric], allowance, "base")
+        return Limit(_scale(o, j, {}, trials), allowance, "trials")
+    budget = _number(budget_lines.get(o.metric))
+    if budget is not None:
+        return Limit(budget, basis="budget")
+    if o.metric in base:
+        return Limit(base[o.metric], basis="base")
+    return Limit(_scale(o, j, {}, trials), basis="trials")
+
+
+def _cost_bars(
+    objectives: Sequence[Objective], base: Mapping[str, float], trials: Sequence[TrialRecord]
+) -> list[dict[str, float]]:
+    """What a knee must beat on at least one cost: the uncompressed base model, and every
+    feasible uniform-int8 plan of it (the first thing an engineer would try)."""
+    bars = [dict(base)]
+    for t in trials:
+        if t.feasible and t.values is not None and _uniform_int8(t.plan):
+            bars.append({o.metric: float(v) for o, v in zip(objectives, t.values)})
+    return bars
+
+
+def _uniform_int8(plan: Mapping[str, Any] | None) -> bool:
+    """The base network at 8-bit weights and activations everywhere, nothing else changed."""
+    if not plan:
+        return False
+    arch = plan.get("architecture") or {}
+    prune = plan.get("prune") or {}
+    quant = plan.get("quantize") or {}
+    ranks = (plan.get("lowrank") or {}).get("ranks") or {}
+    # Sampled plans name every layer's bits; the default covers a plan that names none.
+    bits = set((quant.get("weight_bits") or {}).values()) or {quant.get("default_weight_bits")}
+    return (
+        arch.get("family", "base") == "base"
+        and float(arch.get("width", 1.0)) == 1.0
+        and all(float(r) >= 1.0 for r in ranks.values())
+        and not prune.get("global_ratio")
+        and all(float(r) == 0.0 for r in (prune.get("ratios") or {}).values())
+        and not prune.get("sparsity")
+        and bits == {8}
+        and quant.get("activation_bits") == 8
+    )
+
+
+def _rank_knee(
+    objectives: Sequence[Objective],
+    front: Sequence[TrialRecord],
+    limits: Sequence[Limit],
+    bars: Sequence[Mapping[str, float]],
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(front trial numbers in knee order, those that are never the knee)."""
+    costs = [o.metric for o in objectives if o.direction == "minimize"]
+    scores, eligible = [], []
+    for t in front:
+        values = dict(zip((o.metric for o in objectives), t.values or ()))
+        scores.append([shortfall(values[o.metric], o, lim) for o, lim in zip(objectives, limits)])
+        # A bar missing a cost (no base metrics) cannot show the plan costlier everywhere.
+        eligible.append(
+            not any(
+                set(costs) <= set(bar)
+                and costlier_everywhere([values[m] for m in costs], [bar[m] for m in costs])
+                for bar in bars
+            )
+        )
+    order = knee_ranking(scores, eligible)
+    never = tuple(t.number for t, ok in zip(front, eligible) if not ok)
+    return tuple(front[i].number for i in order), never
 
 
 def _scale(o: Objective, j: int, base: Mapping[str, Any], trials: Sequence[TrialRecord]) -> float:

@@ -10,7 +10,7 @@ from .._format import number
 from .._io import jsonable
 from ..errors import ConfigError
 from ..record import ACCURACY_METRICS, TrialRecord, TrialStatus
-from ._geometry import Objective, knee_ranking, loss
+from ._geometry import Limit, Objective
 
 __all__ = [
     "LATENCY_METRICS",
@@ -24,6 +24,15 @@ PICKS = ("knee", "max-accuracy", "min-latency", "min-size")
 # Which metric a pick optimises when the study has several candidates: first match wins.
 SIZE_METRICS = ("flash_bytes", "weight_bytes", "memory_bytes", "params", "size_bytes", "size_kb")
 LATENCY_METRICS = ("latency_ms",)
+KNEE_DEFINITION = (
+    "the front plan whose largest shortfall is smallest: accuracy drop / allowed drop - 1, "
+    "and log2(cost / limit) per cost, limit = the budget, else the base model's cost; plans "
+    "costlier than the base model (or its uniform-int8 trial) on every cost are never the knee"
+)
+NO_KNEE = (
+    "no knee: every front plan costs more than the base model (or its uniform-int8 trial) "
+    "on every cost objective"
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,12 @@ class RunData:
     # an ordinary single-target RunData. Empty for a single-target study.
     views: Mapping[str, RunData] = field(default_factory=dict)
     target: str | None = None  # which target this view is (None: a single-target study)
+    # The knee's fixed scale per objective (`_geometry.shortfall`), the front in knee order
+    # (the picks' tie-break), and the front plans that cost more than the base model, or its
+    # uniform-int8 trial, on every cost objective: never the knee.
+    knee_limits: tuple[Limit, ...] = ()
+    knee_order: tuple[int, ...] = ()
+    never_knee: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         numbers = [t.number for t in self.trials]
@@ -63,6 +78,7 @@ class RunData:
         known = set(numbers)
         for n in (
             *self.front,
+            *self.knee_order,
             *self.least_violating,
             *([self.knee] if self.knee is not None else []),
         ):
@@ -210,15 +226,22 @@ class RunData:
                 )
             return self.trial(self.least_violating[0])
         if pick == "knee":
-            assert self.knee is not None
+            if self.knee is None:
+                raise ConfigError(src, "--pick", NO_KNEE + "; export one with --trial N")
             return self.trial(self.knee)
         obj = self.pick_metric(pick)
         assert obj is not None
-        order = _knee_order(self)
+        order = {n: r for r, n in enumerate(self.knee_order)}
         cands = [t for t in self.front_trials if t.value(obj.metric) is not None]
         if not cands:
             raise ConfigError(src, "--pick", f"no front trial has {obj.metric}")
-        best = min(cands, key=lambda t: (obj.sign * (t.value(obj.metric) or 0.0), order[t.number]))
+        best = min(
+            cands,
+            key=lambda t: (
+                obj.sign * (t.value(obj.metric) or 0.0),
+                order.get(t.number, len(order)),
+            ),
+        )
         return best
 
     # --- serialisation --------------------------------------------------------------------------
@@ -243,6 +266,14 @@ class RunData:
                 "S = base model value, else the largest trained value",
             },
             "knee": self.knee,
+            "knee_scale": {
+                "limits": {
+                    o.metric: _limit_json(o, lim)
+                    for o, lim in zip(self.objectives, self.knee_limits)
+                },
+                "never_knee": list(self.never_knee),
+                "definition": KNEE_DEFINITION,
+            },
             "picks": self.picks(),
         }
 
@@ -275,6 +306,8 @@ class RunData:
             )
             mark = "  <- knee" if t.number == self.knee else ""
             lines.append(f"  #{t.number}: {vals} | {t.plan_text}{mark}")
+        if self.knee is None:
+            lines.append(NO_KNEE)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,8 +346,8 @@ def _trial_json(t: TrialRecord, objectives: Sequence[Objective]) -> dict[str, An
     }
 
 
-def _knee_order(run: RunData) -> dict[int, int]:
-    """Front trial number -> its rank in the knee ordering (used to break pick ties)."""
-    trials = run.front_trials
-    ranking = knee_ranking([loss(t.values or (), run.objectives) for t in trials])
-    return {trials[i].number: r for r, i in enumerate(ranking)}
+def _limit_json(o: Objective, lim: Limit) -> dict[str, Any]:
+    out: dict[str, Any] = {"reference": lim.reference, "from": lim.basis}
+    if o.direction == "maximize":  # the limit is the reference less this drop
+        out["allowed_drop"] = lim.allowance
+    return out
