@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import html
 import io
 import json
 import os
@@ -35,7 +36,10 @@ from search.review import (
     render_report,
     report_html,
     summary_features,
+    target_index_html,
+    why_infeasible,
 )
+from search.review._run import overshoots
 
 try:  # the study builder lives beside this file
     from test_pareto import BASE, BUDGETS, MAX_DROP, SPECS, make_study, make_trial
@@ -258,17 +262,23 @@ def test_nothing_feasible_banner(infeasible_run) -> None:
 def test_latency_band_in_hover_bars_header_and_table(costed, run) -> None:
     fig = figures(costed)["front_latency_ms_accuracy"]
     knee = _trace(fig, "knee")
-    assert "latency: 1 ms (0.8-1.2 ms, p90)" in knee.text[0]  # trial 1: 1.0 ms, p90 20 %
+    assert "latency: 1 ms (0.833-1.2 ms, p90)" in knee.text[0]  # trial 1: 1.0 ms, p90 20 %
     assert list(knee.error_x.array) == [pytest.approx(1.0 * P90)]
+    assert list(knee.error_x.arrayminus) == [pytest.approx(1.0 - 1.0 / (1 + P90))]
     front = _trace(fig, "Pareto front")
     assert list(front.error_x.array) == [pytest.approx(v * P90) for v in front.x]
+    # Both sides drawn (positive on a log axis), even for an error over 100 % (cloud_gpu).
+    assert all(0 < m < v for m, v in zip(front.error_x.arrayminus, front.x))
+    wide = dataclasses.replace(costed, profile={**costed.profile, "latency_error": {"p90": 2.1}})
+    bars = _trace(figures(wide)["front_latency_ms_accuracy"], "Pareto front").error_x
+    assert all(0 < m < v for m, v in zip(bars.arrayminus, front.x))
     assert _trace(fig, "feasible").error_x.array is None  # bars on the front only
     assert fig.layout.title.text.endswith("±p90")
     text = report_html(costed)
     assert "measured error ±20% (p90, test rows); budget checked against the prediction" in text
     assert (
         "latency (ms) ±p90</th>" in text
-        and '<td class="band" data-v="1.0">1 (0.8-1.2)</td>' in text
+        and '<td class="band" data-v="1.0">1 (0.833-1.2)</td>' in text
     )
     # A run whose profile has no measured error shows no band anywhere.
     plain = figures(run)["front_latency_ms_accuracy"]
@@ -391,12 +401,81 @@ def test_why_this_plan_figure(costed, run) -> None:
     assert "conv2</b> (conv) w4 p10% r0.5" in first[1].hovertext[1]
     heads = [a.text for a in fig.layout.annotations]
     assert heads[0] == "latency<br>4 ms \u2192 1 ms (25%)"
-    assert heads[1] == "weight bytes<br>4.88 kB \u2192 1.17 kB (24%)"
-    assert heads[2] == "peak activations<br>800 B \u2192 200 B (25%)"
+    # Totals are the trial's recorded figures, the table's (here 40,000 B and 20,000 B, far
+    # from the rows' 5000 B and 1200 B); under the plan's, what its layers add up to and what
+    # no layer owns, so the bars and the table reconcile. The latency rows already match.
+    small = "<span style='font-size:10px'>{}</span>"
+    assert heads[1] == (
+        "weight bytes<br>40,000 B \u2192 20,000 B (50%)"
+        f"<br>{small.format('plan: layers 1200 B')}"
+        f"<br>{small.format('+ fp32 biases, norms 18,800 B')}"
+    )
+    assert costed.trial(1).value("weight_bytes") == 20000
+    assert heads[2] == "peak activations<br>800 B \u2192 200 B (25%)"  # the largest layer's
     buttons = fig.layout.updatemenus[0].buttons
     assert buttons[0].label == "trial 1 (knee)" and len(buttons) == n
     assert "Why trial 1 (knee)" in fig.layout.title.text
     assert "why" not in figures(run)  # a run recorded without cost rows: no view
+
+
+def test_untrained_plans_show_no_accuracy(costed) -> None:
+    """Trial 4 was over budget and never trained: its stored accuracy 0 and accuracy drop are
+    not measurements, so the table and the hover say so instead of showing them."""
+    text = report_html(costed)
+    row = re.search(r'<tr class="infeasible"><td data-v="4">4</td>.*?</tr>', text)
+    assert row is not None
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row[0])
+    head = re.findall(r"<th>(.*?)</th>", text.split('id="trials"')[1].split("</thead>")[0])
+    assert cells[head.index("accuracy")] == "not trained"
+    assert cells[head.index("accuracy_drop (over if &gt; 0)")] == "not measured"
+    # Its violation counts what was measured: latency +50 %, flash +53 % (not the drop).
+    over_cost = costed.trial(4).constraints
+    assert float(cells[head.index("violation")]) == pytest.approx(
+        over_cost["latency_ms"] + over_cost["flash_kb"], abs=1e-4
+    )
+    hover = _trace(figures(costed)["front_latency_ms_accuracy"], "over budget / not trained")
+    assert "accuracy_drop" not in hover.text[0] and "latency_ms +50%" in hover.text[0]
+
+
+def test_small_overshoots_are_not_rounded_to_zero(costed) -> None:
+    """A plan 0.06 points under the accuracy floor, or 0.4 % over a budget, says so."""
+    t = dataclasses.replace(
+        costed.trial(1), constraints={"latency_ms": 0.004, "accuracy_drop": 0.0006}
+    )
+    assert overshoots(t) == ["latency_ms +0.4%", "accuracy_drop +0.06 points"]
+    assert why_infeasible(t) == "over latency_ms +0.4%, accuracy_drop +0.06 points"
+    big = dataclasses.replace(t, constraints={"flash_kb": 0.5737})
+    assert overshoots(big) == ["flash_kb +57%"]
+
+
+def test_layer_names_are_module_paths(costed) -> None:
+    """The cost model names element-wise rows after graph nodes (`features_6`), the others after
+    modules (`features.3`): the why view shows one form. Other names are left alone."""
+    rows = [
+        ["features.0", "conv", 1.0, 100, 10],
+        ["features_1", "elementwise", 0.1, 0, 10],
+        ["features_2_branch_0", "elementwise", 0.1, 0, 10],
+        ["add_1", "elementwise", 0.1, 0, 10],
+        ["fc", "linear", 0.5, 50, 5],
+    ]
+    run = dataclasses.replace(costed, base_layer_costs=rows)
+    t = dataclasses.replace(costed.trial(1), layer_costs=rows)
+    shares = layer_shares(run, t)
+    assert shares is not None
+    names = [s.layer for s in shares.layers]
+    assert names == ["features.0", "features.1", "features.2.branch.0", "add_1", "fc"]
+
+
+def test_target_index_cuts_descriptions_at_a_word(costed) -> None:
+    words = "an STM32H743 at 480 MHz with 1 MB of SRAM and 2 MB of flash, CMSIS-NN kernels"
+    long = f"{words}; measured on a NUCLEO board over a week"
+    view = dataclasses.replace(costed, profile={**costed.profile, "description": long})
+    page = target_index_html(dataclasses.replace(costed, views={"mcu_h7": view}))
+    cell = re.search(r"mcu_h7</a></td><td>(.*?)</td>", page)
+    assert cell is not None
+    shown = html.unescape(cell[1])
+    assert shown.endswith(" \u2026") and long.startswith(shown[:-2])
+    assert long[len(shown) - 2] == " "  # the cut falls between words
 
 
 # --- the page in a real browser --------------------------------------------------------------
@@ -495,10 +574,25 @@ class Chromium:
         raise TimeoutError(f"page not ready after {timeout} s: {ready}")
 
     def screenshot(
-        self, *, scale: float = 1.0, until: str | None = None, start: str | None = None
+        self,
+        *,
+        scale: float = 1.0,
+        until: str | None = None,
+        start: str | None = None,
+        rect: list[float] | None = None,
     ) -> bytes:
         """PNG of the viewport, or of the page down to the bottom of the element `until`
-        (from the top of the element `start`, else of the page)."""
+        (from the top of the element `start`, else of the page), or of `rect` (x, y on the
+        page, width, height)."""
+        if rect is not None:
+            x, y, w, h = rect
+            clip = {"x": x, "y": y, "width": w, "height": h, "scale": scale}
+            data = self.send(
+                "Page.captureScreenshot",
+                {"format": "png", "clip": clip, "captureBeyondViewport": True},
+                page=True,
+            )
+            return base64.b64decode(data["data"])
         width, height = self.eval("[window.innerWidth, window.innerHeight]")
         top = 0
         if start is not None:
@@ -583,6 +677,61 @@ OVERLAPS = """(function(){
   return out;})()"""
 
 
+# Text that is cut off or runs into other text: axis titles, figure titles, the parallel
+# coordinates' titles and the budget lines' labels of every plot. Each is a quad on screen (its
+# SVG box through its transform, so slanted titles count as slanted); it must lie inside its
+# figure, off the mode bar, and overlap no other one.
+CLIPPED = """(function(){
+  function quad(e){
+    if(!e.getBBox){var r=e.getBoundingClientRect();
+      return [[r.left,r.top],[r.right,r.top],[r.right,r.bottom],[r.left,r.bottom]];}
+    var b=e.getBBox(), m=e.getScreenCTM(); if(!b.width||!b.height||!m){return null;}
+    return [[b.x,b.y],[b.x+b.width,b.y],[b.x+b.width,b.y+b.height],[b.x,b.y+b.height]]
+      .map(function(p){return [m.a*p[0]+m.c*p[1]+m.e, m.b*p[0]+m.d*p[1]+m.f];});}
+  function apart(a,b){  // separating axis test of two convex quads (1 px of slack)
+    var qs=[a,b];
+    for(var q=0;q<2;q++){for(var i=0;i<4;i++){
+      var p=qs[q][i], n=qs[q][(i+1)%4], ax=[p[1]-n[1], n[0]-p[0]];
+      var len=Math.hypot(ax[0],ax[1]); if(!len){continue;}
+      var pa=a.map(function(v){return (v[0]*ax[0]+v[1]*ax[1])/len;});
+      var pb=b.map(function(v){return (v[0]*ax[0]+v[1]*ax[1])/len;});
+      if(Math.max.apply(null,pa)<=Math.min.apply(null,pb)+1||
+         Math.max.apply(null,pb)<=Math.min.apply(null,pa)+1){return true;}}}
+    return false;}
+  var out=[];
+  document.querySelectorAll('.js-plotly-plot').forEach(function(d){
+    var box=d.getBoundingClientRect(), bar=d.querySelector('.modebar');
+    var texts=[...d.querySelectorAll('.gtitle, .xtitle, .ytitle, .parcoords .axis-title, '
+      + '.scatterlayer .textpoint text, .annotation-text')]
+      .filter(function(e){return e.textContent.trim();});
+    var quads=texts.map(quad);
+    texts.forEach(function(e,i){
+      var q=quads[i], name=d.id+': '+JSON.stringify(e.textContent.trim());
+      if(!q){return;}
+      if(q.some(function(p){return p[0]<box.left-1||p[0]>box.right+1||
+                               p[1]<box.top-1||p[1]>box.bottom+1;})){out.push(name+' is cut off');}
+      if(bar&&bar.children.length&&!apart(q,quad(bar))){out.push(name+' is under the mode bar');}
+      for(var j=0;j<i;j++){if(quads[j]&&!apart(q,quads[j])){
+        out.push(name+' overlaps '+JSON.stringify(texts[j].textContent.trim()));}}
+    });
+  });
+  return out;})()"""
+
+
+def _edge_ink(png: bytes) -> int:
+    """Pixels that are not background on the outer 2 px of an image: something drawn there
+    runs past the edge and is cut."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    edge = np.concatenate(
+        [rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3)]
+        + [rgb[:, -2:].reshape(-1, 3)]
+    )
+    return int((edge.min(axis=1) < 200).sum())
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(
@@ -612,6 +761,15 @@ def test_report_in_headless_chromium(costed, tmp_path: Path, width: int) -> None
         )
         assert bars == len(run.front) + 1  # the front's points and the knee's star
         assert browser.eval(OVERLAPS) == []  # the mode bar is off the titles and menus
+        # No title or budget label cut off, under the mode bar, or on top of another.
+        assert browser.eval(CLIPPED) == []
+        # The 3-D scene draws nothing up to its edges (a cut axis title or box would).
+        scene = browser.eval(
+            "(function(){var r=document.querySelector('#fig-front_3d .gl-container > div')"
+            ".getBoundingClientRect();return [r.left, r.top + window.scrollY, r.width, r.height];"
+            "})()"
+        )
+        assert _edge_ink(browser.screenshot(rect=scene)) == 0, "the 3-D view is cut at its edge"
         # Every plot fits the page: nothing wider than the window.
         assert browser.eval("document.documentElement.scrollWidth") <= width
         # The why-this-plan view draws its bars.
@@ -636,7 +794,8 @@ def test_report_in_headless_chromium(costed, tmp_path: Path, width: int) -> None
             "return [...document.querySelectorAll('#trials tbody tr')]"
             ".map(r=>r.cells[0].textContent);})()"
         )
-        assert order[:6] == ["4", "3", "2", "1", "0", "6"]
+        # Trial 4 was never trained: no accuracy, so it sorts with the blanks.
+        assert order[:6] == ["3", "2", "1", "0", "6", "4"]
         assert browser.problems() == []
     finally:
         browser.close()

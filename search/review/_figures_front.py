@@ -4,6 +4,7 @@ budgets, the latency error band and a log/linear switch on cost axes."""
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
@@ -14,8 +15,8 @@ from .._format import cell
 from ..config import METRIC_DIRECTIONS
 from ..record import TrialRecord
 from ._geometry import Objective
-from ._plan_facts import latency_error, latency_text
-from ._run import RunData
+from ._plan_facts import latency_band, latency_error, latency_text
+from ._run import RunData, overshoots
 from ._style import (
     BUDGET,
     FEASIBLE,
@@ -49,7 +50,7 @@ def _hover(run: RunData, t: TrialRecord) -> str:
             continue
         v = "not trained" if o.direction == "maximize" and not t.trained else t.values[j]
         lines.append(f"{html.escape(axis_label(o.metric))}: {cell(v)}")
-    over = [f"{c} {v:+.0%}" for c, v in t.constraints.items() if v > 0]
+    over = overshoots(t)
     if over:
         lines.append("over budget: " + html.escape(", ".join(over)))
     if t.refined:
@@ -143,11 +144,13 @@ def _errors(run: RunData, trials: Sequence[TrialRecord], metric: str) -> dict[st
     error = latency_error(run)
     if metric != LATENCY or error is None:
         return None
+    bands = [latency_band(float(t.value(metric) or 0.0), error) for t in trials]
     vals = [float(t.value(metric) or 0.0) for t in trials]
     return {
         "type": "data",
-        "symmetric": True,
-        "array": [v * error for v in vals],
+        "symmetric": False,
+        "array": [hi - v for v, (_lo, hi) in zip(vals, bands)],
+        "arrayminus": [v - lo for v, (lo, _hi) in zip(vals, bands)],
         "color": "rgba(214,39,40,0.55)",
         "thickness": 1.5,
         "width": 4,
@@ -171,6 +174,18 @@ def _budget_line(run: RunData, o: Objective) -> tuple[float, str] | None:
         b = float(real)
         label = f"latency budget {cell(b)}, checked at the p90 bound"
     return b, label
+
+
+def _budget_text_side(run: RunData, o: Objective, b: float) -> str:
+    """Where a vertical budget line's label goes: to the left of the line when the line is in
+    the right half of the plotted values (on the axis's own scale), else to the right."""
+    vals = [v for t in run.trials if (v := t.value(o.metric)) is not None]
+    if not vals:
+        return "bottom left"
+    lo, hi = min([*vals, b]), max([*vals, b])
+    if _log_ok(run, o.metric, o.direction) and b > 0:
+        lo, hi, b = math.log10(lo), math.log10(hi), math.log10(b)
+    return "bottom left" if b >= (lo + hi) / 2 else "bottom right"
 
 
 def front_2d(run: RunData, xi: int, yi: int) -> Any:
@@ -249,7 +264,9 @@ def front_2d(run: RunData, xi: int, yi: int) -> Any:
                 mode="lines+text",
                 line={"color": BUDGET, "dash": "dash", "width": 2},
                 text=["", label] if axis == "x" else [label, ""],
-                textposition="bottom right" if axis == "x" else "top right",
+                # The label runs into the plot, away from the nearer edge: a budget in the
+                # right half of the axis would otherwise run off the figure, under the mode bar.
+                textposition=_budget_text_side(run, ox, b) if axis == "x" else "top right",
                 textfont={"color": BUDGET, "size": 11},
                 name=f"{axis_label(o.metric)} budget",
                 hoverinfo="skip",
@@ -282,6 +299,22 @@ def front_2d(run: RunData, xi: int, yi: int) -> Any:
             yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True}
         )
     return fig
+
+
+def _log_ticks(run: RunData, metric: str) -> list[float]:
+    """1-2-5 ticks across a metric's values: a 3-D log axis otherwise labels every minor step
+    (2, 3, ... 9), too close to read."""
+    vals = [v for t in run.trials if (v := t.value(metric)) is not None and v > 0]
+    if not vals:
+        return []
+    lo, hi = min(vals), max(vals)
+    ticks = [
+        m * 10.0**k
+        for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        for m in (1, 2, 5)
+    ]
+    inside = [x for x in ticks if lo <= x <= hi]
+    return inside if len(inside) >= 2 else [x for x in ticks if lo / 10 <= x <= hi * 10]
 
 
 def _axes_3d(run: RunData) -> list[tuple[str, int | None]]:
@@ -340,10 +373,19 @@ def front_3d(run: RunData) -> Any | None:
     scene: dict[str, Any] = {}
     logs = []
     for a, (metric, _j) in zip(("xaxis", "yaxis", "zaxis"), axes):
-        scene[a] = {"title": {"text": axis_label(metric)}}
+        # Few ticks (a log axis otherwise labels every minor step), small titles.
+        scene[a] = {
+            "title": {"text": axis_label(metric), "font": {"size": 12}},
+            "nticks": 5,
+            "tickfont": {"size": 10},
+        }
         if _log_ok(run, metric, METRIC_DIRECTIONS.get(metric, "minimize")):
             scene[a]["type"] = "log"
+            scene[a]["tickvals"] = _log_ticks(run, metric)
             logs.append(f"scene.{a}")
+    # The camera a little farther out than plotly's default, so the whole box, its tick labels
+    # and axis titles stay inside the figure at any width (the default cuts the nearest title).
+    scene["camera"] = {"eye": {"x": 1.55, "y": 1.55, "z": 1.05}}
     fig.update_layout(
         title={"text": "Front in 3-D", "x": 0.01},
         scene=scene,

@@ -7,6 +7,7 @@ gets one report per target and an index page that switches between them.
 from __future__ import annotations
 
 import html
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from .._io import atomic_write
 from ..record import TrialRecord
 from ._figures import figures
 from ._plan_facts import FEATURES, latency_band, latency_error
-from ._run import RunData
+from ._run import RunData, measured
 from ._style import LATENCY, axis_label
 
 __all__ = ["render_report", "render_target_index", "report_html", "target_index_html"]
@@ -85,7 +86,16 @@ class _Band:
         self.value, self.error = value, error
 
 
+class _NotMeasured:
+    """A cell with no value to show, only why (`not trained`): it sorts with the blanks."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
 def _td(v: Any) -> str:
+    if isinstance(v, _NotMeasured):
+        return f'<td class="na" data-v="">{html.escape(v.why)}</td>'
     if isinstance(v, _Band):
         if v.error is None:
             return _td(v.value)
@@ -123,12 +133,22 @@ def _trial_table(run: RunData, trials: Sequence[TrialRecord], *, table_id: str) 
         )
         cells: list[Any] = [t.number, t.state, t.status, t.feasible, t.number in front]
         for j, o in enumerate(run.objectives):
-            v = t.values[j] if t.values is not None else None
+            v: Any = t.values[j] if t.values is not None else None
+            if v is not None and o.direction == "maximize" and not t.trained:
+                v = _NotMeasured("not trained")  # stored as 0, but never measured
             cells.append(_Band(v, error) if o.metric == LATENCY and v is not None else v)
-        cells += [t.constraints.get(c) for c in run.constraint_names]
+        cells += [
+            t.constraints.get(c)
+            if measured(t, c) or c not in t.constraints
+            else _NotMeasured("not measured")
+            for c in run.constraint_names
+        ]
         if refined:
             cells.append((t.refined or {}).get(p0))
-        cells += [t.violation, t.recipe, t.plan_text, t.fail_reason]
+        violation = t.violation
+        if not t.trained and t.constraints:  # the stored one counts the unmeasured accuracy
+            violation = sum(max(0.0, v) for c, v in t.constraints.items() if measured(t, c))
+        cells += [violation, t.recipe, t.plan_text, t.fail_reason]
         out.append(f'<tr class="{cls}">' + "".join(_td(c) for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -240,8 +260,10 @@ def report_html(run: RunData) -> str:
             "Each layer's latency, weight bytes and activation memory (the bytes it reads and "
             "writes; the largest layer sets the peak) in the base model and in the plan, as a "
             "share of the base model's total (activations: of its peak), from the cost model's "
-            "rows recorded at search time; the totals leave out the per-inference overhead, "
-            "which is no layer's. Pick a front plan from the menu.",
+            "rows recorded at search time. The totals are the trial's, as in the table; under "
+            "them, what the plan's layers add up to and what no layer owns (the per-inference "
+            "overhead; biases and norm parameters kept at fp32). Pick a front plan from the "
+            "menu.",
         ),
     ]
     for name, title, note in sections:
@@ -282,10 +304,11 @@ def target_index_html(run: RunData) -> str:
     for i, (name, view) in enumerate(run.views.items()):
         c = view.counts()
         knee = view.trial(view.knee).plan_text if view.knee is not None else "nothing feasible"
-        desc = str(view.profile.get("description") or "")
+        # A long description is cut at a word, never inside one.
+        desc = textwrap.shorten(str(view.profile.get("description") or ""), 90, placeholder=" …")
         file = f"report.{name}.html"
         rows.append(
-            f"<tr><td><a href='{esc(file)}'>{esc(name)}</a></td><td>{esc(desc[:80])}</td>"
+            f"<tr><td><a href='{esc(file)}'>{esc(name)}</a></td><td>{esc(desc)}</td>"
             f"<td>{c['feasible']}</td><td>{c['front']}</td><td>{view.hypervolume:.4f}</td>"
             f"<td>{esc(knee)}</td></tr>"
         )

@@ -9,6 +9,7 @@ the base model and in the plan. The report only draws these objects; tests check
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +143,16 @@ def _figures(row: Sequence[Any]) -> tuple[str, str, dict[str, float]]:
     )
 
 
+def _module_path(name: str, roots: set[str]) -> str:
+    """The cost model names element-wise kernels after their graph node (`features_6`), the
+    others after their module (`features.3`): show both as module paths (`features.6`) where
+    the name starts with a module the other rows name. `add_1`, `cat` stay as they are."""
+    head, sep, rest = name.partition("_")
+    if "." in name or not sep or head not in roots or not rest[:1].isdigit():
+        return name
+    return re.sub(r"_(?=\d)|(?<=\d)_", ".", name)  # only the separators around indices
+
+
 def _owner(kernel: str, layers: Sequence[str]) -> str:
     """The base layer a kernel belongs to: itself, or the layer it was factorized from
     (`conv2.0`, `conv2.1` -> `conv2`)."""
@@ -166,6 +177,10 @@ def layer_shares(run: RunData, t: TrialRecord) -> PlanShares | None:
     if not run.base_layer_costs or not t.layer_costs:
         return None
     base = [_figures(r) for r in run.base_layer_costs]
+    rows = [_figures(r) for r in t.layer_costs]
+    roots = {n.split(".")[0] for n, _, _ in base + rows if "." in n}
+    base = [(_module_path(n, roots), k, f) for n, k, f in base]
+    rows = [(_module_path(n, roots), k, f) for n, k, f in rows]
     names = [n for n, _, _ in base]
     student = ((t.plan or {}).get("architecture") or {}).get("family", "base") != "base"
     keys = [k for k, _, _ in SHARE_FIGURES]
@@ -178,8 +193,7 @@ def layer_shares(run: RunData, t: TrialRecord) -> PlanShares | None:
         order.append(name)
         kinds[name] = kind
         before[name] = {k: float(figs[k]) for k in keys}
-    for row in t.layer_costs:
-        kernel, kind, figs = _figures(row)
+    for kernel, kind, figs in rows:
         # A student's layers are its own, even where a name matches one of the base model's.
         name = f"student {_block(kernel, kind)}" if student else _owner(kernel, names)
         if name not in kinds:
@@ -213,10 +227,12 @@ def layer_shares(run: RunData, t: TrialRecord) -> PlanShares | None:
 
 
 def latency_band(latency_ms: float, error: float) -> tuple[float, float]:
-    """The band `latency_ms * (1 -/+ error)` around a prediction, for a profile's measured
-    relative error (its p90 of |predicted/measured - 1|); never below zero. The upper end is
+    """The band `latency_ms / (1 + error)` to `latency_ms * (1 + error)` around a prediction,
+    for a profile's measured relative error (its p90 of |predicted/measured - 1|). The lower
+    end is the least a measurement can be (predicted/measured <= 1 + error): positive, so the
+    band shows on a log axis even when the error exceeds 100 % (cloud_gpu). The upper end is
     the pessimistic bound `budget_margin: p90` checks the latency budget against."""
-    return max(0.0, latency_ms * (1.0 - error)), latency_ms * (1.0 + error)
+    return latency_ms / (1.0 + error), latency_ms * (1.0 + error)
 
 
 def latency_text(latency_ms: float, error: float | None) -> str:

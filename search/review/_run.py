@@ -9,7 +9,7 @@ from typing import Any
 from .._format import number
 from .._io import jsonable
 from ..errors import ConfigError
-from ..record import ACCURACY_METRICS, TrialRecord, TrialStatus
+from ..record import ACCURACY_DROP, ACCURACY_METRICS, TrialRecord, TrialStatus
 from ._geometry import Limit, Objective
 
 __all__ = [
@@ -17,6 +17,8 @@ __all__ = [
     "PICKS",
     "SIZE_METRICS",
     "RunData",
+    "measured",
+    "overshoots",
     "why_infeasible",
 ]
 
@@ -321,9 +323,31 @@ class RunData:
         return jsonable(out)
 
 
+def _over_amount(v: float) -> str:
+    """100 * v with two significant figures below 10: never rounded to a misleading 0."""
+    x = v * 100
+    return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
+
+
+def measured(t: TrialRecord, constraint: str) -> bool:
+    """Whether a constraint was measured: the accuracy drop of a never-trained plan was not
+    (its stored value stands for an accuracy of 0)."""
+    return t.trained or constraint != ACCURACY_DROP
+
+
+def overshoots(t: TrialRecord) -> list[str]:
+    """`latency_ms +57%`, `accuracy_drop +0.06 points`: the measured constraints a trial breaks
+    (costs relative to their budget, the accuracy drop in points beyond the allowed drop)."""
+    return [
+        f"{k} +{_over_amount(v)}{' points' if k == ACCURACY_DROP else '%'}"
+        for k, v in t.constraints.items()
+        if v > 0 and measured(t, k)
+    ]
+
+
 def why_infeasible(t: TrialRecord) -> str:
     """Why a trial is off the front, in a few words: the budgets it overshoots, else its status."""
-    over = [f"{k} +{v:.0%}" for k, v in t.constraints.items() if v > 0]
+    over = overshoots(t)
     if over:
         return "over " + ", ".join(over)
     return t.status or t.state.lower()
