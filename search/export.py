@@ -63,6 +63,8 @@ class ExportResult:
     pick: str | None
     feasible: bool
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    fmt: str = "onnx"
+    replaced: str | None = None  # the earlier export this one overwrote, in words
 
     @property
     def winner_yaml(self) -> Path:
@@ -74,8 +76,10 @@ class ExportResult:
             f"exported trial {self.trial}"
             + (f" ({self.pick})" if self.pick else "")
             + ("" if self.feasible else " [INFEASIBLE: exported on request]")
-            + f" to {self.winner_dir}"
+            + f" as {self.fmt} to {self.winner_dir}"
         ]
+        if self.replaced:
+            lines.append(f"  replaced the {self.replaced} there (give --out to keep both)")
         tflite = m.get("tflite")
         test = m.get("test", {})
         runtime, other = (
@@ -181,6 +185,7 @@ def export_winner(
     winner_dir = Path(out) if out else (base or Path("experiments/runs") / run.study_name) / folder
     where = f"study {run.study_name}"
     exp = stored_experiment(run.experiment, where=where, run_dir=base)
+    replaced = _earlier_export(winner_dir)
     atomic_write_dir(
         winner_dir,
         lambda tmp: _export_into(
@@ -196,10 +201,30 @@ def export_winner(
         ),
     )
     data = yaml.safe_load((winner_dir / "winner.yaml").read_text())
-    result = ExportResult(
-        winner_dir, chosen.number, data.get("pick"), chosen.feasible, data["metrics"]
+    return ExportResult(
+        winner_dir,
+        chosen.number,
+        data.get("pick"),
+        chosen.feasible,
+        data["metrics"],
+        fmt=fmt,
+        replaced=replaced,
     )
-    return result
+
+
+def _earlier_export(winner_dir: Path) -> str | None:
+    """`onnx export of trial 2` for a winner folder already there (the new one replaces it)."""
+    try:
+        old = yaml.safe_load((winner_dir / "winner.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    onnx = old.get("onnx")
+    fmt = old.get("export_format") or (
+        "tflite" if onnx is None else "onnx-fp16" if (onnx or {}).get("float16") else "onnx"
+    )
+    return f"{fmt} export of trial {old.get('trial')}"
 
 
 def _target_view(run: RunData, target: str | None) -> RunData:
@@ -316,6 +341,7 @@ def _export_into(
         }
     record: dict[str, Any] = {
         "format": WINNER_FORMAT,
+        "export_format": fmt,
         "study": run.study_name,
         "storage": run.storage,
         "trial": t.number,

@@ -37,8 +37,10 @@ def test_export_refuses_bad_trials_and_picks(tmp_path: Path) -> None:
         export_winner(tmp_path, trial=6)
     with pytest.raises(ConfigError, match="not one of"):
         export_winner(tmp_path, pick="smallest")
-    with pytest.raises(ConfigError, match="no study.db"):
+    with pytest.raises(ConfigError, match="no study.db") as info:
         export_winner(tmp_path / "elsewhere")
+    # Said to `export` as much as to `report`: no other command's name in the advice.
+    assert "report" not in info.value.message and "--storage URL" in info.value.message
     assert not (tmp_path / "winner").exists()
 
 

@@ -370,15 +370,26 @@ def test_export_tflite_without_the_extra_is_one_error(
 
 
 @pytest.mark.slow
-def test_cli_export_onnx_fp16_for_gpus(int8_run: Path, tmp_path: Path) -> None:
+def test_cli_export_onnx_fp16_for_gpus(
+    int8_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import onnx
 
     from search.cli import main
 
     out = tmp_path / "fp16"
+    assert main(["export", str(int8_run), "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert " as onnx to " in first and "replaced" not in first
     assert main(["export", str(int8_run), "--format", "onnx-fp16", "--out", str(out)]) == 0
+    # The output names the format and says what it overwrote: never a silent clobber.
+    lines = capsys.readouterr().out.splitlines()
+    k = next(i for i, line in enumerate(lines) if line.startswith("exported trial"))
+    assert " as onnx-fp16 to " in lines[k], lines
+    assert lines[k + 1].strip().startswith("replaced the onnx export of trial "), lines
     w = yaml.safe_load((out / "winner.yaml").read_text())
     assert w["onnx"]["float16"] is True and w["onnx"]["int8_qdq_layers"] == []
+    assert w["export_format"] == "onnx-fp16"
     graph = onnx.load(str(out / "model.onnx")).graph
     assert {i.data_type for i in graph.initializer} == {onnx.TensorProto.FLOAT16}
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

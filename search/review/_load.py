@@ -52,8 +52,8 @@ def run_dir_storage(run_dir: str | Path) -> tuple[str, str]:
         raise ConfigError(
             str(run_dir),
             "run",
-            "no study.db in this folder; for a shared storage "
-            "use `report --storage URL --study NAME`",
+            "no study.db in this folder; give the run folder a search wrote (`run --out`, "
+            "default experiments/runs/NAME), or --storage URL --study NAME for a shared study",
         )
     url = f"sqlite:///{db.resolve()}"
     names = _study_names(url)
