@@ -19,6 +19,10 @@ from .errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ._resources import builtin_names
+
+    # The built-in profiles as the profile folder has them (no list to keep in step by hand).
+    profiles = ", ".join(builtin_names("profile"))
     p = argparse.ArgumentParser(prog="python -m search", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -30,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
             help="SQLAlchemy URL (default: SQLite in the run folder)",
         )
         cmd.add_argument("--trials", type=int, help="completed trials wanted in the study")
-        cmd.add_argument("--target", help="hardware profile name or YAML path")
+        cmd.add_argument(
+            "--target", help=f"hardware profile: a built-in one ({profiles}) or a YAML path"
+        )
         cmd.add_argument(
             "--targets",
             help="several profiles, comma-separated (mcu,phone): one study, a front per target",
@@ -88,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument(
         "--input-shape", required=True, help="one input's shape without the batch: C,H,W"
     )
-    cost.add_argument("--target", default="host")
+    cost.add_argument(
+        "--target", default="host", help=f"a built-in profile ({profiles}) or a YAML path"
+    )
     cost.add_argument("--measure", action="store_true", help="also measure it in ONNX Runtime")
     cost.add_argument("--json", action="store_true")
 
@@ -96,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     psub = prof.add_subparsers(dest="action", required=True)
     psub.add_parser("list")
     show = psub.add_parser("show")
-    show.add_argument("name")
+    show.add_argument("name", help=f"a built-in profile ({profiles}) or a YAML path")
     cal = psub.add_parser("calibrate-host", help="measure this machine, write a host profile")
     cal.add_argument("--out", default=None, help="default hardware_profiles/host.yaml")
     fit = psub.add_parser("calibrate", help="fit a profile to latencies measured on a device")

@@ -70,3 +70,39 @@ def test_readme_holds_the_ci_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     command = next(line for line in ci.splitlines() if line.startswith("python3 -m venv"))
     assert f"```bash\n{command}\n```" in (ROOT / "README.md").read_text()
+
+
+# --- the built-in profiles, listed once: from the profile folder ---------------------------------
+PROFILE_BLOCK = re.compile(r"<!-- profiles -->(.*?)<!-- /profiles -->", re.S)
+
+
+def _profiles() -> list[str]:
+    from search._resources import builtin_names
+
+    return builtin_names("profile")
+
+
+def test_profile_lists_are_the_profile_folder() -> None:
+    """Wherever the docs list the built-in profiles, the list is the folder's, in full: the
+    marked lists in the pages, the quickstart's comment, docs/hardware.md's table, CLI help."""
+    want = _profiles()
+    assert {"mcu", "mcu_m4", "phone", "cloud_gpu", "host"} <= set(want)
+    blocks = {
+        page.relative_to(ROOT).as_posix(): PROFILE_BLOCK.findall(page.read_text())
+        for page in PAGES
+    }
+    assert blocks["README.md"] and blocks["docs/experiments.md"], "lists to check are marked"
+    for page, found in blocks.items():
+        for block in found:
+            assert re.findall(r"`([^`]+)`", block) == want, f"{page}: {block}"
+    comment = (ROOT / "experiments" / "quickstart.yaml").read_text()
+    listed = re.search(r"Built-in profiles: ([\w,#\s]+?) \(", comment)
+    assert listed, "the quickstart names the built-in profiles"
+    assert re.findall(r"\w+", listed[1].replace("#", "")) == want
+    table = (ROOT / "docs" / "hardware.md").read_text().split("| profile | device |")[1]
+    rows = re.findall(r"^\| `(\w+)` \|", table.split("\n\n")[0], flags=re.M)
+    assert sorted(rows) == want
+    from search.cli import _parser
+
+    run_help = _parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert all(name in " ".join(run_help.split()) for name in want)
