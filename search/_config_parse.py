@@ -266,7 +266,11 @@ def _recovery(file: str, value: Any) -> Recovery:
             "epochs",
             "student_epochs",
             "lr",
+            "quant_lr",
             "student_lr",
+            "warmup",
+            "freeze_bn",
+            "skip_within",
             "batch_size",
             "distillation",
             "early_stop",
@@ -295,11 +299,23 @@ def _recovery(file: str, value: Any) -> Recovery:
         changes["refine_top_k"] = check_int(
             file, "recovery.refine_top_k", raw["refine_top_k"], low=0
         )
-    for key in ("lr", "student_lr"):
+    for key in ("lr", "quant_lr", "student_lr"):
         if key in raw:
             changes[key] = check_num(
                 file, f"recovery.{key}", raw[key], low=0, high=10, low_open=True
             )
+    if "warmup" in raw:
+        changes["warmup"] = check_num(file, "recovery.warmup", raw["warmup"], low=0, high=0.9)
+    if "freeze_bn" in raw:
+        changes["freeze_bn"] = check_num(
+            file, "recovery.freeze_bn", raw["freeze_bn"], low=0, high=1
+        )
+    if "skip_within" in raw and raw["skip_within"] is not None:
+        changes["skip_within"] = check_num(
+            file, "recovery.skip_within", raw["skip_within"], low=0, high=1
+        )
+    elif "skip_within" in raw:
+        changes["skip_within"] = None
     if "batch_size" in raw:
         changes["batch_size"] = check_int(file, "recovery.batch_size", raw["batch_size"], low=1)
     for key in ("steps", "student_steps", "refine_steps", "refine_student_steps"):

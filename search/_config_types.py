@@ -35,14 +35,44 @@ class Objective:
     direction: str  # "maximize" | "minimize"
 
 
+# What a plan asks of recovery: `quantize` keeps the trained network's structure (bits only),
+# `structure` prunes or factorises it, `student` trains a compact network from scratch.
+RECOVERY_KINDS = ("quantize", "structure", "student")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One recovery run, resolved for a plan's kind (`Recovery.schedule`)."""
+
+    epochs: int
+    steps: int | None  # optimizer steps; None: count `epochs`
+    lr: float
+    warmup: float  # fraction of the steps with a linear learning-rate warm-up
+    freeze_bn: float | None  # fraction of the steps after which BatchNorm statistics freeze
+
+
 @dataclass(frozen=True)
 class Recovery:
-    """Fine-tuning after compression (short while searching, long in the refine stage)."""
+    """Fine-tuning after compression (short while searching, long in the refine stage).
+
+    The defaults are chosen by experiments/benchmarks/recovery.py (docs/experiments.md): a
+    trained network is fine-tuned gently, a student trained from scratch.
+    """
 
     epochs: int = 2
     student_epochs: int = 10  # students start from scratch, so they need more than a touch-up
-    lr: float = 0.005
+    lr: float = 0.003  # plans that prune or factorise the trained network
+    quant_lr: float = 0.0001  # plans that only quantize it: its weights are already right
     student_lr: float = 0.01
+    warmup: float = 0.1  # Adam's first steps at full rate undo part of a trained network
+    # BatchNorm statistics freeze after this fraction of a trained network's recovery, as QAT
+    # does (a quantize-only plan keeps its trained statistics from the start); students, from
+    # scratch, update theirs throughout. Per-channel weight quantization makes the frozen
+    # BatchNorm exactly foldable into the convolution before it (test_recovery.py).
+    freeze_bn: float = 0.5
+    # Skip the recovery of a plan of the trained network whose accuracy before recovery is
+    # already within this much of the base model's: there is nothing left to recover.
+    skip_within: float | None = 0.002
     batch_size: int = 64
     distillation: bool = True
     early_stop: bool = True  # stop hopeless plans at the recovery checkpoint
@@ -57,18 +87,28 @@ class Recovery:
     refine_student_steps: int | None = None
     amp: bool = True  # mixed precision for recovery on a GPU (ignored on the CPU)
 
-    def schedule(self, student: bool, *, refine: bool = False) -> tuple[int, float]:
-        """Epochs and learning rate of one recovery. Students start from scratch, so they get
-        their own; the refine stage is never shorter than the search's."""
+    def schedule(self, kind: str, *, refine: bool = False) -> Schedule:
+        """The recovery of a plan of `kind` (one of RECOVERY_KINDS). The refine stage is never
+        shorter than the search's."""
+        student = kind == "student"
         if student:
             epochs, lr, longer = self.student_epochs, self.student_lr, self.refine_student_epochs
         else:
-            epochs, lr, longer = self.epochs, self.lr, self.refine_epochs
-        return (max(longer, epochs) if refine else epochs), lr
+            epochs = self.epochs
+            lr = self.quant_lr if kind == "quantize" else self.lr
+            longer = self.refine_epochs
+        freeze = None if student else (0.0 if kind == "quantize" else self.freeze_bn)
+        return Schedule(
+            epochs=max(longer, epochs) if refine else epochs,
+            steps=self.steps_for(student, refine=refine),
+            lr=lr,
+            warmup=self.warmup,
+            freeze_bn=freeze,
+        )
 
     def steps_for(self, student: bool, *, refine: bool = False) -> int | None:
-        """The step budget of one recovery, or None to count epochs (`schedule`). The refine
-        stage is never shorter than the search's."""
+        """The step budget of one recovery, or None to count epochs. The refine stage is never
+        shorter than the search's."""
         if student:
             steps, longer = self.student_steps, self.refine_student_steps
         else:

@@ -14,10 +14,12 @@ from ._config_parse import parse_experiment
 from ._config_types import (
     BUDGET_MARGINS,
     METRIC_DIRECTIONS,
+    RECOVERY_KINDS,
     SAMPLERS,
     Experiment,
     Objective,
     Recovery,
+    Schedule,
     UserTask,
 )
 from ._resources import resolve
@@ -32,7 +34,9 @@ __all__ = [
     "ConfigError",
     "Experiment",
     "Objective",
+    "RECOVERY_KINDS",
     "Recovery",
+    "Schedule",
     "UserTask",
     "load_experiment",
     "parse_experiment",

@@ -404,7 +404,7 @@ def _trained_weights(
     """Put the trained weights in `compressed.model` and say whose they are: the refine
     stage's if it ran, else the search's; trained here only when the search never did (an
     over-budget plan exported with --allow-infeasible)."""
-    from .pipeline import recovery_budget, train
+    from .pipeline import prepare, recovery_schedule, train
 
     refined = _find_weights((t.refined or {}).get("weights"), base)
     searched = _find_weights(t.weights, base)
@@ -421,10 +421,12 @@ def _trained_weights(
             f"the trained weights of trial {t.number} "
             f"({t.weights or 'not recorded'}) are missing; export needs them",
         )
-    epochs, steps, _ = recovery_budget(exp.recovery, plan)
+    schedule = recovery_schedule(exp.recovery, plan)
+    steps, epochs = schedule.steps, schedule.epochs
     log(
         f"trial {t.number} was not trained during the search ({t.status}); "
         f"training it now ({f'{steps} steps' if steps is not None else f'{epochs} epochs'})"
     )
+    prepare(compressed, plan, task)
     train(compressed, plan, task, exp.recovery, seed=exp.seed + t.number)
     return "trained at export"

@@ -1,8 +1,10 @@
-"""The trial: suggest -> build -> cost -> (over budget? stop) -> recover -> evaluate -> report.
+"""The trial: suggest -> build -> cost -> (over budget? stop) -> prepare -> evaluate ->
+(recover -> evaluate) -> report.
 
 Cheap first, expensive last: a plan that breaks a hardware budget is recorded with its real
 cost and constraint values and is never trained; a plan the study already evaluated is
-answered from that trial; a plan that is hopeless at its recovery checkpoint stops there.
+answered from that trial; a plan already as good as the base model before recovery is not
+trained; a plan that is hopeless at its recovery checkpoint stops there.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ from .hardware import (
     estimate_cost,
     with_measured_latency,
 )
-from .pipeline import CALIBRATION_ROWS, build, calibrate_build, cost_of, train
+from .pipeline import (
+    CALIBRATION_ROWS,
+    build,
+    calibrate_build,
+    cost_of,
+    prepare,
+    recovery_kind,
+    train,
+)
 from .record import (
     ACCURACY_DROP,
     ACCURACY_METRICS,
@@ -240,6 +250,15 @@ class TrialObjective:
             checkpoint=checkpoint,
         )
 
+    def recovery_needless(self, plan: CompressionPlan, before: dict[str, float]) -> bool:
+        """Whether a plan of the trained network is, before recovery, already within
+        `recovery.skip_within` of the base model's primary metric (never a student, which
+        starts from scratch): recovery could win back no more than that."""
+        within = self.exp.recovery.skip_within
+        if within is None or recovery_kind(plan) == "student":
+            return False
+        return before[self.primary] >= self.baseline.metrics[self.primary] - within
+
     def accuracy_floor(self) -> float | None:
         """The base model's primary metric minus `max_accuracy_drop` (None: no floor)."""
         if self.exp.max_accuracy_drop is None:
@@ -330,13 +349,19 @@ class TrialObjective:
                     raise StoppedEarly(acc, done, needed, unit)
 
             try:
-                model = self.train(
-                    compressed,
-                    plan,
-                    seed=self.exp.seed + trial.number,
-                    checkpoint=None if needed is None else checkpoint,
-                )
+                prepare(compressed, plan, self.task)
+                model = compressed.model
                 measured = self.task.evaluate(model, "val", subset=True)
+                metrics["accuracy_before_recovery"] = measured[self.primary]
+                metrics["recovery_skipped"] = self.recovery_needless(plan, measured)
+                if not metrics["recovery_skipped"]:
+                    model = self.train(
+                        compressed,
+                        plan,
+                        seed=self.exp.seed + trial.number,
+                        checkpoint=None if needed is None else checkpoint,
+                    )
+                    measured = self.task.evaluate(model, "val", subset=True)
                 status = TrialStatus.TRAINED
             except StoppedEarly as stop:
                 # Completed with what the checkpoint saw (not trained to the end): the sampler

@@ -1,8 +1,9 @@
-"""One plan through the pipeline: build (no training), cost, train (recover), evaluate.
+"""One plan through the pipeline: build (no training), cost, prepare, train (recover), evaluate.
 
 `build` is deterministic for a given plan and task, so `apply` can rebuild a winner's structure
-and load its fine-tuned weights. `cost_of` and `train` are the one way to cost and to train a
-compressed model: the objective, the refine stage, the export and the benchmarks call them.
+and load its fine-tuned weights. `cost_of`, `prepare` and `train` are the one way to cost, to
+ready and to train a compressed model: the objective, the refine stage, the export and the
+benchmarks call them.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from torch import nn
 from spaces import CompressionPlan
 
 from .compress import Compressed, calibrate, compress, distillation_loss
-from .config import Recovery
+from .config import Recovery, Schedule
 from .hardware import CostReport, HardwareProfile, estimate_cost
-from .tasks import Task, fit
+from .tasks import Task, fit, reestimate_batchnorm
 
 # Activation ranges after recovery, and the calibration rows of an exported int8 model.
 CALIBRATION_ROWS = 256
 BUILD_ROWS = 64  # build: graph tracing, Taylor importance, first ranges (cheap first)
+BATCHNORM_ROWS = 512  # training rows that re-estimate a pruned network's BatchNorm statistics
 
 
 def build(plan: CompressionPlan, task: Task, *, calibrate: bool = True) -> Compressed:
@@ -60,6 +62,36 @@ def cost_of(compressed: Compressed, task: Task, profile: HardwareProfile) -> Cos
     )
 
 
+def recovery_kind(plan: CompressionPlan) -> str:
+    """What the plan asks of recovery (`config.RECOVERY_KINDS`): `student` (a compact network
+    from scratch), `structure` (the trained network pruned, sparsified or factorised) or
+    `quantize` (the trained network's own structure, at its bit widths)."""
+    if plan.architecture.family != "base":
+        return "student"
+    p, ranks = plan.prune, plan.lowrank.ranks
+    if (
+        p.global_ratio
+        or p.sparsity
+        or any(r > 0 for _, r in p.ratios)
+        or any(r < 1 for _, r in ranks)
+    ):
+        return "structure"
+    return "quantize"
+
+
+def prepare(compressed: Compressed, plan: CompressionPlan, task: Task) -> None:
+    """Ready a built model to run before any training: a pruned or factorised network's
+    BatchNorm statistics re-estimated on training rows, then the activation ranges set on
+    the calibration rows (post-training quantization). Its accuracy now is the plan's
+    accuracy before recovery, and recovery starts from here."""
+    if recovery_kind(plan) == "structure":
+        rows = task.calibration_inputs(BATCHNORM_ROWS)
+        reestimate_batchnorm(compressed.model, rows, device=task.device)
+        compressed.model.cpu()
+    if compressed.activation_bits < 32:
+        calibrate(compressed.model, task.calibration_inputs(CALIBRATION_ROWS))
+
+
 def checkpoint_epoch(epochs: int) -> int | None:
     """The recovery epoch (or step) after which early stop is judged: half of them (None: a
     recovery of one epoch has no point before its end to judge at).
@@ -69,14 +101,12 @@ def checkpoint_epoch(epochs: int) -> int | None:
     return epochs // 2 if epochs >= 2 else None
 
 
-def recovery_budget(
+def recovery_schedule(
     recovery: Recovery, plan: CompressionPlan, *, refine: bool = False
-) -> tuple[int, int | None, float]:
-    """Epochs, steps (None: count epochs) and learning rate of one recovery of `plan`:
-    students, from scratch, get their own; `refine` the refine stage's."""
-    student = plan.architecture.family != "base"
-    epochs, lr = recovery.schedule(student, refine=refine)
-    return epochs, recovery.steps_for(student, refine=refine), lr
+) -> Schedule:
+    """One recovery of `plan`: its budget, learning rate, warm-up and BatchNorm freeze by its
+    kind (`recovery_kind`); `refine` the refine stage's."""
+    return recovery.schedule(recovery_kind(plan), refine=refine)
 
 
 def train(
@@ -93,13 +123,14 @@ def train(
     on_progress: Callable[[int, nn.Module], None] | None = None,
     checkpoint: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Recovery: `steps` or `epochs`, at `lr` (each defaults to `recovery_budget`'s).
+    """Recovery: `steps` or `epochs`, at `lr` (each defaults to `recovery_schedule`'s, as do
+    the warm-up and the BatchNorm freeze). Starts from the model as it is: `prepare` it first.
     `on_progress(done, model)` runs after every epoch (or step) but the last;
     `checkpoint(done, model)` once, after `checkpoint_epoch(budget)` of them (never for a
     budget of one), and may raise to stop."""
-    default_epochs, default_steps, default_lr = recovery_budget(recovery, plan, refine=refine)
+    schedule = recovery_schedule(recovery, plan, refine=refine)
     if epochs is None and steps is None:
-        epochs, steps = default_epochs, default_steps
+        epochs, steps = schedule.epochs, schedule.steps
     at = checkpoint_epoch(steps if steps is not None else (epochs or 0))
 
     def progress(done: int, model: nn.Module) -> None:
@@ -115,7 +146,9 @@ def train(
         task,
         epochs=epochs or 0,
         steps=steps,
-        lr=default_lr if lr is None else lr,
+        lr=schedule.lr if lr is None else lr,
+        warmup=schedule.warmup,
+        freeze_bn=schedule.freeze_bn,
         batch_size=recovery.batch_size,
         seed=seed,
         on_epoch=hook if steps is None else None,
@@ -133,12 +166,15 @@ def recover(
     batch_size: int,
     seed: int,
     steps: int | None = None,
+    warmup: float = 0.0,
+    freeze_bn: float | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Fine-tune with the plan's distillation loss against the base model (the teacher).
 
-    `steps` (optimizer steps) replaces `epochs` when given. `on_epoch(epochs_done, model)` /
+    `steps` (optimizer steps) replaces `epochs` when given; `warmup` and `freeze_bn` are
+    fractions of the steps (see `fit`). `on_epoch(epochs_done, model)` /
     `on_step(steps_done, model)` run after each epoch / step but the last (see `fit`). Runs
     on the task's device, mixed precision there when it is a GPU; returns the model on the
     CPU."""
@@ -149,6 +185,8 @@ def recover(
         epochs=epochs,
         steps=steps,
         lr=lr,
+        warmup=warmup,
+        freeze_bn=freeze_bn,
         batch_size=batch_size,
         seed=seed,
         device=task.device,

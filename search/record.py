@@ -95,7 +95,19 @@ COST_KEYS = (
     "latency_ms",
 )
 # Metrics the schema stores per trial; trials.csv always has these columns, in this order.
-METRIC_KEYS = ("accuracy", "recall", "f1", ACCURACY_DROP, *COST_KEYS, "build_s", "train_s")
+# accuracy_before_recovery: the primary metric right after build (`pipeline.prepare`);
+# recovery_skipped: it was already within `recovery.skip_within` of the base, so not trained.
+METRIC_KEYS = (
+    "accuracy",
+    "recall",
+    "f1",
+    ACCURACY_DROP,
+    "accuracy_before_recovery",
+    "recovery_skipped",
+    *COST_KEYS,
+    "build_s",
+    "train_s",
+)
 
 
 class _Objective(Protocol):

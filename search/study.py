@@ -26,7 +26,7 @@ from ._resources import resolve
 from .config import Experiment
 from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
-from .pipeline import recovery_budget
+from .pipeline import prepare, recovery_schedule
 from .record import TrialStatus, status_of, trial_feasible
 from .storage import check_storage_url, fail_orphaned_trials, first_line, public_url
 from .validate import check_space_runs_on
@@ -394,12 +394,14 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
     refined = dict(study.user_attrs.get("refined", {}))
     for t in front[: exp.recovery.refine_top_k]:
         plan = CompressionPlan.from_dict(t.user_attrs["plan"])
-        epochs, steps, _ = recovery_budget(exp.recovery, plan, refine=True)
+        schedule = recovery_schedule(exp.recovery, plan, refine=True)
+        epochs, steps = schedule.epochs, schedule.steps
         budget = {"epochs": epochs} if steps is None else {"epochs": epochs, "steps": steps}
         done = refined.get(str(t.number), {})
         if (done.get("epochs"), done.get("steps")) == (epochs, steps):
             continue
         compressed, _ = objective.build_and_cost(plan)
+        prepare(compressed, plan, objective.task)
         model = objective.train(compressed, plan, seed=exp.seed + t.number, refine=True)
         metrics = objective.task.evaluate(model, "val")  # the whole validation split
         path = objective.save_weights(model, t.number, suffix="-refined")

@@ -40,14 +40,29 @@ def test_recovery_knobs_parse(tmp_path, in_tmp):
 
 
 def test_recovery_schedule_per_plan_kind():
-    rec = Recovery(epochs=3, student_epochs=10, lr=0.005, student_lr=0.01)
-    assert rec.schedule(False) == (3, 0.005)
-    assert rec.schedule(True) == (10, 0.01)
-    assert Recovery(epochs=3, refine_epochs=8).schedule(False, refine=True)[0] == 8
+    rec = Recovery(epochs=3, student_epochs=10, lr=0.005, quant_lr=0.0002, student_lr=0.01)
+    quant, structure, student = (rec.schedule(k) for k in ("quantize", "structure", "student"))
+    assert (quant.epochs, quant.lr) == (3, 0.0002)
+    assert (structure.epochs, structure.lr) == (3, 0.005)
+    assert (student.epochs, student.lr) == (10, 0.01)
+    # A quantize-only plan keeps its trained BatchNorm statistics from the start; a pruned one
+    # freezes them after `freeze_bn` of its recovery; a student (from scratch) never does.
+    assert (quant.freeze_bn, structure.freeze_bn, student.freeze_bn) == (0.0, rec.freeze_bn, None)
+    assert Recovery(epochs=3, refine_epochs=8).schedule("structure", refine=True).epochs == 8
     # The refine stage never trains shorter than the search did.
-    assert Recovery(epochs=12, refine_epochs=8).schedule(False, refine=True)[0] == 12
+    assert Recovery(epochs=12, refine_epochs=8).schedule("quantize", refine=True).epochs == 12
     long_students = Recovery(student_epochs=40, refine_student_epochs=30)
-    assert long_students.schedule(True, refine=True)[0] == 40
+    assert long_students.schedule("student", refine=True).epochs == 40
+
+
+def test_recovery_keys_are_checked(tmp_path):
+    rec = {"quant_lr": 0.0003, "warmup": 0.2, "freeze_bn": 0.75, "skip_within": None}
+    exp = load_experiment(write(tmp_path, {"name": "x", "recovery": rec}))
+    r = exp.recovery
+    assert (r.quant_lr, r.warmup, r.freeze_bn, r.skip_within) == (0.0003, 0.2, 0.75, None)
+    for key, bad in (("warmup", 1.5), ("freeze_bn", -0.1), ("skip_within", "a"), ("quant_lr", 0)):
+        with pytest.raises(ConfigError, match=f"recovery.{key}"):
+            load_experiment(write(tmp_path, {"name": "x", "recovery": {key: bad}}))
 
 
 def test_builtin_experiment_resolves_by_name():

@@ -108,7 +108,8 @@ def test_a_hopeless_plan_stops_at_the_checkpoint(
     # Accuracy floor = the base accuracy, and a margin no plan can meet: every trained plan
     # is hopeless at its checkpoint.
     monkeypatch.setattr(search.objective, "EARLY_STOP_MARGIN", -1.0)
-    exp = tiny(in_tmp, trials=3, max_accuracy_drop=0.0, recovery={"epochs": 4, "lr": 0.01})
+    recovery = {"epochs": 4, "lr": 0.01, "skip_within": None}  # every plan is fine-tuned
+    exp = tiny(in_tmp, trials=3, max_accuracy_drop=0.0, recovery=recovery)
     result = run_search(exp, progress=False, log=lambda _m: None)
 
     trials = result.study.get_trials(states=(TrialState.COMPLETE,))
@@ -129,7 +130,7 @@ def test_a_hopeless_plan_stops_at_the_checkpoint(
         out="run-off",
         trials=2,
         max_accuracy_drop=0.0,
-        recovery={"epochs": 4, "lr": 0.01, "early_stop": False},
+        recovery={**recovery, "early_stop": False},
     )
     result = run_search(exp, progress=False, log=lambda _m: None)
     statuses = {t.user_attrs.get("status") for t in result.study.get_trials()}

@@ -35,7 +35,12 @@ import torch  # noqa: E402
 
 from search.config import parse_experiment  # noqa: E402
 from search.objective import EARLY_STOP_MARGIN, TrialObjective  # noqa: E402
-from search.pipeline import checkpoint_epoch, recovery_budget, train  # noqa: E402
+from search.pipeline import (  # noqa: E402
+    checkpoint_epoch,
+    prepare,
+    recovery_schedule,
+    train,
+)
 from search.study import load_space, load_target  # noqa: E402
 from search.tasks import load_task  # noqa: E402
 
@@ -66,7 +71,8 @@ def curves(task_name: str, n_plans: int, seed: int) -> tuple[float, list[dict], 
         plan = objective.suggest(trial)
         compressed, _ = objective.build_and_cost(plan)
         student = plan.architecture.family != "base"
-        epochs, _, _ = recovery_budget(rec, plan)
+        epochs = recovery_schedule(rec, plan).epochs
+        prepare(compressed, plan, task)
         seen: list[float] = []
         t0 = time.perf_counter()
         model = train(

@@ -380,7 +380,7 @@ def baselines(seed: int, refine: Mapping[str, int] = REFINE) -> dict[str, Any]:
     """The hand-made plans, built, trained for the refine budget, costed, scored."""
     from search.compress import build_student, compressible_layers
     from search.hardware import estimate_cost, load_profile
-    from search.pipeline import build, cost_of, train
+    from search.pipeline import build, cost_of, prepare, recovery_schedule, train
     from search.tasks import load_task
     from spaces import ArchitectureConfig, PruneConfig, QuantizeConfig
 
@@ -414,11 +414,12 @@ def baselines(seed: int, refine: Mapping[str, int] = REFINE) -> dict[str, Any]:
     for name, plan in plans.items():
         compressed = build(plan, task)
         cost = cost_of(compressed, task, profile)
+        prepare(compressed, plan, task)
         model = train(compressed, plan, task, exp.recovery, seed=seed, refine=True)
         out[name] = {
             **cost.metrics(),
             "plan": plan.describe(),
-            "epochs": exp.recovery.schedule(plan.architecture.family != "base", refine=True)[0],
+            "epochs": recovery_schedule(exp.recovery, plan, refine=True).epochs,
             "val_accuracy": task.evaluate(model, "val")["accuracy"],
             "test_accuracy": task.evaluate(model, "test")["accuracy"],
         }

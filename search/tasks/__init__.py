@@ -4,7 +4,14 @@ from ._data import DataSplit
 from ._digits import DigitsCNN, digits_splits
 from ._gratings import GratingsCNN, gratings_splits
 from ._task import Task, file_sha256, load_state_dict_file, load_task
-from ._train import TrainingDiverged, classification_metrics, evaluate_split, fit, predict
+from ._train import (
+    TrainingDiverged,
+    classification_metrics,
+    evaluate_split,
+    fit,
+    predict,
+    reestimate_batchnorm,
+)
 
 __all__ = [
     "DataSplit",
@@ -21,4 +28,5 @@ __all__ = [
     "load_state_dict_file",
     "load_task",
     "predict",
+    "reestimate_batchnorm",
 ]

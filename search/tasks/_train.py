@@ -40,6 +40,52 @@ def budget_steps(data: DataSplit, *, epochs: int, steps: int | None, batch_size:
     return epochs * math.ceil(len(data) / batch_size)
 
 
+def warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor at each step: linear warm-up over `warmup` steps, then a cosine
+    decay to 0 at `total` (plain cosine annealing when `warmup` is 0)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return factor
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: it normalises with its running statistics, as
+    the deployed (folded) network does, and stops updating them. `model.train()` undoes it."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@torch.no_grad()
+def reestimate_batchnorm(
+    model: nn.Module, inputs: Tensor, *, batch_size: int = 64, device: str = "cpu"
+) -> None:
+    """Recompute every BatchNorm layer's running statistics on `inputs` ("adaptive BN",
+    EagleEye, ECCV 2020): pruning or factorising a layer shifts what the next BatchNorm sees,
+    and its trained statistics no longer fit. Everything else stays in eval mode; the model
+    ends in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    model.to(device).eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch, not an EMA
+        m.train()
+    try:
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
 def autocast_dtype(device: str) -> torch.dtype:
     """bfloat16 where the GPU has it (no loss scaling needed), else float16 with scaling."""
     if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
@@ -54,6 +100,8 @@ def fit(
     epochs: int = 0,
     lr: float,
     steps: int | None = None,
+    warmup: float = 0.0,
+    freeze_bn: float | None = None,
     batch_size: int = 64,
     seed: int = 0,
     device: str = "cpu",
@@ -63,12 +111,16 @@ def fit(
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Train `model` in place with Adam and a cosine schedule, streaming `data` in batches.
+    """Train `model` in place with Adam, a linear warm-up and a cosine decay, streaming `data`
+    in batches.
 
     Args:
         data: the training split (or (x, y) tensors).
         epochs: passes over the data, unless `steps` is given.
         steps: optimizer steps (the data is read again from the start when it runs out).
+        warmup: the fraction of the steps with a linear learning-rate warm-up (0: none).
+        freeze_bn: the fraction of the steps after which BatchNorm statistics are frozen (0:
+            from the start, None: never); see `freeze_batchnorm`.
         amp: mixed precision on a GPU (autocast; loss scaling for float16); off on the CPU.
         teacher: `teacher(x, rows) -> logits` for a batch on `device` (`rows`: the batch's
             dataset indices, or None for a stream), passed to `loss_fn`.
@@ -82,17 +134,26 @@ def fit(
     total = budget_steps(split, epochs=epochs, steps=steps, batch_size=batch_size)
     if total <= 0:
         return model
-    model.to(device).train()
+    done = epoch = 0
+    freeze_bn_at = None if freeze_bn is None else round(freeze_bn * total)
+
+    def train_mode() -> None:
+        model.to(device).train()
+        if freeze_bn_at is not None and done >= freeze_bn_at:
+            freeze_batchnorm(model)
+
+    train_mode()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, min(round(warmup * total), total - 1))
+    )
     generator = torch.Generator().manual_seed(seed)
     loss_fn = loss_fn or (lambda s, _t, y: nn.functional.cross_entropy(s, y))
     device_type = torch.device(device).type
     use_amp = amp and device_type == "cuda"
     dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device_type, enabled=use_amp and dtype == torch.float16)
-    done = epoch = 0
     while done < total:
         read = 0
         for x, y, rows in split.batches(batch_size, shuffle=True, generator=generator):
@@ -115,13 +176,15 @@ def fit(
                 break
             if on_step is not None:
                 on_step(done, model)
-                model.to(device).train()
+                train_mode()
+            elif done == freeze_bn_at:
+                freeze_batchnorm(model)
         if read == 0:
             raise split.error("is empty")
         epoch += 1
         if steps is None and on_epoch is not None and done < total:
             on_epoch(epoch, model)
-            model.to(device).train()
+            train_mode()
     return model.eval()
 
 
