@@ -100,6 +100,8 @@ class Dim:
         return Dim(choices=kept) if kept else self
 
 
+# The switch that lets an operator's layers deviate from its plan-wide setting (`suggest`).
+VARY = "vary"
 _SCHEMA: dict[str, dict[str, tuple[Any, ...] | str]] = {
     "architecture": {"family": ARCH_FAMILIES, "width": "number", "depth": "int"},
     "lowrank": {"rank": "fraction", "mode": LOWRANK_MODES},
@@ -215,16 +217,86 @@ class SearchSpace:
         activation_bits: int = 32,
         offered: Mapping[str, Sequence[Any]] | None = None,
     ) -> dict[str, Any]:
-        """Trial parameters for a hand-made recipe, for `study.enqueue_trial` (warm start).
+        """Trial parameters for a hand-made recipe, for `study.enqueue_trial` (warm start):
+        one uniform setting per operator (see `plan_params`)."""
+        if family != "base":
+            params: dict[str, Any] = {}
+            put = self._putter(params, offered or {})
+            put("arch.family", "architecture", "family", family)
+            put("arch.width", "architecture", "width", width)
+            put("arch.depth", "architecture", "depth", 1)
+            put("act_bits", "quantize", "activation_bits", activation_bits)
+            put("bits.student", "quantize", "weight_bits", weight_bits)
+            return params
+        return self.plan_params(
+            layers,
+            bits={x.name: weight_bits for x in layers},
+            prune={x.name: prune for x in layers if x.prunable},
+            importance=importance,
+            activation_bits=activation_bits,
+            offered=offered,
+        )
+
+    def plan_params(
+        self,
+        layers: Sequence[LayerInfo],
+        *,
+        bits: Mapping[str, int] | None = None,
+        prune: Mapping[str, float] | None = None,
+        ranks: Mapping[str, float] | None = None,
+        importance: str = "l1",
+        activation_bits: int = 32,
+        offered: Mapping[str, Sequence[Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Trial parameters (`suggest`'s names) for a plan of the user's own network with
+        these per-layer settings (the rest at none), for `study.enqueue_trial`.
 
         Each value snaps to the nearest one the space offers, so the enqueued trial is a point
-        of this space. `layers` are those of the network the family yields; `offered` narrows
-        a dimension as `suggest` does (e.g. `{"weight_bits": profile.weight_bits}`).
+        of this space; `offered` narrows a dimension as `suggest` does (e.g.
+        `{"weight_bits": profile.weight_bits}`). An operator whose layers all share a setting
+        is uniform (`vary` off).
         """
         params: dict[str, Any] = {}
-        offered = offered or {}
+        put = self._putter(params, offered or {})
+        put("arch.family", "architecture", "family", "base")
+        put("act_bits", "quantize", "activation_bits", activation_bits)
+        put("lowrank.mode", "lowrank", "mode", "svd")
+        put("prune.mode", "prune", "mode", "per_layer")
+        put("prune.importance", "prune", "importance", importance)
+        put("prune.sparsity", "prune", "sparsity", 0.0)
+        ranks = ranks or {}
+        prune = prune or {}
+        bits = bits or {}
+        for prefix, section, key, default, eligible in (
+            ("rank", "lowrank", "rank", 1.0, [x.name for x in layers if x.factorizable]),
+            ("prune", "prune", "ratio", 0.0, [x.name for x in layers if x.prunable]),
+            ("bits", "quantize", "weight_bits", 32, [x.name for x in layers]),
+        ):
+            if section not in self.sections or not eligible:
+                continue
+            given = {"rank": ranks, "prune": prune, "bits": bits}[prefix]
+            per_layer: dict[str, Any] = {}
+            for name in eligible:
+                put(f"{prefix}.{name}", section, key, given.get(name, default), into=per_layer)
+            if not per_layer:  # a fixed setting: nothing to choose
+                continue
+            values = list(per_layer.values())
+            common = max(set(values), key=values.count)
+            params[f"{prefix}.all"] = common
+            params[f"{prefix}.{VARY}"] = len(set(values)) > 1
+            if params[f"{prefix}.{VARY}"]:
+                params.update(per_layer)
+        return params
 
-        def put(name: str, section: str, key: str, value: Any) -> None:
+    def _putter(
+        self, params: dict[str, Any], offered: Mapping[str, Sequence[Any]]
+    ) -> Callable[..., None]:
+        """`put(name, section, key, value)`: store `value`, snapped to the nearest value the
+        space (narrowed by `offered`) has, unless the space fixes it or lacks the section."""
+
+        def put(
+            name: str, section: str, key: str, value: Any, into: dict[str, Any] | None = None
+        ) -> None:
             if section not in self.sections:
                 return
             dim = self.dim(section, key, value)
@@ -238,27 +310,9 @@ class SearchSpace:
                 if not numeric or isinstance(value, str):
                     return
                 value = min(numeric, key=lambda v: abs(v - value))
-            params[name] = value
+            (params if into is None else into)[name] = value
 
-        put("arch.family", "architecture", "family", family)
-        if family != "base":
-            put("arch.width", "architecture", "width", width)
-            put("arch.depth", "architecture", "depth", 1)
-        put("act_bits", "quantize", "activation_bits", activation_bits)
-        if family != "base":
-            put("bits.student", "quantize", "weight_bits", weight_bits)
-            return params
-        put("lowrank.mode", "lowrank", "mode", "svd")
-        put("prune.mode", "prune", "mode", "per_layer")
-        put("prune.importance", "prune", "importance", importance)
-        put("prune.sparsity", "prune", "sparsity", 0.0)
-        for layer in layers:
-            if layer.factorizable:
-                put(f"rank.{layer.name}", "lowrank", "rank", 1.0)
-            if layer.prunable:
-                put(f"prune.{layer.name}", "prune", "ratio", prune)
-            put(f"bits.{layer.name}", "quantize", "weight_bits", weight_bits)
-        return params
+        return put
 
     def suggest(
         self,
@@ -274,6 +328,12 @@ class SearchSpace:
             trial: an Optuna trial (or `optuna.trial.FixedTrial` in tests).
             layers_for: the compressible layers of the network an architecture choice yields.
             weight_bits / activation_bits: precisions the target runs; others are not offered.
+
+        On the user's own network each per-layer operator (bits, prune ratio, kept rank) is
+        one plan-wide setting (`bits.all`) and a switch (`bits.vary`): off, every layer takes
+        the plan-wide setting, so a uniform plan is one choice away; on, each layer draws its
+        own (`bits.<layer>`), so the per-layer freedom stays. (Drawn layer by layer alone, a
+        uniform plan of 10 layers had odds of 2^-10.)
 
         A student is already the compact network: its width and depth are its size, and it
         gets one shared bit width for all its layers (`bits.student`). Low-rank, pruning and
@@ -293,8 +353,14 @@ class SearchSpace:
         shared = arch.family != "base"
 
         def per_layer(prefix: str, dim: Dim, eligible: Sequence[LayerInfo]) -> dict[str, Any]:
+            if not eligible:
+                return {}
             if shared:
                 value = dim.suggest(trial, f"{prefix}.student")
+                return {layer.name: value for layer in eligible}
+            value = dim.suggest(trial, f"{prefix}.all")
+            single = len(dim.values()) == 1
+            if single or not trial.suggest_categorical(f"{prefix}.{VARY}", (False, True)):
                 return {layer.name: value for layer in eligible}
             return {layer.name: dim.suggest(trial, f"{prefix}.{layer.name}") for layer in eligible}
 

@@ -94,11 +94,18 @@ def test_joint_space_suggests_per_layer_decisions():
         "act_bits": 8,
         "distill.alpha": 0.5,
         "distill.temperature": 2.0,
+        # Each operator: a plan-wide setting, and layers that deviate from it when `vary` is on.
+        "rank.all": 1.0,
+        "rank.vary": True,
         "rank.conv1": 0.5,
         "rank.conv2": 1.0,
         "rank.fc": 1.0,
+        "prune.all": 0.0,
+        "prune.vary": True,
         "prune.conv1": 0.3,
         "prune.conv2": 0.0,
+        "bits.all": 8,
+        "bits.vary": True,
         "bits.conv1": 4,
         "bits.conv2": 8,
         "bits.fc": 8,
@@ -211,4 +218,38 @@ def test_recipe_params_replay_as_the_recipe():
     assert all(r == 1.0 for _, r in plan.lowrank.ranks)
     # A value the target does not run snaps to the nearest one it does.
     fp32 = space.recipe_params(LAYERS, offered={"weight_bits": (8, 16)})
-    assert fp32["bits.conv1"] == 16
+    assert fp32["bits.all"] == 16 and fp32["bits.vary"] is False
+
+
+def test_a_uniform_plan_is_one_choice_away():
+    """Plan-wide settings: about half of random plans are uniform in each operator (a per-layer
+    draw of 3 layers alone would make a uniform bit width 1 in 25), and the per-layer freedom
+    stays: varying plans do mix bit widths."""
+    space = SearchSpace.from_dict(
+        {"quantize": {"weight_bits": [2, 4, 8, 16, 32]}, "prune": {"ratio": [0.0, 0.3, 0.5]}}
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    uniform = mixed = 0
+    for _ in range(200):
+        trial = study.ask()
+        plan = space.suggest(trial, layers_for)
+        bits = {b for _, b in plan.quantize.weight_bits}
+        uniform += len(bits) == 1 and not trial.params["bits.vary"]
+        mixed += len(bits) > 1
+        assert trial.params["bits.vary"] or bits == {trial.params["bits.all"]}
+        study.tell(trial, 0.0)
+    assert 70 <= uniform <= 130 and mixed >= 50
+    fixed = space.suggest(
+        optuna.trial.FixedTrial(
+            {
+                "bits.all": 8,
+                "bits.vary": False,
+                "prune.mode": "per_layer",
+                "prune.all": 0.5,
+                "prune.vary": False,
+            }
+        ),
+        layers_for,
+    )
+    assert {b for _, b in fixed.quantize.weight_bits} == {8}
+    assert {r for _, r in fixed.prune.ratios} == {0.5}
