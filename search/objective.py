@@ -328,9 +328,9 @@ class TrialObjective:
         write_attrs(trial, {"sample_s": round(sample_s, 4), "build_s": round(build_s, 4)})
 
         if any(v > 0 for v in constraints.values()):
-            # Over budget: record the real cost, never train. Accuracy is reported as 0.0.
+            # Over budget: record the real cost, never train. Accuracy is not measured.
             status = TrialStatus.OVER_BUDGET
-            measured = {self.primary: 0.0}
+            measured: dict[str, float] = {}
             metrics.update({k: None for k in ("accuracy", "recall", "f1")})
         else:
             t1 = time.perf_counter()
@@ -377,10 +377,19 @@ class TrialObjective:
             if status is TrialStatus.TRAINED and self.weights_dir is not None:
                 write_attrs(trial, {"weights": str(self.save_weights(model, trial.number))})
 
-        drop = self.baseline.metrics[self.primary] - measured[self.primary]
-        metrics[ACCURACY_DROP] = drop
-        if self.exp.max_accuracy_drop is not None:
-            constraints[ACCURACY_DROP] = drop - self.exp.max_accuracy_drop
+        if self.primary in measured:
+            drop = self.baseline.metrics[self.primary] - measured[self.primary]
+            metrics[ACCURACY_DROP] = drop
+            if self.exp.max_accuracy_drop is not None:
+                constraints[ACCURACY_DROP] = drop - self.exp.max_accuracy_drop
+        else:
+            # Unmeasured, so no violation is invented: the sampler ranks an over-budget plan by
+            # its budget violations alone. (Constraint-aware samplers rank infeasible trials by
+            # their summed violation and never read their objective values, so the accuracy
+            # Optuna must be given for it, 0.0, steers nothing.)
+            metrics[ACCURACY_DROP] = None
+            if self.exp.max_accuracy_drop is not None:
+                constraints[ACCURACY_DROP] = 0.0
         write_outcome(
             trial,
             status,

@@ -32,6 +32,7 @@ __all__ = [
     "LIMITED_BY",
     "METRIC_KEYS",
     "UNTRAINED",
+    "COUNTED",
     "BudgetMetric",
     "TrialRecord",
     "TrialStatus",
@@ -81,6 +82,10 @@ UNTRAINED = (
     TrialStatus.STOPPED_EARLY,
     TrialStatus.DUPLICATE,
 )
+# The statuses that count toward the experiment's `trials`: plans trained (or evaluated after
+# build and found lossless), including those stopped early. Over-budget proposals and repeats
+# cost well under a second, so they do not use up the budget of trainings.
+COUNTED = (TrialStatus.TRAINED, TrialStatus.STOPPED_EARLY)
 # Metrics that are an accuracy in [0, 1]: drops, floors and early-stop margins are in their units.
 ACCURACY_METRICS = ("accuracy", "f1", "recall")
 ACCURACY_DROP = "accuracy_drop"

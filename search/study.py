@@ -27,12 +27,15 @@ from .config import Experiment
 from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
 from .pipeline import prepare, recovery_schedule
-from .record import TrialStatus, status_of, trial_feasible
+from .record import COUNTED, TrialStatus, status_of, trial_feasible
 from .storage import check_storage_url, fail_orphaned_trials, first_line, public_url
 from .validate import check_space_runs_on
 
 HEARTBEAT_S = 10
 GRACE_S = 30
+# Proposals in a row that use no training (over budget, repeats) before the search gives up:
+# the sampler is asked again after each, but budgets out of reach of the space would never end.
+PROPOSALS_PER_TRAINING = 50
 
 
 def _sqlite_fast_commits(dbapi_connection: Any, _record: Any) -> None:
@@ -137,6 +140,8 @@ def check_targets(exp: Experiment, study: optuna.Study, profiles: list[HardwareP
 
 @dataclass
 class SearchResult:
+    """What a search did: `completed` proposals, of which `trainings` count toward `trials`."""
+
     study: optuna.Study
     run_dir: Path
     storage_url: str
@@ -145,6 +150,17 @@ class SearchResult:
     failed: int
     stopped_early: int = 0
     duplicates: int = 0
+    trainings: int = 0
+    recovery_skipped: int = 0
+
+    def line(self) -> str:
+        """The summary a run prints: trainings first, then what the proposals cost."""
+        return (
+            f"{self.trainings} trainings ({self.stopped_early} stopped early, "
+            f"{self.recovery_skipped} already within the base's accuracy, not fine-tuned) from "
+            f"{self.completed} proposals ({self.over_budget} over budget, not trained; "
+            f"{self.duplicates} repeats answered from the first trial); {self.failed} failed"
+        )
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -152,12 +168,14 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def counted(trials: Sequence[FrozenTrial]) -> int:
-    """Completed trials that count toward the experiment's `trials`: every evaluated plan.
+    """Completed trials that count toward the experiment's `trials`: the trainings.
 
-    A plan the sampler proposes again is answered from the earlier trial in milliseconds
-    (status `duplicate`) and does not count, so `trials` is the number of distinct plans.
+    A plan over budget is costed and recorded in under a second, and a plan the sampler
+    proposes again is answered from the earlier trial; neither counts, and the sampler is asked
+    again. So `trials` is the number of plans trained (stopped early included): on a real model
+    each costs minutes to hours, and that is the budget a user sets (`record.COUNTED`).
     """
-    return sum(status_of(t) is not TrialStatus.DUPLICATE for t in trials)
+    return sum(status_of(t) in COUNTED for t in trials)
 
 
 def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
@@ -208,7 +226,7 @@ def open_study(exp: Experiment, *, create: bool = True) -> optuna.Study:
 
 
 class _Progress:
-    """tqdm bar: trials done / total, feasible count, best accuracy so far, ETA."""
+    """tqdm bar: trainings done / total, proposals, over budget, feasible, best, ETA."""
 
     def __init__(self, study: optuna.Study, total: int, primary: str, enabled: bool) -> None:
         from tqdm.auto import tqdm
@@ -218,7 +236,7 @@ class _Progress:
         self.bar = tqdm(
             total=total,
             initial=min(done, total),
-            unit="trial",
+            unit="training",
             disable=not enabled,
             dynamic_ncols=True,
             desc="search",
@@ -238,10 +256,11 @@ class _Progress:
             trials = completed(study)
         feasible = [t for t in trials if trial_feasible(t)]
         best = max((t.user_attrs.get(self.primary) or 0.0 for t in feasible), default=None)
-        skipped = sum(status_of(t) is TrialStatus.OVER_BUDGET for t in trials)
+        rejected = sum(status_of(t) is TrialStatus.OVER_BUDGET for t in trials)
         self.bar.set_postfix(
+            proposals=len(trials),
+            over_budget=rejected,
             feasible=len(feasible),
-            over_budget=skipped,
             best=f"{best:.4f}" if best is not None else "-",
             refresh=False,
         )
@@ -316,18 +335,19 @@ def run_search(
     if not worker and not study.trials:
         warm_start(study, objective)
     bar = _Progress(study, exp.trials, objective.primary, progress)
-    failed_here = repeats_here = 0
+    failed_here = idle_in_a_row = 0
+    gave_up = False
 
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
-        nonlocal failed_here, repeats_here
+        nonlocal failed_here, idle_in_a_row, gave_up
         failed_here += trial.state == TrialState.FAIL
-        repeats_here += status_of(trial) is TrialStatus.DUPLICATE
+        idle_in_a_row = 0 if status_of(trial) in COUNTED else idle_in_a_row + 1
         trials = completed(study)
         bar.update(study, trial, trials)
-        # Enough plans, or failing trials, or a sampler that keeps proposing plans it has seen
-        # (counted in this process): stop rather than loop forever.
-        limit = max(exp.trials, 10)
-        if counted(trials) >= exp.trials or max(failed_here, repeats_here) >= limit:
+        # Enough trainings, or failing trials, or a sampler that keeps proposing plans over
+        # budget or seen before (counted in this process): stop rather than loop forever.
+        gave_up = idle_in_a_row >= PROPOSALS_PER_TRAINING
+        if counted(trials) >= exp.trials or failed_here >= max(exp.trials, 10) or gave_up:
             study.stop()
 
     started = time.perf_counter()
@@ -340,6 +360,11 @@ def run_search(
             gc_after_trial=False,
         )
     bar.close()
+    if gave_up:
+        log(
+            f"search: {PROPOSALS_PER_TRAINING} proposals in a row were over budget or repeats; "
+            "stopping (the budgets may be out of reach of this space)"
+        )
     if getattr(objective, "config_error", None) is not None:  # bad data met mid-search
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)
@@ -356,12 +381,7 @@ def run_search(
             failed=0,
         )
     )
-    log(
-        f"search: {result.completed} trials complete ({result.over_budget} over budget, not "
-        f"trained; {result.stopped_early} stopped early; {result.failed} failed; repeats "
-        f"answered from the first trial: {result.duplicates}) in "
-        f"{time.perf_counter() - started:.0f} s"
-    )
+    log(f"search: {result.line()} in {time.perf_counter() - started:.0f} s")
     return result
 
 
@@ -373,6 +393,8 @@ def tally(result: SearchResult) -> SearchResult:
     result.over_budget = status.count(TrialStatus.OVER_BUDGET)
     result.stopped_early = status.count(TrialStatus.STOPPED_EARLY)
     result.duplicates = status.count(TrialStatus.DUPLICATE)
+    result.trainings = sum(s in COUNTED for s in status)
+    result.recovery_skipped = sum(bool(t.user_attrs.get("recovery_skipped")) for t in trials)
     result.failed = len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return result
 

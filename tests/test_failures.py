@@ -59,8 +59,8 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(
         assert attrs["fail_reason"].startswith(reason), attrs["fail_reason"]
         assert attrs["status"] == "failed"
         assert "plan" in attrs  # what was being tried is kept beside why it failed
-    # The search went on past every failure to the requested number of completed trials.
-    assert result.completed == 5 and result.failed == len(FAULTS)
+    # The search went on past every failure to the requested number of trainings.
+    assert result.trainings == 5 and result.failed == len(FAULTS)
     assert max(t.number for t in trials if t.state == TrialState.COMPLETE) > max(FAULTS)
 
     paths = write_outputs(load_run(result.storage_url, exp.name), result.run_dir)
