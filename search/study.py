@@ -333,7 +333,7 @@ def run_search(
     fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
 
     if not worker and not study.trials:
-        warm_start(study, objective)
+        warm_start(study, objective, log=log)
     bar = _Progress(study, exp.trials, objective.primary, progress)
     failed_here = idle_in_a_row = 0
     gave_up = False
@@ -441,7 +441,8 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
     study.set_user_attr("refined", refined)
 
 
-# The usual manual recipes, tried first so the front always holds them or something better.
+# Hand-made recipes: the start of a multi-target study, and of one whose budgets no plan of the
+# user's network reaches (a student is then the way in).
 RECIPES: dict[str, dict[str, Any]] = {
     "uncompressed": {},
     "int8": {"weight_bits": 8, "activation_bits": 8},
@@ -450,18 +451,53 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def warm_start(study: optuna.Study, objective: Any) -> None:
-    """Enqueue the manual recipes (snapped to the space) as the first trials of a new study."""
+def warm_start(study: optuna.Study, objective: Any, *, log: Callable[[str], None] = print) -> None:
+    """Enqueue the first trials of a new study: plans of the user's network made for the
+    budgets (`search.allocate`: at 100 %, 70 % and 50 % of the latency budget), with the
+    layer sensitivities they came from stored for the report; a multi-target study, or one
+    whose budgets no such plan meets, starts from the hand-made `RECIPES`."""
+    from . import allocate
+
+    families = objective.space.dim("architecture", "family", "base").values()
+    if not getattr(objective, "profiles", None) and "base" in families:
+        log("budget-aware start: measuring each layer's sensitivity (no training)")
+        sens = allocate.measure(objective, log=log)
+        plans = allocate.budget_plans(objective, sens)
+        study.set_user_attr("sensitivities", sens.table())
+        study.set_user_attr("sensitivity_s", round(sens.seconds, 2))
+        from spaces import ArchitectureConfig
+
+        layers = objective.layers_for(ArchitectureConfig())
+        for p in plans:
+            q = p.plan.quantize
+            params = objective.space.plan_params(
+                layers,
+                bits=dict(q.weight_bits),
+                prune=dict(p.plan.prune.ratios),
+                ranks=dict(p.plan.lowrank.ranks),
+                activation_bits=q.activation_bits,
+                offered=objective.offered_bits,
+            )
+            name = f"budget fit: {p.fraction:.0%} of the latency budget"
+            study.enqueue_trial(params, user_attrs={"recipe": name})
+        log(
+            f"budget-aware start: {len(plans)} plans enqueued; sensitivities of "
+            f"{len(sens.table())} layer settings in {sens.seconds:.1f} s"
+        )
+        if plans:
+            return
+    _enqueue_recipes(study, objective, families)
+
+
+def _enqueue_recipes(study: optuna.Study, objective: Any, families: Sequence[Any]) -> None:
     from spaces import ArchitectureConfig
 
-    space = objective.space
-    families = space.dim("architecture", "family", "base").values()
     for name, recipe in RECIPES.items():
         family = recipe.get("family", "base")
         if family not in families:
             continue
         arch = ArchitectureConfig(family=family, width=recipe.get("width", 1.0))
-        params = space.recipe_params(
+        params = objective.space.recipe_params(
             objective.layers_for(arch), offered=objective.offered_bits, **recipe
         )
         study.enqueue_trial(params, user_attrs={"recipe": name})
