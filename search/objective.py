@@ -334,9 +334,10 @@ class TrialObjective:
             metrics.update({k: None for k in ("accuracy", "recall", "f1")})
         else:
             t1 = time.perf_counter()
-            needed = (
-                self.needed_accuracy(trial.study, cost) if self.exp.recovery.early_stop else None
-            )
+            # Students are never stopped early: from scratch, halfway through a short recovery
+            # says little (experiments/results/early_stop_gratings.md).
+            judged = self.exp.recovery.early_stop and recovery_kind(plan) != "student"
+            needed = self.needed_accuracy(trial.study, cost) if judged else None
 
             student = plan.architecture.family != "base"
             unit = "epoch" if self.exp.recovery.steps_for(student) is None else "step"

@@ -198,3 +198,14 @@ def test_run_search_takes_an_objective_class(in_tmp: Path) -> None:
         plan_key(CompressionPlan.from_dict(plans[0]))
         == result.study.trials[0].user_attrs["plan_key"]
     )
+
+
+def test_a_student_is_never_stopped_early(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same impossible bar as above, but every plan is a student: it trains to the end.
+    monkeypatch.setattr(search.objective, "EARLY_STOP_MARGIN", -1.0)
+    space = {"name": "s", "architecture": {"family": ["mobilenetv2"], "width": [0.25, 0.5]}}
+    recovery = {"epochs": 2, "student_epochs": 2, "skip_within": None}
+    exp = tiny(in_tmp, space=space, trials=2, max_accuracy_drop=0.0, recovery=recovery)
+    result = run_search(exp, progress=False, log=lambda _m: None)
+    statuses = [t.user_attrs.get("status") for t in result.study.get_trials()]
+    assert "stopped_early" not in statuses and "trained" in statuses
