@@ -143,6 +143,7 @@ _TOP_KEYS = (
     "device",
     "latency",
     "budget_margin",
+    "larger_students",
     "recovery",
 )
 
@@ -249,6 +250,10 @@ def parse_experiment(data: Any, source: str) -> Experiment:
                 "budget_margin",
                 "bounds the predicted latency; with `latency: measured` use `none`",
             )
+    if "larger_students" in data:
+        if not isinstance(data["larger_students"], bool):
+            raise ConfigError(file, "larger_students", "must be true or false")
+        kwargs["larger_students"] = data["larger_students"]
     if "device" in data:
         kwargs["device"] = check_choice(file, "device", data["device"], ("cpu", "cuda"))
     if data.get("recovery") is not None:

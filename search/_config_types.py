@@ -163,6 +163,8 @@ class Experiment:
     device: str = "cpu"
     latency: str = "predicted"  # or "measured": ONNX Runtime on this machine (host target only)
     budget_margin: str = "none"  # "p90": check latency_ms against the profile's p90 bound
+    # Offer students with more weights than the user's network (a compressor rarely wants one).
+    larger_students: bool = False
     recovery: Recovery = field(default_factory=Recovery)
     storage_flag: bool = False  # the storage came from --storage, not the file (for messages)
 

@@ -134,7 +134,8 @@ class TrialObjective:
         *,
         weights_dir: Path | None = None,
     ) -> None:
-        self.exp, self.task, self.space, self.profile = exp, task, space, profile
+        self.exp, self.task, self.profile = exp, task, profile
+        self.space = space if exp.larger_students else self.smaller_students(space)
         self.budgets = {**profile.budgets, **exp.budgets}
         self.latency_margin = latency_margin(exp, profile)
         self.weights_dir = weights_dir
@@ -150,6 +151,28 @@ class TrialObjective:
         self.constraint_names = [*constraint_values(base_cost, self.budgets, profile=profile)]
         if exp.max_accuracy_drop is not None:
             self.constraint_names.append(ACCURACY_DROP)
+
+    def smaller_students(self, space: SearchSpace) -> SearchSpace:
+        """`space` offering each student family only the sizes (width, depth) with fewer
+        weights than the user's network; a family with none left is not offered. A compressor
+        that proposes a larger network than the one it was given is of no use unless asked
+        (`larger_students: true`)."""
+        families = [f for f in space.dim("architecture", "family", "base").values() if f != "base"]
+        if not families:
+            return space
+        limit = sum(p.numel() for p in self.task.base_model.parameters())
+
+        def weights(family: str, width: float, depth: int) -> int:
+            net = build_student(
+                ArchitectureConfig(family, width, depth),
+                input_shape=self.task.input_shape,
+                num_classes=self.task.num_classes,
+            )
+            return sum(p.numel() for p in net.parameters())
+
+        return space.with_student_sizes(
+            {f: [wd for wd in space.sizes(f) if weights(f, *wd) <= limit] for f in families}
+        )
 
     def full_val_baseline(self) -> dict[str, float]:
         """The base model on the whole validation split (refine compares against this)."""

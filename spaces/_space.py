@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,6 +100,11 @@ class Dim:
         return Dim(choices=kept) if kept else self
 
 
+def _size_name(width: float, depth: int) -> str:
+    """A student size as one categorical choice: `w0.5 d1`."""
+    return f"w{width:g} d{depth}"
+
+
 # The switch that lets an operator's layers deviate from its plan-wide setting (`suggest`).
 VARY = "vary"
 _SCHEMA: dict[str, dict[str, tuple[Any, ...] | str]] = {
@@ -158,6 +163,8 @@ class SearchSpace:
     name: str
     sections: Mapping[str, Mapping[str, Dim]]
     source: str = "<dict>"
+    # The (width, depth) sizes offered per student family; None: every width with every depth.
+    student_sizes: Mapping[str, tuple[tuple[float, int], ...]] | None = None
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> SearchSpace:
@@ -202,6 +209,28 @@ class SearchSpace:
             raise SpaceError(str(path), "<file>", "the file is empty")
         return cls.from_dict(data, source=str(path))
 
+    def sizes(self, family: str) -> tuple[tuple[float, int], ...]:
+        """The (width, depth) sizes a student family is offered at (`student_sizes`)."""
+        if self.student_sizes is not None:
+            return tuple(self.student_sizes.get(family, ()))
+        widths = self.dim("architecture", "width", 1.0).values()
+        depths = self.dim("architecture", "depth", 1).values()
+        return tuple((float(w), int(d)) for w in widths for d in depths)
+
+    def with_student_sizes(self, sizes: Mapping[str, Sequence[tuple[float, int]]]) -> SearchSpace:
+        """This space offering each student family only `sizes[family]`; a family with none
+        is no longer offered."""
+        kept = {f: tuple(v) for f, v in sizes.items() if v}
+        families = self.dim("architecture", "family", "base").values()
+        allowed = [f for f in families if f == "base" or f in kept]
+        sections = dict(self.sections)
+        if "architecture" in sections and allowed:
+            sections["architecture"] = {
+                **sections["architecture"],
+                "family": Dim(choices=tuple(allowed)),
+            }
+        return replace(self, sections=sections, student_sizes=kept)
+
     def dim(self, section: str, key: str, default: Any) -> Dim:
         return self.sections.get(section, {}).get(key, Dim(choices=(default,)))
 
@@ -223,8 +252,10 @@ class SearchSpace:
             params: dict[str, Any] = {}
             put = self._putter(params, offered or {})
             put("arch.family", "architecture", "family", family)
-            put("arch.width", "architecture", "width", width)
-            put("arch.depth", "architecture", "depth", 1)
+            sizes = self.sizes(family)
+            if len(sizes) > 1:  # the nearest width offered, at depth 1 where it can be
+                size = min(sizes, key=lambda wd: (abs(wd[0] - width), wd[1]))
+                params[f"arch.size.{family}"] = _size_name(*size)
             put("act_bits", "quantize", "activation_bits", activation_bits)
             put("bits.student", "quantize", "weight_bits", weight_bits)
             return params
@@ -344,11 +375,11 @@ class SearchSpace:
             family=self.dim("architecture", "family", "base").suggest(trial, "arch.family"),
         )
         if arch.family != "base":
-            arch = ArchitectureConfig(
-                family=arch.family,
-                width=float(self.dim("architecture", "width", 1.0).suggest(trial, "arch.width")),
-                depth=int(self.dim("architecture", "depth", 1).suggest(trial, "arch.depth")),
-            )
+            # One choice of size per family: each family may be offered other sizes.
+            sizes = {_size_name(w, d): (w, d) for w, d in self.sizes(arch.family)}
+            name = Dim(choices=tuple(sizes)).suggest(trial, f"arch.size.{arch.family}")
+            width, depth = sizes[name]
+            arch = ArchitectureConfig(family=arch.family, width=width, depth=depth)
         layers = list(layers_for(arch))
         shared = arch.family != "base"
 

@@ -253,3 +253,43 @@ def test_a_uniform_plan_is_one_choice_away():
     )
     assert {b for _, b in fixed.quantize.weight_bits} == {8}
     assert {r for _, r in fixed.prune.ratios} == {0.5}
+
+
+def test_students_are_offered_only_at_the_sizes_allowed(tmp_path):
+    space = SearchSpace.from_file(REPO / "spaces" / "joint.yaml")
+    small = space.with_student_sizes({"mobilenetv2": [(0.25, 1), (0.5, 2)], "shufflenetv2": []})
+    assert small.dim("architecture", "family", "base").values() == ("base", "mobilenetv2")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        a = small.suggest(trial, layers_for).architecture
+        seen.add((a.family, a.width, a.depth))
+        study.tell(trial, 0.0)
+    assert seen == {("base", 1.0, 1), ("mobilenetv2", 0.25, 1), ("mobilenetv2", 0.5, 2)}
+    recipe = small.recipe_params(LAYERS, family="mobilenetv2", width=0.5)
+    assert recipe["arch.size.mobilenetv2"] == "w0.5 d2"  # the nearest size offered
+
+
+def test_students_larger_than_the_users_network_are_not_offered(tmp_path):
+    import yaml
+
+    from search.config import load_experiment
+    from search.objective import TrialObjective
+    from search.study import load_space, load_target
+    from search.tasks import load_task
+    from tests._tiny import write_tiny_experiment
+
+    def families(**changes):
+        path = write_tiny_experiment(tmp_path, **changes)
+        (tmp_path / "tiny_space.yaml").write_text(
+            yaml.safe_dump({"name": "s", "architecture": {"family": ["base", "mobilenetv2"]}})
+        )
+        exp = load_experiment(path)
+        task = load_task(exp, log=lambda _m: None)
+        o = TrialObjective(exp, task, load_space(exp), load_target(exp))
+        return o.space.dim("architecture", "family", "base").values()
+
+    # The tiny CNN has ~800 weights: every MobileNetV2-style student is larger.
+    assert families() == ("base",)
+    assert families(larger_students=True) == ("base", "mobilenetv2")
