@@ -13,10 +13,9 @@ import torch
 import yaml
 from torch import nn
 
-from search.compress import compress
 from search.compress._quantization import activation_quantizers, attach_weight_quant
 from search.config import Recovery, load_experiment
-from search.pipeline import prepare, recovery_kind
+from search.pipeline import build, prepare, recovery_kind
 from search.review import load_run, write_outputs
 from search.study import run_search
 from search.tasks import fit, load_task, reestimate_batchnorm
@@ -130,20 +129,11 @@ def test_recovery_kind_names_what_a_plan_asks() -> None:
 def test_prepare_calibrates_and_reestimates_a_pruned_network(tmp_path: Path) -> None:
     exp = load_experiment(write_tiny_experiment(tmp_path))
     task = load_task(exp, log=lambda _m: None)
-    x, y = task.rows(64)
     plan = CompressionPlan(
         prune=PruneConfig(ratios={"0": 0.5}),
         quantize=QuantizeConfig(default_weight_bits=8, activation_bits=8),
     )
-    compressed = compress(
-        plan,
-        task.base_model,
-        input_shape=task.input_shape,
-        num_classes=task.num_classes,
-        calib_inputs=x,
-        grad_batch=(x, y),
-        calibrate=False,
-    )
+    compressed = build(plan, task, calibrate=False)  # as the search builds to cost a plan
     quants = activation_quantizers(compressed.model)
     assert quants and not any(math.isfinite(q.min_val) for q in quants)
     prepare(compressed, plan, task)
