@@ -267,7 +267,12 @@ def _drop_unneeded(
 ) -> None:
     """Undo the settings the targets no longer need, the most sensitive first (a greedy
     step taken early can be made redundant by a later, larger one)."""
-    for slot in sorted(chosen, key=lambda k: -_at(by_slot, k, chosen[k]).sensitivity):
+
+    def sensitivity(slot: tuple[str, str]) -> float:
+        s = _at(by_slot, slot, chosen[slot])
+        return s.sensitivity if s is not None else 0.0
+
+    for slot in sorted(chosen, key=sensitivity, reverse=True):
         value = chosen.pop(slot)
         if _excess(_summed(floor, by_slot, chosen), goal) > 0:
             chosen[slot] = value
