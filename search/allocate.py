@@ -142,7 +142,8 @@ class _Scorer:
     def __init__(self, objective: Any) -> None:
         self.objective = objective
         task = objective.task
-        self.x, self.y = task.val.take(SENSITIVITY_ROWS)
+        # Rows of the search's own fixed validation subset: nothing beyond it is read.
+        self.x, self.y = task.val.subset(task.val_subset).take(SENSITIVITY_ROWS)
 
     def fractions(self, plan: CompressionPlan) -> dict[str, float]:
         """Each budget's value / budget for `plan` (1.0 is at the budget)."""

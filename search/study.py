@@ -333,7 +333,12 @@ def run_search(
     fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
 
     if not worker and not study.trials:
-        warm_start(study, objective, log=log)
+        try:  # the start reads data too: bad rows met there leave no run folder either
+            warm_start(study, objective, log=log)
+        except ConfigError:
+            if fresh is not None:
+                shutil.rmtree(fresh, ignore_errors=True)
+            raise
     bar = _Progress(study, exp.trials, objective.primary, progress)
     failed_here = idle_in_a_row = 0
     gave_up = False

@@ -374,7 +374,11 @@ def test_trials_csv_and_pareto_json(run, tmp_path: Path) -> None:
 
 def test_summary_text(run) -> None:
     text = run.summary_text()
-    assert "8 trials: 4 feasible" in text and "#1: accuracy 0.8" in text
+    c = run.counts()
+    assert f"{c['trainings']} trainings from 8 proposals: 4 feasible" in text
+    finished = [t for t in run.trials if t.state == "COMPLETE"]
+    assert c["trainings"] == sum(t.status in ("trained", "stopped_early") for t in finished)
+    assert "#1: accuracy 0.8" in text
     assert text.count("<- knee") == 1 and "<- knee" in text.splitlines()[2]
 
 

@@ -386,7 +386,16 @@ def test_why_this_plan_from_a_real_search(in_tmp: Path) -> None:
         assert [s.layer for s in sh.layers] == [row[0] for row in real.base_layer_costs]
         latency = sh.total("latency_ms", "after") + overhead_ms
         assert latency == pytest.approx(t.value("latency_ms"), rel=1e-4)
-    assert "why" in figures(real)
+    figs = figures(real)
+    assert "why" in figs
+    # The budget-aware start's sensitivities, by layer and setting, from the widest floor.
+    heat = figs["sensitivity"].data[0]
+    widest = [r for r in real.sensitivities if r["floor_bits"] == 32]
+    assert set(heat.x) == {r["layer"] for r in widest} and heat.x
+    row = list(heat.y).index("prune ratio 0.5")
+    for r in widest:
+        if r["op"] == "prune" and r["value"] == 0.5:
+            assert heat.z[row][list(heat.x).index(r["layer"])] == r["sensitivity"]
 
 
 def test_why_this_plan_figure(costed, run) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._figures_front import front_2d, front_3d, pair_axes
-from ._figures_plan import hv_history, parcoords, per_layer, why_this_plan
+from ._figures_plan import hv_history, parcoords, per_layer, sensitivity, why_this_plan
 from ._run import RunData
 
 __all__ = ["figures"]
@@ -15,7 +15,7 @@ def figures(run: RunData) -> dict[str, Any]:
     """Every figure of the report by name (plotly Figures); absent when there is nothing to draw.
 
     Names: `front_<x>_<y>` per objective pair, `front_3d`, `parcoords`, `hypervolume`, `layers`,
-    `why`.
+    `sensitivity`, `why`.
     """
     out: dict[str, Any] = {}
     for xi, yi in pair_axes(run.objectives):
@@ -27,6 +27,7 @@ def figures(run: RunData) -> dict[str, Any]:
         ("parcoords", parcoords),
         ("hypervolume", hv_history),
         ("layers", per_layer),
+        ("sensitivity", sensitivity),
         ("why", why_this_plan),
     ):
         fig = make(run)

@@ -14,7 +14,7 @@ from ._plan_facts import FEATURES, SHARE_FIGURES, PlanShares, layer_shares, summ
 from ._run import RunData
 from ._style import AFTER_C, BEFORE_C, FEASIBLE, MAX_LAYER_PLANS, axis_label
 
-__all__ = ["hv_history", "parcoords", "per_layer", "why_this_plan"]
+__all__ = ["hv_history", "parcoords", "per_layer", "sensitivity", "why_this_plan"]
 
 
 def parcoords(run: RunData) -> Any | None:
@@ -228,6 +228,43 @@ def per_layer(run: RunData) -> Any | None:
     fig.update_yaxes(range=[0, 38], row=1, col=1)
     fig.update_yaxes(range=[0, 1.2], row=2, col=1)
     fig.update_yaxes(range=[0, 1.2], row=3, col=1)
+    return fig
+
+
+_OPS = {"bits": "weight bits", "prune": "prune ratio", "rank": "kept rank"}
+
+
+def sensitivity(run: RunData) -> Any | None:
+    """The budget-aware start's layer sensitivities: cross-entropy rise on fixed validation
+    rows when one layer alone takes one setting, untrained (from the widest floor: weight
+    bits below it, prune ratios, kept ranks), as a heatmap of settings by layer."""
+    import plotly.graph_objects as go
+
+    if not run.sensitivities:
+        return None
+    widest = max(int(r.get("floor_bits", 32)) for r in run.sensitivities)
+    rows = [r for r in run.sensitivities if int(r.get("floor_bits", 32)) == widest]
+    layers = list(dict.fromkeys(str(r["layer"]) for r in rows))
+    settings = sorted({(str(r["op"]), float(r["value"])) for r in rows})
+    at = {(str(r["layer"]), str(r["op"]), float(r["value"])): r["sensitivity"] for r in rows}
+    names = [f"{_OPS.get(op, op)} {v:g}" for op, v in settings]
+    z = [[at.get((layer, op, v)) for layer in layers] for op, v in settings]
+    fig = go.Figure(
+        go.Heatmap(
+            x=layers,
+            y=names,
+            z=z,
+            colorscale="Reds",
+            colorbar={"title": {"text": "loss rise"}},
+            hovertemplate="%{x}<br>%{y}<br>cross-entropy +%{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"Layer sensitivity, each layer alone from {widest}-bit weights (no training)",
+        height=max(260, 24 * len(names) + 140),
+        margin={"l": 110, "r": 20, "t": 60, "b": 60},
+        template="plotly_white",
+    )
     return fig
 
 

@@ -167,6 +167,9 @@ def build_run(study: Any, *, storage: str = "", target: str | None = None) -> Ru
         primary_metric=str(attrs.get("primary_metric") or ""),
         base_layer_costs=cost_rows(attrs.get("base_layer_costs")),
     )
+    sens = attrs.get("sensitivities") if not target else None
+    if isinstance(sens, list):
+        run = replace(run, sensitivities=tuple(r for r in sens if isinstance(r, dict)))
     views = {n: build_run(study, storage=storage, target=n) for n in targets} if not target else {}
     return replace(run, views=views, target=target)
 

@@ -255,6 +255,13 @@ def report_html(run: RunData) -> str:
         ),
         ("layers", "Per-layer plan", "Pick a front plan from the menu."),
         (
+            "sensitivity",
+            "Layer sensitivity",
+            "Measured before the search by the budget-aware start, without training: how much "
+            "the validation loss rises when one layer alone takes a setting. The plans it made "
+            "for the budgets are the search's first trials.",
+        ),
+        (
             "why",
             "Why this plan",
             "Each layer's latency, weight bytes and activation memory (the bytes it reads and "

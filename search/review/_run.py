@@ -9,7 +9,7 @@ from typing import Any
 from .._format import number
 from .._io import jsonable
 from ..errors import ConfigError
-from ..record import ACCURACY_DROP, ACCURACY_METRICS, TrialRecord, TrialStatus
+from ..record import ACCURACY_DROP, ACCURACY_METRICS, COUNTED, TrialRecord, TrialStatus
 from ._geometry import Limit, Objective
 
 __all__ = [
@@ -72,6 +72,9 @@ class RunData:
     knee_limits: tuple[Limit, ...] = ()
     knee_order: tuple[int, ...] = ()
     never_knee: tuple[int, ...] = ()
+    # The budget-aware start's layer sensitivities (study attr `sensitivities`, search.allocate):
+    # rows of floor_bits, layer, op, value, sensitivity.
+    sensitivities: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         numbers = [t.number for t in self.trials]
@@ -123,6 +126,7 @@ class RunData:
             "duplicate": 0,
             "running": 0,
             "front": len(self.front),
+            "trainings": 0,  # what `trials` counts: trained to the end or stopped early
         }
         for t in self.trials:
             c["complete"] += t.state == "COMPLETE"
@@ -133,6 +137,7 @@ class RunData:
             c["pruned"] += t.state == "PRUNED" or t.status == TrialStatus.STOPPED_EARLY
             c["duplicate"] += t.status == TrialStatus.DUPLICATE
             c["running"] += t.state in ("RUNNING", "WAITING")
+            c["trainings"] += t.state == "COMPLETE" and t.status in COUNTED
         return c
 
     def pick_metric(self, pick: str) -> Objective | None:
@@ -291,9 +296,9 @@ class RunData:
             )
         c = self.counts()
         lines = [
-            f"{c['trials']} trials: {c['feasible']} feasible, {c['over_budget']} over budget "
-            f"(not trained), {c['failed']} failed, {c['pruned']} stopped early, "
-            f"repeats {c['duplicate']}; "
+            f"{c['trainings']} trainings from {c['trials']} proposals: {c['feasible']} feasible, "
+            f"{c['over_budget']} over budget (not trained), {c['failed']} failed, "
+            f"{c['pruned']} stopped early, repeats {c['duplicate']}; "
             f"{c['front']} on the front, hypervolume {self.hypervolume:.4f}"
         ]
         if not self.front:
