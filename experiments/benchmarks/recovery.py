@@ -47,6 +47,12 @@ sys.path.insert(0, str(HERE))
 import _mobilenet_task  # noqa: E402
 import _stamp  # noqa: E402
 
+# Everything a task runs is imported here, before the worker processes fork: a worker then runs
+# the code as it was when the benchmark started, whatever is edited while it runs.
+import search.objective  # noqa: E402, F401
+import search.pipeline  # noqa: E402, F401
+import search.study  # noqa: E402, F401
+
 OLD_DEFAULT = {"lr": 0.005, "student_lr": 0.01, "warmup": 0.0, "freeze_bn": None}
 BASE_LRS = (1e-5, 1e-4, 1e-3, 3e-3)  # plans of the trained network
 STUDENT_LRS = (3e-3, 1e-2, 3e-2)
@@ -384,8 +390,16 @@ def main() -> None:
         futures = {
             name: pool.submit(run_task, name, args.random_plans, args.seed) for name in args.tasks
         }
-        tasks = {name: f.result() for name, f in futures.items()}
+        tasks, failed = {}, {}
+        for name, f in futures.items():  # a task that fails leaves the others' figures
+            try:
+                tasks[name] = f.result()
+            except Exception as exc:  # noqa: BLE001 - reported in the results file
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                log(f"{name}: failed: {failed[name]}")
     doc: dict[str, Any] = {"tasks": tasks, "seed": args.seed, "random_plans": args.random_plans}
+    if failed:
+        doc["failed"] = failed
     pooled(doc)
     doc["stamp"] = _stamp.finish(stamp)
     args.results.mkdir(parents=True, exist_ok=True)
