@@ -13,6 +13,7 @@ validation and test accuracy
   cosine, no warm-up, BatchNorm statistics updating throughout, from the raw build);
 * new_default: after `pipeline.train` with the product's defaults (`search.config.Recovery`);
 * no_bn_freeze: the new defaults with BatchNorm statistics updating throughout;
+* no_warmup: the new defaults without the learning-rate warm-up;
 * steps_3x: the new defaults with 3x the steps;
 * lr_sweep: the new schedule at each learning rate of a small grid.
 
@@ -164,6 +165,7 @@ def one_plan(task: Any, exp: Any, plan: Any, *, seed: int, full: bool) -> dict[s
     )
     if schedule.freeze_bn is not None:
         out["no_bn_freeze"] = trained(lr=schedule.lr, **{**new, "freeze": None})
+    out["no_warmup"] = trained(lr=schedule.lr, **{**new, "warmup": 0.0})
     out["steps_3x"] = trained(lr=schedule.lr, **{**new, "epochs": 3 * schedule.epochs})
     out["lr_sweep"] = {}
     for lr in STUDENT_LRS if kind == "student" else BASE_LRS:
@@ -299,8 +301,9 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{d['warmup']:g} of the steps; BatchNorm frozen after {d['freeze_bn']:g} "
             "(quantize-only: from the start; students: never).",
             "",
-            "| plan | raw | before | old default | new default | no BN freeze | 3x steps |",
-            "|---|---|---|---|---|---|---|",
+            "| plan | raw | before | old default | new default | no BN freeze | no warm-up | "
+            "3x steps |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for pname, r in t["plans"].items():
             cells = [
