@@ -63,7 +63,7 @@ class Recovery:
     student_epochs: int = 10  # students start from scratch, so they need more than a touch-up
     lr: float = 0.003  # plans that prune or factorise the trained network
     quant_lr: float = 0.0001  # plans that only quantize it: its weights are already right
-    student_lr: float = 0.01
+    student_lr: float = 0.03  # from scratch, in a short budget
     warmup: float = 0.1  # Adam's first steps at full rate undo part of a trained network
     # BatchNorm statistics freeze after this fraction of a trained network's recovery, as QAT
     # does (a quantize-only plan keeps its trained statistics from the start); students, from

@@ -55,8 +55,8 @@ import search.pipeline  # noqa: E402, F401
 import search.study  # noqa: E402, F401
 
 OLD_DEFAULT = {"lr": 0.005, "student_lr": 0.01, "warmup": 0.0, "freeze_bn": None}
-BASE_LRS = (1e-5, 1e-4, 1e-3, 3e-3)  # plans of the trained network
-STUDENT_LRS = (3e-3, 1e-2, 3e-2)
+BASE_LRS = (1e-5, 1e-4, 1e-3, 3e-3, 1e-2)  # plans of the trained network
+STUDENT_LRS = (1e-2, 3e-2, 1e-1)
 TASKS: dict[str, dict[str, Any]] = {
     "digits": {"task": "digits", "recovery": {"epochs": 3}, "max_accuracy_drop": 0.03},
     "gratings": {
@@ -314,6 +314,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     "old_default",
                     "new_default",
                     "no_bn_freeze",
+                    "no_warmup",
                     "steps_3x",
                 )
             ]
