@@ -170,9 +170,18 @@ class TrialObjective:
             )
             return sum(p.numel() for p in net.parameters())
 
-        return space.with_student_sizes(
-            {f: [wd for wd in space.sizes(f) if weights(f, *wd) <= limit] for f in families}
-        )
+        sizes = {f: [wd for wd in space.sizes(f) if weights(f, *wd) <= limit] for f in families}
+        if (
+            not any(sizes.values())
+            and "base" not in space.dim("architecture", "family", "base").values()
+        ):
+            raise ConfigError(
+                self.exp.source,
+                "space",
+                f"every student of space {space.name!r} has more weights than your network "
+                f"({limit:,}); set `larger_students: true` to search them anyway",
+            )
+        return space.with_student_sizes(sizes)
 
     def full_val_baseline(self) -> dict[str, float]:
         """The base model on the whole validation split (refine compares against this)."""

@@ -326,9 +326,14 @@ def run_search(
         target: Any = profiles
     else:
         cls, target = objective_cls or TrialObjective, profile
-    objective = cls(
-        exp, task, space, target, weights_dir=run_dir / "weights", **(objective_kwargs or {})
-    )
+    try:  # the objective checks the space against the network (students larger than it)
+        objective = cls(
+            exp, task, space, target, weights_dir=run_dir / "weights", **(objective_kwargs or {})
+        )
+    except ConfigError:
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+        raise
     _record_study_attrs(study, exp, objective, profile, space)
     fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
 

@@ -205,7 +205,12 @@ def test_a_student_is_never_stopped_early(in_tmp: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(search.objective, "EARLY_STOP_MARGIN", -1.0)
     space = {"name": "s", "architecture": {"family": ["mobilenetv2"], "width": [0.25, 0.5]}}
     recovery = {"epochs": 2, "student_epochs": 2, "skip_within": None}
-    exp = tiny(in_tmp, space=space, trials=2, max_accuracy_drop=0.0, recovery=recovery)
+    kw = {"space": space, "trials": 2, "max_accuracy_drop": 0.0, "recovery": recovery}
+    # Every student is larger than the tiny network: offered only when asked for.
+    with pytest.raises(ConfigError, match="larger_students: true"):
+        run_search(tiny(in_tmp, **kw), progress=False, log=lambda _m: None)
+    assert not (in_tmp / "run").exists()  # refused: nothing written
+    exp = tiny(in_tmp, larger_students=True, **kw)
     result = run_search(exp, progress=False, log=lambda _m: None)
     statuses = [t.user_attrs.get("status") for t in result.study.get_trials()]
     assert "stopped_early" not in statuses and "trained" in statuses
