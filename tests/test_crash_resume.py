@@ -20,6 +20,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from search.parallel import audit_trials
+from search.study import counted
 from tests._tiny import (
     FAST_GRACE_S,
     cli_command,
@@ -112,8 +113,8 @@ def _crash_campaign(folder: Path, storage: str | None) -> None:
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
     report = audit_trials(trials)
-    # Exactly the requested number, none repeated, none stuck.
-    assert report["complete"] == TRIALS, report
+    # Exactly the requested number of trainings, none repeated, none stuck.
+    assert counted(trials) == TRIALS, report
     assert report["duplicates"] == [], report
     assert report["numbers_unique"] and report["running"] == 0, report
     # Nothing completed before a kill was lost or changed.
@@ -176,7 +177,7 @@ def test_second_run_at_once_is_refused(tmp_path: Path) -> None:
         study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     ).trials
     report = audit_trials(trials)
-    assert report["complete"] == 3 and report["duplicates"] == [], report
+    assert counted(trials) == 3 and report["duplicates"] == [], report
 
 
 def test_run_lock_is_released_when_its_holder_is_killed(tmp_path: Path) -> None:
