@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
             required=storage_required,
             help="SQLAlchemy URL (default: SQLite in the run folder)",
         )
-        cmd.add_argument("--trials", type=int, help="completed trials wanted in the study")
+        cmd.add_argument(
+            "--trials",
+            type=int,
+            help="trainings wanted in the study (over-budget plans and repeats do not count)",
+        )
         cmd.add_argument(
             "--target", help=f"hardware profile: a built-in one ({profiles}) or a YAML path"
         )
