@@ -157,7 +157,8 @@ class TrialObjective:
         weights than the user's network; a family with none left is not offered. A compressor
         that proposes a larger network than the one it was given is of no use unless asked
         (`larger_students: true`)."""
-        families = [f for f in space.dim("architecture", "family", "base").values() if f != "base"]
+        offered = space.dim("architecture", "family", "base").values()
+        families = [f for f in offered if f != "base"]
         if not families:
             return space
         limit = sum(p.numel() for p in self.task.base_model.parameters())
@@ -171,10 +172,7 @@ class TrialObjective:
             return sum(p.numel() for p in net.parameters())
 
         sizes = {f: [wd for wd in space.sizes(f) if weights(f, *wd) <= limit] for f in families}
-        if (
-            not any(sizes.values())
-            and "base" not in space.dim("architecture", "family", "base").values()
-        ):
+        if not any(sizes.values()) and "base" not in offered:
             raise ConfigError(
                 self.exp.source,
                 "space",

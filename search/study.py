@@ -309,47 +309,36 @@ def run_search(
     run_dir = exp.run_dir
     # The outermost folder this run would create: removed again if the input is refused.
     fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
-    try:
+    try:  # bad input met before the first trial leaves no half-written run folder behind
         task = load_task(exp, log=log)
         run_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures get our own message
         study = open_study(exp, create=not worker)
         check_targets(exp, study, profiles)
-    except ConfigError:
-        if fresh is not None:  # bad input leaves no half-written run folder behind
-            shutil.rmtree(fresh, ignore_errors=True)
-        raise
-    if exp.targets:
-        from .multi_target import MultiTargetObjective
+        if exp.targets:
+            from .multi_target import MultiTargetObjective
 
-        cls: type = objective_cls or MultiTargetObjective
-        target: Any = profiles
-    else:
-        cls, target = objective_cls or TrialObjective, profile
-    try:  # the objective checks the space against the network (students larger than it)
+            cls: type = objective_cls or MultiTargetObjective
+            target: Any = profiles
+        else:
+            cls, target = objective_cls or TrialObjective, profile
+        # The objective checks the space against the network (students larger than it), and
+        # the start reads data too.
         objective = cls(
             exp, task, space, target, weights_dir=run_dir / "weights", **(objective_kwargs or {})
         )
-    except ConfigError:
-        if fresh is not None:
-            shutil.rmtree(fresh, ignore_errors=True)
-        raise
-    _record_study_attrs(study, exp, objective, profile, space)
-    fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
-
-    if not worker and not study.trials:
-        try:  # the start reads data too: bad rows met there leave no run folder either
+        _record_study_attrs(study, exp, objective, profile, space)
+        fail_orphaned_trials(study, exp.storage_url, grace_s=GRACE_S)  # killed before a heartbeat
+        if not worker and not study.trials:
             warm_start(study, objective, log=log)
-        except ConfigError:
-            if fresh is not None:
-                shutil.rmtree(fresh, ignore_errors=True)
-            raise
+    except ConfigError:
+        _discard(fresh)
+        raise
     bar = _Progress(study, exp.trials, objective.primary, progress)
     failed_here = idle_in_a_row = 0
-    gave_up = False
 
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
-        nonlocal failed_here, idle_in_a_row, gave_up
+        nonlocal failed_here, idle_in_a_row
         failed_here += trial.state == TrialState.FAIL
         idle_in_a_row = 0 if status_of(trial) in COUNTED else idle_in_a_row + 1
         trials = completed(study)
@@ -370,14 +359,13 @@ def run_search(
             gc_after_trial=False,
         )
     bar.close()
-    if gave_up:
+    if idle_in_a_row >= PROPOSALS_PER_TRAINING:
         log(
             f"search: {PROPOSALS_PER_TRAINING} proposals in a row were over budget or repeats; "
             "stopping (the budgets may be out of reach of this space)"
         )
     if getattr(objective, "config_error", None) is not None:  # bad data met mid-search
-        if fresh is not None:
-            shutil.rmtree(fresh, ignore_errors=True)
+        _discard(fresh)
         raise objective.config_error
     if exp.recovery.refine_top_k > 0 and not worker:
         refine_front(study, objective, log=log)
@@ -393,6 +381,12 @@ def run_search(
     )
     log(f"search: {result.line()} in {time.perf_counter() - started:.0f} s")
     return result
+
+
+def _discard(fresh: Path | None) -> None:
+    """Remove the folder a refused run created (None: it created none)."""
+    if fresh is not None:
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def tally(result: SearchResult) -> SearchResult:
