@@ -39,7 +39,6 @@ SENSITIVITY_ROWS = 256  # fixed validation rows every setting is scored on
 MAX_PRUNE_SETTINGS = 4  # prune ratios measured per layer, spread over the space's range
 LATENCY_FRACTIONS = (1.0, 0.7, 0.5)
 ROUNDS = 4  # allocate, check the whole plan's real cost, tighten, again
-OPS = ("bits", "prune", "rank")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Setting:
     """One layer at one operator setting, measured alone."""
 
     layer: str
-    op: str  # one of OPS
+    op: str  # "bits", "prune" or "rank"
     value: float
     sensitivity: float  # cross-entropy rise over the least-compressed plan
     delta: Mapping[str, float]  # change of each budget's fraction (value / budget)
