@@ -2,16 +2,14 @@
 the budgets with the least summed sensitivity, costed by the target's own profile.
 
 1. `measure`: for each compressible layer of the user's network and each setting the space and
-   the target offer (weight bits, prune ratio, kept rank), the plan that compresses that layer
-   alone is built, readied as the search readies a plan (`pipeline.prepare`: BatchNorm
-   re-estimated, activation ranges set), costed on the profile and scored on fixed validation
-   rows. Its sensitivity is the rise in cross-entropy over the least-compressed plan. Nothing
-   is trained.
-2. `allocate`: from the least-compressed plan, greedily take the layer setting that removes the
-   most budget excess per unit of sensitivity, with each setting's cost taken as its change
-   from that plan, until the summed figures fit the targets; then the real cost model checks
-   the whole plan, and the targets tighten by what it found (the changes are not exactly
-   additive: pruning a layer also thins the next one's input).
+   the target offer (weight bits, prune ratio, kept rank), the rise in loss from compressing
+   that layer alone, predicted as the Fisher-weighted weight change 0.5 * sum(F * dW^2) from
+   one backward pass over fixed validation rows, and the change in each budget's figure,
+   from building and costing that plan on the profile. Nothing is trained.
+2. `allocate`: from a uniform floor plan, greedily take the layer setting that removes the
+   most budget excess per unit of sensitivity until the summed figures fit the targets; then
+   the real cost model checks the whole plan and the greedy goes on from its real figures
+   (the changes are not additive: pruning a layer also thins the next one's input).
 3. `budget_plans`: such plans at 100 %, 70 % and 50 % of the latency budget, as trial
    parameters of the space (`SearchSpace.plan_params`), for the search to try first.
 
@@ -21,6 +19,7 @@ figures are the device's own (latency, SRAM, flash), and pruning and rank share 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,14 +30,14 @@ from torch import nn
 
 from spaces import CompressionPlan, LayerInfo, LowRankConfig, PruneConfig, QuantizeConfig
 
+from .compress import fake_quant_weight
 from .hardware import constraint_values
-from .pipeline import prepare
-from .tasks import predict
 
-SENSITIVITY_ROWS = 256  # fixed validation rows every setting is scored on
+SENSITIVITY_ROWS = 256  # fixed validation rows the Fisher is estimated on
+FISHER_CHUNKS = 16  # backward passes over them (see `fisher`)
 MAX_PRUNE_SETTINGS = 4  # prune ratios measured per layer, spread over the space's range
 LATENCY_FRACTIONS = (1.0, 0.7, 0.5)
-ROUNDS = 4  # allocate, check the whole plan's real cost, tighten, again
+ROUNDS = 12  # allocate, check the whole plan's real cost, go on from there
 
 
 @dataclass(frozen=True)
@@ -135,74 +134,133 @@ def plan_of(
     )
 
 
-class _Scorer:
-    """Builds, readies, costs and scores plans of the user's network."""
+class _Coster:
+    """Builds and costs plans of the user's network on the target's profile."""
 
     def __init__(self, objective: Any) -> None:
         self.objective = objective
-        task = objective.task
-        # Rows of the search's own fixed validation subset: nothing beyond it is read.
-        self.x, self.y = task.val.subset(task.val_subset).take(SENSITIVITY_ROWS)
 
     def fractions(self, plan: CompressionPlan) -> dict[str, float]:
         """Each budget's value / budget for `plan` (1.0 is at the budget)."""
         o = self.objective
         _, cost = o.build_and_cost(plan)
-        return self._fractions(cost)
-
-    def _fractions(self, cost: Any) -> dict[str, float]:
-        o = self.objective
         limits = constraint_values(
             cost, o.budgets, profile=o.profile, latency_margin=o.latency_margin
         )
         return {k: v + 1.0 for k, v in limits.items()}
 
-    def score(self, plan: CompressionPlan) -> tuple[float, dict[str, float]]:
-        """(cross-entropy on the fixed rows, budget fractions) of `plan`, untrained."""
-        o = self.objective
-        compressed, cost = o.build_and_cost(plan)
-        prepare(compressed, plan, o.task)
-        logits = predict(compressed.model, self.x, device=o.task.device)
-        compressed.model.cpu()
-        loss = nn.functional.cross_entropy(logits, torch.as_tensor(self.y)).item()
-        return loss, self._fractions(cost)
+
+def fisher(model: nn.Module, x: torch.Tensor, y: Any, *, chunks: int = FISHER_CHUNKS) -> dict:
+    """The diagonal empirical Fisher of the mean cross-entropy, per parameter name.
+
+    Gradients of small chunks stand in for per-sample ones: for a chunk of B rows,
+    B * g_chunk^2 estimates the mean squared per-sample gradient (cross terms average out).
+    """
+    model.eval()  # running BatchNorm statistics: the network as it is deployed
+    params = dict(model.named_parameters())
+    out = {n: torch.zeros_like(p) for n, p in params.items()}
+    xs, ys = torch.as_tensor(x).chunk(chunks), torch.as_tensor(y).chunk(chunks)
+    for xb, yb in zip(xs, ys):
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                out[n] += len(xb) * p.grad.detach() ** 2 / len(xs)
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+@torch.no_grad()
+def _changed(w: torch.Tensor, op: str, value: float, fraction_rank: Callable[[float], int]):
+    """`w` with one layer setting applied the way the compressor applies it: `bits`
+    rounds per output channel, `prune` zeroes the output channels of least L1 norm, `rank`
+    keeps the leading singular directions of the (out, in * kh * kw) matrix."""
+    if op == "bits":
+        return fake_quant_weight(w, int(value))
+    if op == "prune":
+        drop = int(value * w.shape[0])
+        out = w.clone()
+        out[w.flatten(1).abs().sum(1).argsort()[:drop]] = 0
+        return out
+    w2d = w.flatten(1).double()
+    u, s, vh = torch.linalg.svd(w2d, full_matrices=False)
+    k = fraction_rank(value)
+    return ((u[:, :k] * s[:k]) @ vh[:k]).to(w.dtype).reshape(w.shape)
 
 
 def measure(objective: Any, *, log: Callable[[str], None] = lambda _m: None) -> Sensitivities:
     """Every setting's sensitivity and cost change, each layer compressed alone from each
-    uniform floor (no training)."""
+    uniform floor (no training).
+
+    A setting's sensitivity is its predicted rise in cross-entropy on the search's fixed
+    validation rows, 0.5 * sum(F * dW^2) with F the diagonal Fisher of the loss (the
+    second-order term OBD and HAWQ-style allocators use; the first-order term vanishes at
+    a trained minimum). One backward pass serves every setting, so measuring costs about one
+    evaluation of those rows; the cost changes come from building and costing each plan.
+    """
     from spaces import ArchitectureConfig
 
+    from .compress import full_rank
+
     t0 = time.perf_counter()
-    layers = list(objective.layers_for(ArchitectureConfig()))
-    offered = objective.offered_bits
-    space = objective.space
+    o = objective
+    layers = list(o.layers_for(ArchitectureConfig()))
+    space = o.space
     quantized = "quantize" in space.sections
-    widths = space.dim("quantize", "weight_bits", 32).restricted(offered["weight_bits"]).values()
-    floors = sorted({b for b in widths if b >= 8} if quantized else {32}, reverse=True)
-    acts = space.dim("quantize", "activation_bits", 32).restricted(offered["activation_bits"])
+    widths = space.dim("quantize", "weight_bits", 32).restricted(o.offered_bits["weight_bits"])
+    floors = sorted({b for b in widths.values() if b >= 8} if quantized else {32}, reverse=True)
+    acts = space.dim("quantize", "activation_bits", 32).restricted(
+        o.offered_bits["activation_bits"]
+    )
     # Activations at the narrowest width the device runs: edge runtimes run them there, and
     # calibrated 8-bit activations cost a trained network little (experiments/results/recovery.md).
     activation_bits = min(acts.values()) if quantized else 32
-    scorer = _Scorer(objective)
+    model = copy.deepcopy(o.task.base_model).to(o.task.device)
+    x, y = o.task.val.subset(o.task.val_subset).take(SENSITIVITY_ROWS)
+    grads = fisher(model, x.to(o.task.device), torch.as_tensor(y).to(o.task.device))
+    modules = dict(model.named_modules())
+
+    def rise(layer: LayerInfo, op: str, value: float) -> float:
+        m = modules[layer.name]
+        w = m.weight.detach()
+
+        def rank_of(fraction: float) -> int:
+            return max(1, round(fraction * full_rank(m, "svd")))
+
+        dw = w - _changed(w, op, value, rank_of)
+        return 0.5 * float((grads[f"{layer.name}.weight"] * dw**2).sum())
+
+    base = {(x.name, "bits", b): rise(x, "bits", b) for x in layers for b in widths.values()}
+    coster = _Coster(o)
     result = Sensitivities(activation_bits)
-    # A pruning or rank setting loses about as much from any floor: measured once, from the
-    # widest; from the others only its cost is (building and costing is the cheap half).
-    known: dict[tuple[str, str, float], float] = {}
     for bits in floors or [32]:
         kw = {"floor_bits": bits, "activation_bits": activation_bits}
-        loss, fractions = scorer.score(plan_of(layers, {}, **kw))
-        floor = Floor(bits, loss, fractions)
-        options = _options(objective, layers, bits)
-        for i, (layer, op, value) in enumerate(options):
-            plan = plan_of(layers, {(layer, op): value}, **kw)
-            if (layer, op, value) in known:
-                rise, fr = known[(layer, op, value)], scorer.fractions(plan)
+        floor_loss = sum(base[(x.name, "bits", bits)] for x in layers)
+        fractions = coster.fractions(plan_of(layers, {}, **kw))
+        floor = Floor(bits, floor_loss, fractions)
+        options = _options(o, layers, bits)
+        by_name = {x.name: x for x in layers}
+        strongest = {}  # (layer, "prune") -> its largest ratio, the one pruning is costed at
+        for name, op, value in options:
+            if op == "prune":
+                strongest[(name, op)] = max(value, strongest.get((name, op), 0.0))
+        costed: dict[tuple[str, str, float], dict[str, float]] = {}
+
+        def delta_of(name: str, op: str, value: float) -> dict[str, float]:
+            # Pruning's savings are linear in the ratio (MACs and weights of the layer and of
+            # the next one's input): one build per layer, at its largest ratio, serves all.
+            at = strongest[(name, op)] if op == "prune" else value
+            if (name, op, at) not in costed:
+                fr = coster.fractions(plan_of(layers, {(name, op): at}, **kw))
+                costed[(name, op, at)] = {k: fr[k] - fractions[k] for k in fractions}
+            return {k: v * value / at for k, v in costed[(name, op, at)].items()}
+
+        for i, (name, op, value) in enumerate(options):
+            if op == "bits":  # relative to the floor's own rounding of this layer
+                r = base[(name, op, value)] - base[(name, op, bits)]
             else:
-                lo, fr = scorer.score(plan)
-                rise = known[(layer, op, value)] = max(lo - loss, 0.0)
-            delta = {k: fr[k] - fractions[k] for k in fractions}
-            floor.settings.append(Setting(layer, op, value, rise, delta))
+                r = rise(by_name[name], op, value)
+            floor.settings.append(Setting(name, op, value, max(r, 0.0), delta_of(name, op, value)))
             if (i + 1) % 20 == 0:
                 log(f"sensitivity: {i + 1}/{len(options)} settings from {bits}-bit weights")
         result.floors.append(floor)
@@ -222,44 +280,51 @@ def allocate(
 ) -> tuple[dict[tuple[str, str], float], dict[str, float]] | None:
     """Settings {(layer, op): value} from `floor` whose figures fit `targets` (budget key ->
     the fraction of its budget allowed), greedily by excess removed per unit of sensitivity;
-    None when no choice of settings fits. `check(chosen)` gives a plan's real fractions: the
-    targets tighten by how far the summed changes were off, for up to ROUNDS rounds."""
+    None when no choice of settings fits.
+
+    The figures are the floor's plus each chosen setting's change, which overstates the
+    savings of settings that overlap (pruning a layer also thins the next one's input; rank
+    and pruning of one layer share its work). So `check(chosen)`, the plan's real fractions,
+    replaces the summed figures after each round, and the greedy goes on from there, for up
+    to ROUNDS rounds."""
     chosen: dict[tuple[str, str], float] = {}
     by_slot: dict[tuple[str, str], list[Setting]] = {}
     for s in floor.settings:
         by_slot.setdefault((s.layer, s.op), []).append(s)
-    goal = dict(targets)
-    for _ in range(ROUNDS):
-        figures = _summed(floor, by_slot, chosen)
-        while _excess(figures, goal) > 0:
-            best, best_gain = None, 0.0
-            for slot, options in by_slot.items():
-                now = _at(by_slot, slot, chosen.get(slot))
-                for s in options:
-                    moved = {
-                        k: figures[k] + s.delta[k] - (now.delta[k] if now else 0.0)
-                        for k in figures
-                    }
-                    removed = _excess(figures, goal) - _excess(moved, goal)
-                    cost = s.sensitivity - (now.sensitivity if now else 0.0)
-                    gain = removed / max(cost, 1e-6)
-                    if removed > 1e-9 and gain > best_gain:
-                        best, best_gain = s, gain
-            if best is None:
+    figures = dict(floor.fractions)
+    for round_ in range(ROUNDS):
+        while _excess(figures, targets) > 0:
+            step = _best_step(by_slot, chosen, figures, targets)
+            if step is None:
                 return None  # nothing left removes excess: these targets are out of reach
-            chosen[(best.layer, best.op)] = best.value
-            figures = _summed(floor, by_slot, chosen)
-        _drop_unneeded(floor, by_slot, chosen, goal)
-        figures = _summed(floor, by_slot, chosen)
+            now = _at(by_slot, (step.layer, step.op), chosen.get((step.layer, step.op)))
+            figures = {k: figures[k] + step.delta[k] - (now.delta[k] if now else 0.0) for k in figures}
+            chosen[(step.layer, step.op)] = step.value
+        if round_ == 0:  # later rounds start from real figures the sums cannot undo
+            _drop_unneeded(floor, by_slot, chosen, targets)
         if check is None:
+            return chosen, _summed(floor, by_slot, chosen)
+        figures = check(chosen)
+        if _excess(figures, targets) <= 0:
             return chosen, figures
-        real = check(chosen)
-        over = {k: real[k] / targets[k] for k in targets if real[k] > targets[k]}
-        if not over:
-            return chosen, real
-        for k, ratio in over.items():  # ask the sum for that much less next round
-            goal[k] = goal[k] / ratio
     return None
+
+
+def _best_step(
+    by_slot: Mapping, chosen: Mapping, figures: Mapping[str, float], targets: Mapping
+) -> Setting | None:
+    """The setting that removes the most excess per unit of added sensitivity."""
+    best, best_gain = None, 0.0
+    for slot, options in by_slot.items():
+        now = _at(by_slot, slot, chosen.get(slot))
+        for s in options:
+            moved = {k: figures[k] + s.delta[k] - (now.delta[k] if now else 0.0) for k in figures}
+            removed = _excess(figures, targets) - _excess(moved, targets)
+            cost = s.sensitivity - (now.sensitivity if now else 0.0)
+            gain = removed / max(cost, 1e-6)
+            if removed > 1e-9 and gain > best_gain:
+                best, best_gain = s, gain
+    return best
 
 
 def _drop_unneeded(
@@ -314,7 +379,7 @@ def budget_plans(
     from spaces import ArchitectureConfig
 
     layers = list(objective.layers_for(ArchitectureConfig()))
-    scorer = _Scorer(objective)
+    coster = _Coster(objective)
     out: list[BudgetPlan] = []
     for f in fractions:
         best: BudgetPlan | None = None
@@ -323,7 +388,7 @@ def budget_plans(
             targets = {k: (f if k == "latency_ms" else 1.0) for k in floor.fractions}
 
             def check(chosen: dict[tuple[str, str], float], kw: dict = kw) -> dict[str, float]:
-                return scorer.fractions(plan_of(layers, chosen, **kw))
+                return coster.fractions(plan_of(layers, chosen, **kw))
 
             found = allocate(floor, targets, check=check)
             if found is None:

@@ -61,6 +61,21 @@ def test_allocation_meets_the_budgets_on_the_real_cost_model(tmp_path: Path) -> 
     assert fractions == sorted(fractions, reverse=True) and fractions[0] == 1.0
 
 
+def test_sensitivity_grows_with_the_strength_of_a_setting(tmp_path: Path) -> None:
+    """The Fisher-weighted distortion ranks a layer's settings as compression ranks them."""
+    o = objective_for(tmp_path)
+    sens = allocate.measure(o)
+    float_floor = next(f for f in sens.floors if f.bits == 32)
+    by = {(s.layer, s.op, s.value): s.sensitivity for s in float_floor.settings}
+    layers = {layer for layer, _, _ in by}
+    assert any(by[(x, "prune", 0.75)] > 0 for x in layers if (x, "prune", 0.75) in by)
+    for x in layers:
+        for op, order in (("prune", [0.25, 0.5, 0.75]), ("rank", [0.75, 0.5, 0.25])):
+            rises = [by[(x, op, v)] for v in order if (x, op, v) in by]
+            assert rises == sorted(rises), (x, op, rises)
+    assert sens.seconds > 0
+
+
 def test_allocation_takes_the_least_sensitive_way_and_knows_when_none_fits() -> None:
     def setting(layer: str, sens: float, saves: float) -> allocate.Setting:
         return allocate.Setting(layer, "prune", 0.5, sens, {"latency_ms": -saves})

@@ -10,8 +10,8 @@ from ._architecture import build_student
 from ._compress import Compressed, compress
 from ._distillation import distillation_loss
 from ._export import export_onnx, int8_weight_bits
-from ._layers import compressible_layers
-from ._quantization import calibrate
+from ._layers import compressible_layers, full_rank
+from ._quantization import calibrate, fake_quant_weight
 from ._registry import register_handler
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "compressible_layers",
     "distillation_loss",
     "export_onnx",
+    "fake_quant_weight",
+    "full_rank",
     "int8_weight_bits",
     "register_handler",
 ]
