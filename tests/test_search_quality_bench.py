@@ -1,9 +1,10 @@
 """The search-quality benchmark's figures (pure functions) and a smoke run on tiny settings.
 
-The benchmark itself (experiments/benchmarks/search_quality.py) takes ~35 minutes; these tests
+The benchmark itself (experiments/benchmarks/search_quality.py) takes over an hour; these tests
 check what it computes: the budget-corner hypervolume against hand-computed volumes, the
-bootstrap interval, selection on validation (never test), dominance margins, and that a tiny
-run end to end writes the results files with the keys the README quotes. No timing asserts.
+bootstrap intervals, the paired statistics, trainings to reach an HV, the bisected baseline,
+selection on validation (never test), dominance margins, and that a tiny run end to end
+writes the results files with the keys the README quotes. No timing asserts.
 """
 
 from __future__ import annotations
@@ -114,31 +115,75 @@ def test_pareto_rows_keep_the_feasible_non_dominated() -> None:
     assert sorted(r["n"] for r in sq.pareto_rows(rows)) == [0, 2]
 
 
+def test_paired_statistics_of_auto_against_another_arm() -> None:
+    auto, other = [3.0, 5.0, 4.0, 1.0], [1.0, 5.0, 2.0, 2.0]  # differences 2, 0, 2, -1
+    p = sq.paired(auto, other)
+    assert p["hv_diff"]["mean"] == pytest.approx(0.75)
+    low, high = p["hv_diff"]["ci90"]
+    assert -1.0 <= low <= 0.75 <= high <= 2.0
+    assert (p["seeds_won"], p["seeds_lost"]) == (2, 1)  # a tie is neither
+    assert p["hv_ratio_of_means"] == pytest.approx(13 / 10)
+    assert sq.paired([1.0, 2.0], [1.0, 2.0])["hv_diff"]["ci90"] == [0.0, 0.0]
+
+
+def test_hv_curve_counts_trainings_in_order_and_skips_untrained_proposals() -> None:
+    rows = [
+        {**row(0.87, 5.0, 256), "number": 2, "counted": True},
+        {**row(0.9, 20.0, 9e9, feasible=False), "number": 1, "counted": False},  # over budget
+        {**row(0.85, 2.5, 512), "number": 0, "counted": True},
+    ]
+    curve = sq.hv_curve(rows, BASE_ACC, BUDGETS)
+    assert curve == pytest.approx([2.0, 7.0])  # plan 0 first (box 1x2x1), then both
+    assert sq.trainings_to_reach(curve, 2.0) == 1
+    assert sq.trainings_to_reach(curve, 6.5) == 2
+    assert sq.trainings_to_reach(curve, 8.0) == math.inf
+    assert sq.trainings_to_reach(curve, 0.0) == 0  # the other arm found nothing
+
+
+def test_bisected_prune_ratio_is_the_smallest_that_meets_the_budget() -> None:
+    def latency(r: float) -> float:
+        return 30.0 * (1 - r) ** 2
+
+    r = sq.bisect_ratio(latency, 10.0)
+    assert latency(r) <= 10.0 and latency(r - 0.01) > 10.0
+    assert sq.bisect_ratio(latency, 40.0) == 0.0  # already fits
+    assert sq.bisect_ratio(latency, 0.1) == 0.9  # no ratio fits: the most the knob allows
+
+
 def test_smoke_run_writes_the_quoted_keys(tmp_path: Path) -> None:
-    """Every arm end to end on the small digits task, tiny budgets."""
+    """Every arm and both spaces end to end on the small digits task, tiny budgets."""
     results = tmp_path / "results"
-    cmd = [sys.executable, str(BENCH), "--task", "digits", "--trials", "4", "--seeds", "0"]
-    cmd += ["--warm-seeds", "0", "--refine-epochs", "1", "1", "--jobs", "1"]
-    cmd += ["--work", str(tmp_path / "work"), "--results", str(results)]
+    cmd = [sys.executable, str(BENCH), "--task", "digits", "--trainings", "3", "--seeds", "0"]
+    cmd += ["--jobs", "1", "--work", str(tmp_path / "work"), "--results", str(results)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     doc = json.loads((results / "search_quality.json").read_text())
-    assert doc["selection_split"] == "val"
-    for key in ("hv_ratio_vs_random", "hv_ratio_vs_sequential", "best_speedup_vs_int8_at_1pt"):
-        assert set(doc[key]) >= {"median", "ci90"}
-    assert set(doc["baselines_dominated"]) == {
+    assert doc["selection_split"] == "val" and doc["seeds"] == [0]
+    for space in ("full", "no_students"):
+        s = doc[space]
+        for other in ("random", "sequential"):
+            assert set(s[f"hv_diff_vs_{other}"]) == {"mean", "ci90"}
+            assert 0 <= s[f"seeds_won_vs_{other}"] <= 1
+            assert s[f"hv_ratio_of_means_vs_{other}"] is not None
+        assert set(s["best_speedup_vs_int8_at_1pt"]) >= {"median", "ci90"}
+        assert s["trainings_to_random_hv"] is not None
+        seed = s["per_seed"][0]
+        assert set(seed["hv"]) == {"auto", "random", "sequential"}
+        assert all(n <= 3 for n in seed["trainings"].values())  # trainings are the budget
+        assert all(seed["proposals"][a] >= seed["trainings"][a] for a in seed["trainings"])
+    assert set(doc["full"]["baselines_dominated"]) == {
         "int8_qat",
-        "int8_prune50_l1",
+        "int8_prune_bisected",
         "student_w0.5_int8_kd",
     }
+    assert set(doc["no_students"]["baselines_dominated"]) == {"int8_qat", "int8_prune_bisected"}
+    assert len(doc["full"]["per_seed"][0]["sequential_picks"]) == 4  # one pick per stage
+    assert len(doc["no_students"]["per_seed"][0]["sequential_picks"]) == 3  # no architecture
     stamp = doc["stamp"]
     assert stamp["commit"] and stamp["date"] and len(stamp["load_before"]) == 3
     assert "search_quality.py" in stamp["command"]
-    seed = doc["per_seed"][0]
-    assert set(seed["hv"]) >= {"auto", "random", "sequential", "halving", "warm_auto"}
-    assert len(seed["sequential_picks"]) == 4  # one pick per stage
     md = (results / "search_quality.md").read_text()
-    assert "hv_ratio_vs_random" in md and stamp["commit"] in md
+    assert "HV ratio of means" in md and stamp["commit"] in md
 
 
 def test_readme_quotes_the_results_file() -> None:
