@@ -240,32 +240,43 @@ def measure(objective: Any, *, log: Callable[[str], None] = lambda _m: None) -> 
         floor = Floor(bits, floor_loss, fractions)
         options = _options(o, layers, bits)
         by_name = {x.name: x for x in layers}
-        strongest = {}  # (layer, "prune") -> its largest ratio, the one pruning is costed at
-        for name, op, value in options:
-            if op == "prune":
-                strongest[(name, op)] = max(value, strongest.get((name, op), 0.0))
-        costed: dict[tuple[str, str, float], dict[str, float]] = {}
-
-        def delta_of(name: str, op: str, value: float) -> dict[str, float]:
-            # Pruning's savings are linear in the ratio (MACs and weights of the layer and of
-            # the next one's input): one build per layer, at its largest ratio, serves all.
-            at = strongest[(name, op)] if op == "prune" else value
-            if (name, op, at) not in costed:
-                fr = coster.fractions(plan_of(layers, {(name, op): at}, **kw))
-                costed[(name, op, at)] = {k: fr[k] - fractions[k] for k in fractions}
-            return {k: v * value / at for k, v in costed[(name, op, at)].items()}
-
+        deltas = _deltas(coster, layers, options, kw, fractions)
         for i, (name, op, value) in enumerate(options):
             if op == "bits":  # relative to the floor's own rounding of this layer
                 r = base[(name, op, value)] - base[(name, op, bits)]
             else:
                 r = rise(by_name[name], op, value)
-            floor.settings.append(Setting(name, op, value, max(r, 0.0), delta_of(name, op, value)))
+            floor.settings.append(Setting(name, op, value, max(r, 0.0), deltas[(name, op, value)]))
             if (i + 1) % 20 == 0:
                 log(f"sensitivity: {i + 1}/{len(options)} settings from {bits}-bit weights")
         result.floors.append(floor)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _deltas(
+    coster: _Coster,
+    layers: Sequence[LayerInfo],
+    options: Sequence[tuple[str, str, float]],
+    kw: Mapping[str, int],
+    fractions: Mapping[str, float],
+) -> dict[tuple[str, str, float], dict[str, float]]:
+    """Each option's change of every budget fraction from the floor plan. Pruning's savings
+    are linear in the ratio (MACs and weights of the layer and of the next one's input), so
+    one build per layer, at its largest ratio, serves all its ratios."""
+    strongest: dict[str, float] = {}
+    for name, op, value in options:
+        if op == "prune":
+            strongest[name] = max(value, strongest.get(name, 0.0))
+    costed: dict[tuple[str, str, float], dict[str, float]] = {}
+    out = {}
+    for name, op, value in options:
+        at = strongest[name] if op == "prune" else value
+        if (name, op, at) not in costed:
+            fr = coster.fractions(plan_of(layers, {(name, op): at}, **kw))
+            costed[(name, op, at)] = {k: fr[k] - fractions[k] for k in fractions}
+        out[(name, op, value)] = {k: v * value / at for k, v in costed[(name, op, at)].items()}
+    return out
 
 
 def _excess(figures: Mapping[str, float], targets: Mapping[str, float]) -> float:
@@ -298,7 +309,9 @@ def allocate(
             if step is None:
                 return None  # nothing left removes excess: these targets are out of reach
             now = _at(by_slot, (step.layer, step.op), chosen.get((step.layer, step.op)))
-            figures = {k: figures[k] + step.delta[k] - (now.delta[k] if now else 0.0) for k in figures}
+            figures = {
+                k: figures[k] + step.delta[k] - (now.delta[k] if now else 0.0) for k in figures
+            }
             chosen[(step.layer, step.op)] = step.value
         if round_ == 0:  # later rounds start from real figures the sums cannot undo
             _drop_unneeded(floor, by_slot, chosen, targets)
