@@ -150,6 +150,7 @@ def test_bisected_prune_ratio_is_the_smallest_that_meets_the_budget() -> None:
     assert sq.bisect_ratio(latency, 0.1) == 0.9  # no ratio fits: the most the knob allows
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_quoted_keys(tmp_path: Path) -> None:
     """Every arm and both spaces end to end on the small digits task, tiny budgets."""
     results = tmp_path / "results"
