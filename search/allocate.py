@@ -47,7 +47,7 @@ class Setting:
     layer: str
     op: str  # "bits", "prune" or "rank"
     value: float
-    sensitivity: float  # cross-entropy rise over the least-compressed plan
+    sensitivity: float  # predicted cross-entropy rise over the floor plan (Fisher)
     delta: Mapping[str, float]  # change of each budget's fraction (value / budget)
 
 
@@ -57,7 +57,7 @@ class Floor:
     layer setting measured from it."""
 
     bits: int
-    loss: float  # cross-entropy of the floor plan itself
+    loss: float  # predicted cross-entropy rise of the floor plan over the base model
     fractions: dict[str, float]  # budget key -> value / budget
     settings: list[Setting] = field(default_factory=list)
 
