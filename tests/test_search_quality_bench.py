@@ -154,7 +154,7 @@ def test_bisected_prune_ratio_is_the_smallest_that_meets_the_budget() -> None:
 def test_smoke_run_writes_the_quoted_keys(tmp_path: Path) -> None:
     """Every arm and both spaces end to end on the small digits task, tiny budgets."""
     results = tmp_path / "results"
-    cmd = [sys.executable, str(BENCH), "--task", "digits", "--trainings", "3", "--seeds", "0"]
+    cmd = [sys.executable, str(BENCH), "--task", "digits", "--trainings", "4", "--seeds", "0"]
     cmd += ["--jobs", "1", "--work", str(tmp_path / "work"), "--results", str(results)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -170,7 +170,7 @@ def test_smoke_run_writes_the_quoted_keys(tmp_path: Path) -> None:
         assert s["trainings_to_random_hv"] is not None
         seed = s["per_seed"][0]
         assert set(seed["hv"]) == {"auto", "random", "sequential"}
-        assert all(n <= 3 for n in seed["trainings"].values())  # trainings are the budget
+        assert all(n <= 4 for n in seed["trainings"].values())  # trainings are the budget
         assert all(seed["proposals"][a] >= seed["trainings"][a] for a in seed["trainings"])
     assert set(doc["full"]["baselines_dominated"]) == {
         "int8_qat",

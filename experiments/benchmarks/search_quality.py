@@ -38,7 +38,7 @@ needed to reach the other arm's final HV.
 
 Run from the repository root (the results file says how long it took):
     nice python experiments/benchmarks/search_quality.py
-Smoke run (minutes): `--task digits --trainings 3 --seeds 0 --results /tmp/x`.
+Smoke run (minutes): `--task digits --trainings 4 --seeds 0 --results /tmp/x`.
 Writes experiments/results/search_quality.{json,md}; studies stay in experiments/runs/.
 """
 
@@ -891,6 +891,8 @@ def main() -> None:
         "--update-readme", action="store_true", help="rewrite README's block from the results"
     )
     args = parser.parse_args()
+    if args.trainings < len(STAGES):  # the sequential arm trains at least once per stage
+        parser.error(f"--trainings must be at least {len(STAGES)}, got {args.trainings}")
     raw = args.work / "raw.json"
     TASK = args.task
     if args.update_readme:
