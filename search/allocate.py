@@ -231,6 +231,7 @@ def measure(objective: Any, *, log: Callable[[str], None] = lambda _m: None) -> 
         return 0.5 * float((grads[f"{layer.name}.weight"] * dw**2).sum())
 
     base = {(x.name, "bits", b): rise(x, "bits", b) for x in layers for b in widths.values()}
+    rises: dict[tuple[str, str, float], float] = {}  # prune and rank settings
     coster = _Coster(o)
     result = Sensitivities(activation_bits)
     for bits in floors or [32]:
@@ -244,8 +245,10 @@ def measure(objective: Any, *, log: Callable[[str], None] = lambda _m: None) -> 
         for i, (name, op, value) in enumerate(options):
             if op == "bits":  # relative to the floor's own rounding of this layer
                 r = base[(name, op, value)] - base[(name, op, bits)]
-            else:
-                r = rise(by_name[name], op, value)
+            else:  # the same from every floor: computed once
+                if (name, op, value) not in rises:
+                    rises[(name, op, value)] = rise(by_name[name], op, value)
+                r = rises[(name, op, value)]
             floor.settings.append(Setting(name, op, value, max(r, 0.0), deltas[(name, op, value)]))
             if (i + 1) % 20 == 0:
                 log(f"sensitivity: {i + 1}/{len(options)} settings from {bits}-bit weights")
