@@ -1,7 +1,9 @@
 """The reference networks that are not in torchvision, rebuilt from their published layer lists.
 
 MLPerf Tiny (`mlcommons/tiny`, 2021 definitions), Keras MobileNetV1 as the ST model zoo uses it,
-and the MLPerf Inference SSD detectors without box decoding and NMS. `_zoo` lists them.
+the MLPerf Inference SSD detectors without box decoding and NMS, and the wrappers that turn
+torchvision's detection and segmentation networks into what a TensorRT engine runs (raw head
+tensors out), and mmseg's FCN R50-D8 from torchvision's ResNet. `_zoo` lists them.
 """
 
 from __future__ import annotations
@@ -251,3 +253,112 @@ class SSDResNet34(nn.Module):
             x = block(x)
             maps.append(x)
         return self.heads(maps)
+
+
+# -- Dense prediction (GPU rows): torchvision's networks as a TensorRT engine runs them ---------
+
+
+class DetectorHeads(nn.Module):
+    """A torchvision one-stage detector (RetinaNet, FCOS) without its image transform, anchor
+    generation, box decoding and NMS: the backbone with its FPN and the head, which return the
+    raw per-anchor tensors (class logits, box regression, FCOS's centerness) in the head's order.
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        backbone, head = detector.backbone, detector.head
+        assert isinstance(backbone, nn.Module) and isinstance(head, nn.Module)
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.head(list(self.backbone(x).values())).values())
+
+
+class SegmentationLogits(nn.Module):
+    """A torchvision segmentation network (FCN, DeepLabV3) returning its per-pixel logits at the
+    input's size (the final bilinear upsample included, as mmseg's deployed engines have it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+class DeepStemFCN(nn.Module):
+    """mmseg's FCN on a ResNetV1c (fcn_r50-d8: `ResNetV1c`, `FCNHead`) from a torchvision ResNet
+    built dilated (`replace_stride_with_dilation=[False, True, True]`: output stride 8, the first
+    block of a dilated stage at half its dilation, as mmseg's `contract_dilation`), returning the
+    per-pixel logits at the input's size (the bilinear resize mmdeploy's engine includes).
+
+    The 7x7 stem swapped for V1c's deep stem (3x3 convs 3->32 stride 2, 32->32, 32->64, BN and
+    ReLU each, then the 3x3 stride-2 max pool); torchvision's bottlenecks (stride on the 3x3) are
+    mmseg's `style='pytorch'`. FCNHead(channels=512, num_convs=2, concat_input=True): two 3x3
+    conv-BN-ReLU, the stage-4 input concatenated in front, a 3x3 conv-BN-ReLU back to 512, dropout
+    and a 1x1 classifier with bias. No auxiliary head (training only).
+    """
+
+    def __init__(self, resnet: nn.Module, classes: int = 19, channels: int = 512) -> None:
+        super().__init__()
+        stages = [getattr(resnet, f"layer{i}") for i in (1, 2, 3, 4)]
+        assert all(isinstance(s, nn.Module) for s in stages)
+        width = stages[-1][-1].conv3.out_channels
+        self.stem = nn.Sequential(
+            _conv_bn(3, 32, 3, 2), _conv_bn(32, 32, 3), _conv_bn(32, 64, 3), nn.MaxPool2d(3, 2, 1)
+        )
+        self.stages = nn.Sequential(*stages)
+        self.convs = nn.Sequential(_conv_bn(width, channels, 3), _conv_bn(channels, channels, 3))
+        self.conv_cat = _conv_bn(width + channels, channels, 3)
+        self.dropout = nn.Dropout2d(0.1)
+        self.conv_seg = nn.Conv2d(channels, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = self.stages(self.stem(x))
+        x = self.conv_cat(torch.cat([x, self.convs(x)], 1))
+        x = self.conv_seg(self.dropout(x))
+        return nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class SSDLiteMobileNetV2(nn.Module):
+    """mmdet's SSDLite MobileNetV2 (ssdlite_mobilenetv2_scratch_600e_coco, 320x320, 80 classes
+    plus background) from torchvision's pieces, without anchors, box decoding and NMS.
+
+    torchvision's MobileNetV2 features tapped where mmdet's `out_indices=(4, 7)` taps them: the
+    96-channel stage output at stride 16 (20x20) and the 1280-channel last conv at stride 32
+    (10x10); four of torchvision's SSDLite extra blocks (1x1, depthwise 3x3 stride 2, 1x1; the
+    same as mmdet's depthwise SSDNeck) to 512, 256, 256, 128 channels (5x5 ... 1x1); torchvision's
+    SSDLiteHead (depthwise 3x3 and 1x1 per map, as mmdet's depthwise SSDHead) with 6 anchors per
+    location on all six maps. BN eps 0.001 and ReLU6 throughout, as both have it. torchvision's own
+    SSDLite extractor taps the expansion of the next block (576 channels) instead and only takes
+    MobileNetV3, hence this assembly.
+    """
+
+    def __init__(self, classes: int = 81, anchors: int = 6) -> None:
+        super().__init__()
+        from functools import partial
+
+        import torchvision
+        from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
+
+        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+        features = torchvision.models.mobilenet_v2(weights=None, norm_layer=norm).features
+        self.c4 = features[:14]  # stem to the last 96-channel block
+        self.c5 = features[14:]  # the 160 / 320 blocks and the 1280-channel 1x1 conv
+        widths = (1280, 512, 256, 256, 128)
+        self.extra = nn.ModuleList(
+            _extra_block(cin, cout, norm) for cin, cout in zip(widths[:-1], widths[1:])
+        )
+        self.head = SSDLiteHead([96, *widths], [anchors] * 6, classes, norm)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.c4(x)
+        maps = [x]
+        x = self.c5(x)
+        maps.append(x)
+        for block in self.extra:
+            x = block(x)
+            maps.append(x)
+        return tuple(self.head(maps).values())
