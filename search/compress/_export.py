@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,31 +63,47 @@ def folded(model: nn.Module) -> nn.Module:
     return model
 
 
-def _module_of(node_name: str, names: set[str]) -> str | None:
+def _scope_name(module: str) -> str:
+    """The name the TorchScript exporter gives module `module` in node scopes: its dotted name
+    from the last non-numeric atom on ("features.1.conv.0.0" -> "conv.0.0", "layer2.0" ->
+    "layer2.0", "0.1" -> "0.1"), as torch.onnx's `_unqualified_variable_name` computes it."""
+    atoms = module.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return module
+
+
+def _module_of(node_name: str, modules: Iterable[str]) -> str | None:
     """The module an exported node belongs to, from its scope path.
 
-    The TorchScript exporter names nodes by module scope, with either full names
-    ("/net/net.0/net.0.0/MatMul") or names relative to the parent ("/encoder/layers.0/linear1/
-    MatMul"); both resolve here. None when the path does not name a module.
+    The TorchScript exporter names a node "/s1/s2/.../Op", one segment per module whose forward
+    was running, each segment that module's `_scope_name`: neither its full name nor its name
+    in its parent ("/features/features.1/conv/conv.0/conv.0.0/Conv" is features.1.conv.0.0). So
+    each segment is resolved as the nearest module below the one before whose scope name it
+    is. Matching the segments as full or parent-relative names instead missed every layer two
+    Sequentials deep (ResNet's downsample.0, MobileNetV2's conv.0.0), which then stayed fp32.
+    The weight initializers are no better a key: BatchNorm folding renames them
+    ("onnx::Conv_538"). None when the path does not resolve to exactly one module.
     """
     parts = node_name.split("/")
     if not node_name.startswith("/") or len(parts) < 3:
         return None
+    by_scope: dict[str, list[str]] = {}
+    for name in modules:
+        if name:
+            by_scope.setdefault(_scope_name(name), []).append(name)
     path = ""
-    for part in parts[1:-1]:
-        joined = f"{path}.{part}" if path else part
-        if part in names and (not path or part.startswith(path + ".")):
-            path = part
-        elif joined in names:
-            path = joined
-        else:
+    for segment in parts[1:-1]:
+        below = [n for n in by_scope.get(segment, []) if not path or n.startswith(path + ".")]
+        if not below:
             return None
+        depth = min(n.count(".") for n in below)
+        nearest = [n for n in below if n.count(".") == depth]
+        if len(nearest) > 1:
+            return None
+        path = nearest[0]
     return path
-
-
-def _prefixes(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def export_onnx(
@@ -131,7 +148,8 @@ def export_onnx(
         if int8:
             if calib_inputs is None:
                 raise ValueError("int8 export needs calib_inputs")
-            _quantize_int8(fp32, path, bits, calib_inputs, Path(tmp), symmetric=symmetric)
+            modules = [name for name, _ in plain.named_modules()]
+            _quantize_int8(fp32, path, bits, modules, calib_inputs, Path(tmp), symmetric=symmetric)
     return path
 
 
@@ -156,6 +174,7 @@ def _quantize_int8(
     fp32: Path,
     out: Path,
     bits: dict[str, int],
+    modules: list[str],
     calib_inputs: torch.Tensor,
     tmp: Path,
     *,
@@ -180,8 +199,7 @@ def _quantize_int8(
             pre = fp32
     graph = onnx.load(str(pre)).graph
     nodes = [n for n in graph.node if n.op_type in _LAYER_OPS]
-    names = set(bits) | {p for n in bits for p in _prefixes(n)}
-    keep = [n.name for n in nodes if bits.get(_module_of(n.name, names) or "", 32) == 8]
+    keep = [n.name for n in nodes if bits.get(_module_of(n.name, modules) or "", 32) == 8]
     exclude = [n.name for n in nodes if n.name not in keep]
     if not keep:  # nothing at 8 bits: the fp32 model is the answer
         out.write_bytes(fp32.read_bytes())
