@@ -64,6 +64,40 @@ class Concat(nn.Module):
         return torch.cat([self.p(x), self.q(x)], dim=1)
 
 
+class Swishy(nn.Module):
+    """Activations an NPU compiler folds into the conv/linear before them, and one it cannot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 1, bias=False)
+        self.silu = nn.SiLU()
+        self.b = nn.Conv2d(8, 8, 1, bias=False)
+        self.c = nn.Conv2d(8, 8, 1, bias=False)
+        self.hswish = nn.Hardswish()
+        self.fc = nn.Linear(8 * 4 * 4, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(self.silu(self.a(x)))
+        z = self.c(y * torch.sigmoid(y))  # SiLU written out
+        u = self.hswish(z) + z  # z has two readers: the hardswish cannot run inside c
+        return nn.functional.gelu(self.fc(torch.flatten(u, 1)))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.act = nn.SiLU()
+        self.fc1 = nn.Conv2d(8, 2, 1)
+        self.fc2 = nn.Conv2d(2, 8, 1)
+        self.proj = nn.Conv2d(8, 4, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv(x))
+        s = torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return self.proj(y * s)
+
+
 ALL8 = {"c1": 8, "c2": 8, "fc": 8}
 
 
@@ -348,3 +382,42 @@ def test_a_graph_the_tflm_memory_model_cannot_follow_falls_back_to_liveness(
         _graph.clear_cache()
     assert cost.memory_bytes == liveness.memory_bytes != tflm.memory_bytes
     assert any("TFLite Micro memory model" in n and "KeyError" in n for n in cost.notes)
+
+
+def test_a_runtime_that_fuses_activations_runs_them_inside_the_conv() -> None:
+    """SiLU, hardswish, GELU and x * sigmoid(x) on a conv/linear output nothing else reads cost
+    nothing on a `fused_activation` profile (an NPU compiler), a full pass everywhere else."""
+    kernels = summarize(Swishy(), (1, 4, 4, 4)).kernels
+    flags = [(k.kind, k.fused_activation) for k in kernels]
+    assert flags == [
+        ("conv", False),
+        ("elementwise", True),  # silu after a
+        ("conv", False),
+        ("elementwise", True),  # sigmoid(y) ...
+        ("elementwise", True),  # ... and y * sigmoid(y)
+        ("conv", False),
+        ("elementwise", False),  # hardswish on z, which the add reads too
+        ("elementwise", False),  # the add
+        ("linear", False),
+        ("elementwise", True),  # gelu after fc
+    ]
+    plain = estimate_cost(Swishy(), (4, 4, 4), TOY)
+    fused = estimate_cost(Swishy(), (4, 4, 4), TOY.with_updates(fused_activation=True))
+    folded = [k.fused_activation for k in kernels]
+    assert [r.latency_ms == 0 for r in fused.layers] == folded
+    for p, f, fold in zip(plain.layers, fused.layers, folded):
+        assert fold or p == f  # everything else costs what it did
+    # Without the flag the SiLU is a pass: 128 elements in and out at 4 bytes, 0.5 GB/s, + 1 us.
+    assert plain.layers[1].latency_ms == pytest.approx((1024 / 0.5e9 + 1e-6) * 1e3)
+    saved = sum(p.latency_ms for p, fold in zip(plain.layers, folded) if fold)
+    assert plain.latency_ms - fused.latency_ms == pytest.approx(saved)
+    # A network without such activations costs the same either way.
+    relu = TOY.with_updates(fused_activation=True)
+    assert estimate_cost(Chain(), (1, 8, 8), relu) == estimate_cost(Chain(), (1, 8, 8), TOY)
+
+
+def test_a_squeeze_excite_scale_is_not_an_activation() -> None:
+    """Its multiply needs the pooled scale, so it cannot run in the conv producing y."""
+    kernels = summarize(SqueezeExcite(), (1, 8, 6, 6)).kernels
+    named = {k.name: k.fused_activation for k in kernels if k.kind == "elementwise"}
+    assert named == {"act": True, "mean": False, "silu": True, "mul": False}

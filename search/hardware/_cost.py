@@ -120,12 +120,13 @@ def price_kernels(
                 # Channels off the vector width run on the runtime's slow path.
                 eff *= profile.unaligned_factor(k.in_channels, k.out_channels, k.groups)
             compute_s = macs / (profile.peak_macs_per_s[precision] * eff)
+            compute_s *= profile.occupancy_factor(k.out_elems * batch_scale)  # idle GPU SMs
             memory_s = moved / bw
             t = max(compute_s, memory_s) + profile.layer_overhead_us[k.kind] * 1e-6
             # Requantizing and storing each output (an MCU's scalar epilogue) is not MAC work.
             t += k.out_elems * batch_scale * profile.output_overhead_ns * 1e-9
-        elif k.residual and profile.fused_add and _fusable(k, profile):
-            # Folded into the conv that produces one operand: no pass of its own.
+        elif folded(k, profile):
+            # Run inside the conv producing its (or an operand's) input: no pass of its own.
             precision, macs, wbytes, moved = activation_bits, 0, 0, 0
             compute_s = memory_s = t = 0.0
         else:
@@ -155,6 +156,15 @@ def price_kernels(
 def _fusable(k: Kernel, profile: HardwareProfile) -> bool:
     """A residual add folds into its conv only where that conv runs the fast (aligned) path."""
     return profile.channel_block <= 1 or k.out_channels % profile.channel_block == 0
+
+
+def folded(k: Kernel, profile: HardwareProfile) -> bool:
+    """An element-wise kernel the profile's runtime runs inside a conv (`kernel_terms` agrees)."""
+    if k.kind in COMPUTE_KINDS:
+        return False
+    if k.residual and profile.fused_add and _fusable(k, profile):
+        return True
+    return k.fused_activation and profile.fused_activation
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

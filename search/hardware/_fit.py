@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._cost import layer_weight_bytes
+from ._cost import folded, layer_weight_bytes
 from ._kernels import COMPUTE_KINDS, Kernel
 from ._profile import OP_KINDS, HardwareProfile, profile_from_dict
 
@@ -50,7 +50,6 @@ def kernel_terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np
         k: ([], [], [], []) for k in OP_KINDS
     }
     s = sample.batch_scale
-    block = profile.channel_block
     for k in sample.kernels:
         if k.kind in COMPUTE_KINDS:
             bits = int(sample.layer_bits.get(k.layer or "", 32))
@@ -66,8 +65,8 @@ def kernel_terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np
             )
             rows[k.kind][2].append(0 if not off else (1 if k.groups <= 1 else 2))
             rows[k.kind][3].append(k.out_elems * s)
-        elif k.residual and profile.fused_add and (block <= 1 or k.out_channels % block == 0):
-            continue
+        elif folded(k, profile):
+            continue  # run inside a conv: no pass of its own (as price_kernels prices it)
         else:
             rows["elementwise"][0].append(0.0)
             rows["elementwise"][1].append((k.in_elems + k.out_elems) * act * s)
@@ -87,7 +86,10 @@ def predict_s(
     bandwidth: float,
     inv_unaligned: tuple[float, float] = (1.0, 1.0),
     output_s: float = 0.0,
+    saturation: float = 0.0,
 ) -> float:
+    """The latency in seconds of one sample's `kernel_terms` under the given figures (what
+    `price_kernels` prices; `saturation` is `saturation_outputs`)."""
     total = model_s
     for kind, (c, b, unaligned, outs) in terms.items():
         if not len(c):
@@ -96,6 +98,8 @@ def predict_s(
             total += float(b.sum()) / bandwidth * inv_eff[kind]
         else:
             factor = np.choose(unaligned, (1.0, inv_unaligned[0], inv_unaligned[1]))
+            if saturation > 0:  # HardwareProfile.occupancy_factor
+                factor = factor * np.maximum(1.0, saturation / np.maximum(outs, 1e-9))
             scale = inv_eff[kind] * factor
             total += float(np.maximum(c * scale, b / bandwidth).sum())
             total += float(outs.sum()) * output_s
@@ -167,7 +171,12 @@ def fit_profile(
         x = full(z)
         inv, over, model, bw, inv_un = unpack(x)
         out_s = base.output_overhead_ns * 1e-9
-        pred = np.asarray([predict_s(t, inv, over, model, bw, inv_un, out_s) for t in terms])
+        pred = np.asarray(
+            [
+                predict_s(t, inv, over, model, bw, inv_un, out_s, base.saturation_outputs)
+                for t in terms
+            ]
+        )
         r = np.log(np.maximum(pred, 1e-12) / measured)
         return np.concatenate([r, prior_weight * (z - x0_arr[free])])
 
@@ -221,6 +230,7 @@ def predicted_ms(sample: Sample, profile: HardwareProfile) -> float:
             1.0 / profile.unaligned_efficiency["dwconv"],
         ),
         profile.output_overhead_ns * 1e-9,
+        profile.saturation_outputs,
     )
     return pred * 1e3
 

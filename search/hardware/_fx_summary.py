@@ -34,7 +34,10 @@ from ._op_rules import (
     conv_macs,
     is_activation,
     is_add,
+    is_epilogue_activation,
     is_folded_module,
+    is_gate,
+    is_mul,
     is_split,
     layer_weight_numel,
     mha_macs,
@@ -115,6 +118,37 @@ class _Walk:
             return None
         root = self.fused_into.get(src, src)
         return root if self.kind_of.get(root) == "compute" else None
+
+    def compute_output(self, a: fx.Node) -> bool:
+        """`a` is the output of a compute node (through a fused batch norm or activation)."""
+        return self.kind_of.get(self.fused_into.get(a, a)) == "compute"
+
+    def swish_pair(self, gate: fx.Node) -> fx.Node | None:
+        """The mul of x * gate(x), when `gate` and that mul are the only readers of x."""
+        ins = self.tensor_inputs(gate)
+        if len(ins) != 1 or len(self.users[gate]) != 1:
+            return None
+        x, mul = ins[0], self.users[gate][0]
+        if not is_mul(mul) or set(self.tensor_inputs(mul)) != {x, gate}:
+            return None
+        return mul if set(self.users[x]) == {gate, mul} else None
+
+    def fused_activation(self, step: _Step) -> bool:
+        """Element-wise work a `fused_activation` runtime runs inside a conv (Kernel docs)."""
+        n = step.node
+        if is_epilogue_activation(n, self.modules):
+            return self.fusion_root(n) is not None
+        if is_gate(n, self.modules):
+            ins = step.ins
+            return len(ins) == 1 and self.compute_output(ins[0]) and self.swish_pair(n) is not None
+        if is_mul(n) and len(step.ins) == 2:
+            return any(
+                is_gate(gate, self.modules)
+                and self.swish_pair(gate) is n
+                and self.compute_output(self.tensor_inputs(gate)[0])
+                for gate in step.ins
+            )
+        return False
 
     # -- recording -------------------------------------------------------------------------------
 
@@ -223,6 +257,7 @@ class _Walk:
             residual = ins[0] in self.residual_nodes
         if residual:
             self.residual_nodes.add(n)
+        fused = not residual and self.fused_activation(step)
         self.kernels.append(
             Kernel(
                 name=n.name,
@@ -231,6 +266,7 @@ class _Walk:
                 in_elems=step.in_elems,
                 out_elems=step.out_elems,
                 residual=residual,
+                fused_activation=fused,
                 out_channels=int(out_shape[1]) if len(out_shape) == 4 else 0,
             )
         )

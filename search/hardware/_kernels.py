@@ -23,6 +23,12 @@ class Kernel:
     # An add that takes a conv's output (or the activation right after such an add): runtimes
     # whose profile says `fused_add` fold it into that conv (ONNX Runtime's NCHWc Conv+Sum).
     residual: bool = False
+    # An activation ONNX Runtime and TFLite run as a pass of their own (SiLU, hardswish, GELU,
+    # the sigmoid and mul of x * sigmoid(x)) on the output of a conv/linear that nothing else
+    # reads: runtimes whose profile says `fused_activation` (an NPU graph compiler such as
+    # Qualcomm QNN on the Hexagon HTP) run it in that conv's output stage. A squeeze-excite
+    # channel scale is not one: its scale exists only once the whole conv output is pooled.
+    fused_activation: bool = False
     in_channels: int = 0  # convs: for the channel-alignment rule
     groups: int = 1
 

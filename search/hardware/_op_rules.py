@@ -38,6 +38,31 @@ FUSABLE_FUNCS = {
     torch.clip,
 }
 FUSABLE_METHODS = {"relu", "relu_", "clamp", "clamp_", "clip", "sigmoid", "tanh"}
+# Activations ONNX Runtime and TFLite run as a pass of their own, but an NPU graph compiler
+# (Qualcomm QNN on the Hexagon HTP) folds into the conv/linear before them as it does a ReLU:
+# element-wise work, unless the profile says `fused_activation`.
+EPILOGUE_MODULES = (
+    nn.SiLU,
+    nn.Hardswish,
+    nn.GELU,
+    nn.Mish,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+)
+EPILOGUE_FUNCS = {
+    torch.nn.functional.silu,
+    torch.nn.functional.hardswish,
+    torch.nn.functional.gelu,
+    torch.nn.functional.mish,
+    torch.nn.functional.elu,
+    torch.nn.functional.selu,
+    torch.nn.functional.celu,
+}
+# The gate of x * gate(x) (SiLU or hardswish written out).
+GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+GATE_FUNCS = {torch.sigmoid, torch.nn.functional.hardsigmoid}
+GATE_METHODS = {"sigmoid"}
 NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # Shape-only or no-op: the output is the input's buffer.
 ALIAS_MODULES = (
@@ -77,6 +102,7 @@ ALIAS_METHODS = {
 }
 KNOWN_FUNCS = (
     FUSABLE_FUNCS
+    | EPILOGUE_FUNCS
     | ALIAS_FUNCS
     | {
         torch.nn.functional.conv1d,
@@ -118,6 +144,28 @@ def is_add(n: fx.Node) -> bool:
     if n.op == "call_function":
         return n.target in (operator.add, operator.iadd, torch.add)
     return n.op == "call_method" and n.target in ("add", "add_")
+
+
+def is_mul(n: fx.Node) -> bool:
+    if n.op == "call_function":
+        return n.target in (operator.mul, operator.imul, torch.mul)
+    return n.op == "call_method" and n.target in ("mul", "mul_")
+
+
+def is_epilogue_activation(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """SiLU, hardswish, GELU ...: fused into the conv before them on a `fused_activation` NPU."""
+    if n.op == "call_module":
+        return isinstance(modules.get(str(n.target)), EPILOGUE_MODULES)
+    return n.op == "call_function" and n.target in EPILOGUE_FUNCS
+
+
+def is_gate(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A sigmoid or hard sigmoid: the gate of x * sigmoid(x) or of a squeeze-excite scale."""
+    if n.op == "call_module":
+        return isinstance(modules.get(str(n.target)), GATE_MODULES)
+    if n.op == "call_function":
+        return n.target in GATE_FUNCS
+    return n.op == "call_method" and n.target in GATE_METHODS
 
 
 def is_activation(n: fx.Node, modules: dict[str, nn.Module]) -> bool:

@@ -29,8 +29,8 @@ _FIELDS_DOC = (
     "name, description, sources, peak_macs_per_s, native_precisions, fallback_precision, "
     "bandwidth_bytes_per_s, efficiency, layer_overhead_us, model_overhead_us, threads, batch, "
     "memory, weights_in, runtime_flash_kb, budgets, sparse_support, depthwise_in_place, "
-    "fused_add, channel_block, unaligned_efficiency, output_overhead_ns, runtime, latency_error, "
-    "memory_planner"
+    "fused_add, fused_activation, channel_block, unaligned_efficiency, output_overhead_ns, "
+    "saturation_outputs, runtime, latency_error, memory_planner"
 )
 RUNTIME_KEYS = ("name", "version", "note")
 LATENCY_ERROR_KEYS = ("p90", "source", "rows")
@@ -99,6 +99,12 @@ class HardwareProfile:
     sparse_support: bool = False
     depthwise_in_place: bool = False
     fused_add: bool = False
+    # The runtime compiles the graph and runs the activations that CPU runtimes leave as
+    # passes of their own (SiLU, hardswish, GELU, x * sigmoid(x)) in the output stage of the
+    # conv/linear before them, as it does a ReLU (an NPU such as Qualcomm QNN on the Hexagon
+    # HTP): those kernels cost nothing (`Kernel.fused_activation`). Off: each is a pass over
+    # memory, as in ONNX Runtime and TFLite.
+    fused_activation: bool = False
     channel_block: int = 1
     unaligned_efficiency: Mapping[str, float] = field(
         default_factory=lambda: {"conv": 1.0, "dwconv": 1.0}
@@ -106,6 +112,10 @@ class HardwareProfile:
     # Time per output element of a conv/linear (requantize, clamp, store), in ns: on an MCU
     # ~10 cycles each, what makes a depthwise or small-channel layer slow per MAC.
     output_overhead_ns: float = 0.0
+    # GPUs: output elements a conv/linear needs to give every streaming multiprocessor work. A
+    # smaller layer (at batch 1, a late layer of a classifier) leaves SMs idle and takes as long
+    # per MAC as if it had that many outputs (wave quantization); 0: no such rule.
+    saturation_outputs: float = 0.0
     # The software the latencies are for ({name, version, note}): the same chip runs a network
     # 2-4x faster or slower under another runtime, so a profile is calibrated on one.
     runtime: Mapping[str, str] | None = None
@@ -238,7 +248,7 @@ class HardwareProfile:
                 for k in UNALIGNED_KINDS
             },
         )
-        for key in ("sparse_support", "depthwise_in_place", "fused_add"):
+        for key in ("sparse_support", "depthwise_in_place", "fused_add", "fused_activation"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f, key, "must be true or false")
         if self.memory_planner not in MEMORY_PLANNERS:
@@ -251,6 +261,11 @@ class HardwareProfile:
             self,
             "output_overhead_ns",
             _number(f, "output_overhead_ns", self.output_overhead_ns, lo=0.0),
+        )
+        object.__setattr__(
+            self,
+            "saturation_outputs",
+            _number(f, "saturation_outputs", self.saturation_outputs, lo=0.0),
         )
         if self.runtime is not None:
             rt = _mapping(f, "runtime", self.runtime, RUNTIME_KEYS)
@@ -337,6 +352,13 @@ class HardwareProfile:
         if self.aligned(in_channels, out_channels, groups):
             return 1.0
         return float(self.unaligned_efficiency["conv" if groups <= 1 else "dwconv"])
+
+    def occupancy_factor(self, outputs: float) -> float:
+        """How much longer per MAC a conv/linear with `outputs` output elements runs than one
+        that fills the device: `saturation_outputs / outputs`, at least 1."""
+        if self.saturation_outputs <= 0 or outputs <= 0:
+            return 1.0
+        return max(1.0, self.saturation_outputs / outputs)
 
     def compute_precision(self, weight_bits: int, activation_bits: int) -> int:
         """The precision a layer runs at: the wider operand, or the fallback if not native."""
