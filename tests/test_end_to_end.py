@@ -100,3 +100,23 @@ def test_measured_latency_mode_on_the_host(in_tmp: Path):
         measured = trial.user_attrs["latency_ms"]
         assert 0 < measured < 1000
         assert measured != trial.user_attrs["predicted_latency_ms"]  # the prediction is replaced
+
+
+@pytest.mark.parametrize("target", ["jetson_xavier", "jetson_nano", "a100"])
+def test_gpu_profiles_search_report_and_export_fp16(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    """`run --target <GPU profile>` on the quickstart's task: search, report, fp16 export."""
+    exp = write_experiment(in_tmp, target=target, trials=2, budgets={"latency_ms": 5})
+    assert main(["run", str(exp), "--no-progress"]) == 0
+    run_dir = in_tmp / "experiments" / "runs" / "e2e"
+    assert (run_dir / "report.html").is_file()
+    front = json.loads((run_dir / "pareto.json").read_text())
+    assert front["front"], "the feasible front is empty"
+    assert main(["export", str(run_dir), "--format", "onnx-fp16"]) == 0
+    winner = yaml.safe_load((run_dir / "winner" / "winner.yaml").read_text())
+    assert winner["profile"]["name"] == target and winner["onnx"]["float16"] is True
+    assert " as onnx-fp16 to " in capsys.readouterr().out
+    if target == "jetson_nano":  # no int8 on its Maxwell GPU: the space offers no 8-bit layer
+        trials = pd.read_csv(run_dir / "trials.csv")
+        assert not trials["plan_text"].astype(str).str.contains(r"\bw[48]\b").any()

@@ -385,6 +385,48 @@ def test_networks_of_one_backbone_leave_together() -> None:
     others = [zoo_sample("resnet8", 8, 30.0), zoo_sample("ds_cnn", 8, 10.0)]
     assert a.group == b.group != others[0].group
     rows = leave_one_network_out([a, b, *others], MCU_TRUE)
-    alone = fit_device(others, MCU_TRUE)
+    alone = fit_device(others, MCU_TRUE).profile
     assert rows[0].predicted_ms == pytest.approx(predicted_ms(a, alone))
     assert rows[1].predicted_ms == pytest.approx(predicted_ms(b, alone))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_fit_prices_fused_activations_as_the_cost_model_does(fused: bool) -> None:
+    """`kernel_terms` (what the fit sees) and `estimate_cost` (what the search sees) agree."""
+    from search.hardware._fit import predicted_ms
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(8, 16, 3, padding=1)
+            self.act = nn.SiLU()
+            self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = nn.functional.hardswish(self.dw(self.act(self.conv(x))))
+            y = y * torch.sigmoid(y.mean((2, 3), keepdim=True))  # squeeze-excite: a pass
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+    profile = TRUE.with_updates(fused_activation=fused)
+    net = Block().eval()
+    sample = Sample("block", summarize(net, (1, 8, 12, 12)).kernels, 1.0)
+    cost = estimate_cost(net, (8, 12, 12), profile)
+    assert predicted_ms(sample, profile) == pytest.approx(cost.latency_ms, rel=1e-9)
+    assert sum(k.fused_activation for k in sample.kernels) == 2  # the silu and the hardswish
+
+
+@pytest.mark.parametrize("saturation", [0.0, 5_000.0])
+def test_the_fit_prices_idle_gpu_sms_as_the_cost_model_does(saturation: float) -> None:
+    """A GPU profile's `saturation_outputs`: small layers run as long per MAC as a saturating
+    one, in the fit (`predicted_ms`) exactly as in the search (`estimate_cost`)."""
+    from search.hardware._fit import predicted_ms
+
+    net = _net(16, 2, 3).eval()  # 16 x 12 x 12 = 2,304 outputs per conv, a 10-output linear
+    profile = TRUE.with_updates(saturation_outputs=saturation)
+    sample = Sample("net", summarize(net, (1, 3, 12, 12)).kernels, 1.0)
+    cost = estimate_cost(net, (3, 12, 12), profile)
+    assert predicted_ms(sample, profile) == pytest.approx(cost.latency_ms, rel=1e-9)
+    if saturation:  # every layer is below saturation: compute time grows, overheads do not
+        plain = estimate_cost(net, (3, 12, 12), TRUE)
+        assert cost.latency_ms > plain.latency_ms

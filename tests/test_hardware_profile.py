@@ -18,7 +18,19 @@ from search.hardware import (
     write_profile,
 )
 
-BUILTIN = ("phone", "phone_npu", "mcu", "mcu_h7", "mcu_m4", "mcu_m33", "cloud_gpu")
+BUILTIN = (
+    "phone",
+    "phone_npu",
+    "mcu",
+    "mcu_h7",
+    "mcu_m4",
+    "mcu_m33",
+    "cloud_gpu",
+    "jetson_xavier",
+    "jetson_nano",
+    "a100",
+)
+TENSORRT = ("cloud_gpu", "jetson_xavier", "jetson_nano", "a100")
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 
 GOOD = {
@@ -35,6 +47,32 @@ GOOD = {
     "weights_in": "flash",
     "budgets": {"latency_ms": 10, "memory_kb": 64},
 }
+
+
+def test_only_the_npu_and_tensorrt_8_fuse_activations_into_their_convs() -> None:
+    """`fused_activation` is off by default: CPU and MCU runtimes run SiLU as a pass."""
+    assert profile_from_dict(GOOD).fused_activation is False
+    assert [n for n in BUILTIN if load_profile(n).fused_activation] == ["phone_npu", "a100"]
+
+
+def test_only_gpus_leave_sms_idle_on_small_layers() -> None:
+    """`saturation_outputs`: a GPU layer with fewer outputs than it takes to fill every SM runs
+    as long per MAC as one that fills them; nothing else has the rule."""
+    assert profile_from_dict(GOOD).saturation_outputs == 0
+    assert {n for n in BUILTIN if load_profile(n).saturation_outputs > 0} == set(TENSORRT)
+    gpu = profile_from_dict({**GOOD, "saturation_outputs": 1000})
+    assert gpu.occupancy_factor(250) == 4.0
+    assert gpu.occupancy_factor(1000) == gpu.occupancy_factor(5000) == 1.0
+    assert profile_from_dict(GOOD).occupancy_factor(1) == 1.0
+
+
+@pytest.mark.parametrize("name", TENSORRT)
+def test_tensorrt_profiles_name_their_runtime_and_board_memory(name: str) -> None:
+    """What `export` keys TensorRT's int8 ONNX on, and the board's own memory."""
+    p = load_profile(name)
+    assert "TensorRT" in (p.runtime or {})["name"]
+    assert p.memory["ram_kb"] and p.budgets["memory_kb"] <= p.memory["ram_kb"]
+    assert (8 in p.weight_bits) == (name != "jetson_nano")  # Maxwell has no int8
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -133,6 +171,8 @@ BAD_CASES = [
     (("budgets", "latency_ms"), 0, "budgets.latency_ms", "> 0"),
     (("sparse_support",), "yes", "sparse_support", "true or false"),
     (("fused_add",), 1, "fused_add", "true or false"),
+    (("fused_activation",), "on", "fused_activation", "true or false"),
+    (("saturation_outputs",), -1, "saturation_outputs", "outside"),
     (("channel_block",), 0, "channel_block", "integer in [1, 256]"),
     (("unaligned_efficiency",), 2, "unaligned_efficiency.conv", "outside"),
     (("unaligned_efficiency",), {"linear": 0.5}, "unaligned_efficiency.linear", "unknown key"),

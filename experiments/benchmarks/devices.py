@@ -47,7 +47,6 @@ from search.hardware._calibrate import (  # noqa: E402
     calibrate,
 )
 from search.hardware._device_fit import DEVICE_PRIORS  # noqa: E402
-from search.hardware._fit import predicted_ms  # noqa: E402
 from search.hardware._measurements import csv_rows, read_measurements  # noqa: E402
 from search.hardware._profile import HardwareProfile  # noqa: E402
 
@@ -63,8 +62,12 @@ FILES = {
     "mcu_m33": "mcu_published.csv",
     "phone": "phone_gpu_published.csv",
     "phone_npu": "phone_gpu_published.csv",
-    "cloud_gpu": "phone_gpu_published.csv",
+    "cloud_gpu": "gpu_published.csv",
+    "jetson_xavier": "gpu_published.csv",
+    "jetson_nano": "gpu_published.csv",
+    "a100": "gpu_published.csv",
 }
+TENSORRT = ("cloud_gpu", "jetson_xavier", "jetson_nano", "a100")
 
 
 def _git_commit() -> str:
@@ -96,8 +99,13 @@ def _fitted_figures(p: HardwareProfile) -> dict[str, Any]:
         "layer_overhead_us": dict(p.layer_overhead_us),
         "model_overhead_us": p.model_overhead_us,
         "output_overhead_ns": p.output_overhead_ns,
+        "saturation_outputs": p.saturation_outputs,
         "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
     }
+
+
+def _metric(r: dict[str, str]) -> str:
+    return r.get("metric_kind", "")
 
 
 def _published(name: str, use: str) -> list[dict[str, str]]:
@@ -122,10 +130,11 @@ def profile_section(name: str) -> tuple[dict[str, Any], Calibration]:
                 "precision_bits": s.activation_bits,
                 "board": _board(r),
                 "runtime": _runtime(r),
+                "metric_kind": _metric(r),
                 "published": s.measured_ms,
                 "predicted_loo": None if row is None else round(row.predicted_ms, 4),
                 "ratio": None if row is None else round(row.ratio, 3),
-                "predicted_full_fit": round(predicted_ms(s, cal.profile), 4),
+                "predicted_full_fit": round(cal.predict_ms(s), 4),
                 "source": f"{r['source_repo']}/{r['source_path']}",
             }
         )
@@ -137,17 +146,19 @@ def profile_section(name: str) -> tuple[dict[str, Any], Calibration]:
         scale = 1.0
         if name in MCU_CLOCK_MHZ and r.get("mhz"):
             scale = MCU_CLOCK_MHZ[name] / float(r["mhz"])  # same cycles on a slower/faster clock
-        pred = predicted_ms(s, cal.profile) * scale
+        pred = cal.predict_ms(s) * scale
         checks.append(
             {
                 "network": s.network,
                 "precision_bits": s.activation_bits,
                 "board": _board(r),
                 "runtime": _runtime(r),
+                "metric_kind": _metric(r),
                 "published": s.measured_ms,
                 "predicted": round(pred, 4),
                 "ratio": round(pred / s.measured_ms, 3),
                 "why_not_fitted": r.get("why", ""),
+                "source": f"{r['source_repo']}/{r['source_path']}",
             }
         )
     excluded = [{"model": r["model"], "why": r["why"]} for r in _published(name, "none")]
@@ -159,6 +170,8 @@ def profile_section(name: str) -> tuple[dict[str, Any], Calibration]:
         "checks": checks,
         "excluded": excluded,
         "fitted": _fitted_figures(cal.profile),
+        "reference_metric": cal.reference,
+        "metric_offsets_ms": dict(cal.fit.offsets_ms) if cal.fit else {},
         "latency_error": None
         if cal.profile.latency_error is None
         else dict(cal.profile.latency_error),
@@ -194,6 +207,7 @@ def unassigned_rows() -> list[dict[str, Any]]:
                         "runtime": _runtime(r),
                         "published": float(r["latency_ms"]),
                         "why": r["why"],
+                        "source": f"{r['source_repo']}/{r['source_path']}",
                     }
                 )
     return out
@@ -210,6 +224,7 @@ def host_section() -> dict[str, Any]:
         "rows": len(err),
         "p90_abs_error": round(float(np.quantile(err, 0.9)), 4),
         "within_20pct": round(float(np.mean(err <= 0.2)), 4),
+        "within_25pct": round(float(np.mean(err <= 0.25)), 4),
         "mape": round(float(np.mean(err)), 4),
         "source": "experiments/results/predictor.json (networks the host calibration never saw)",
     }
@@ -238,6 +253,12 @@ def write_profile_figures(name: str, profile: HardwareProfile) -> None:
             if block == "output_overhead_ns":
                 line = (
                     f"output_overhead_ns: {profile.output_overhead_ns:g}  # fitted by devices.py"
+                )
+            if block == "saturation_outputs":
+                line = re.sub(
+                    r"^saturation_outputs: [^ #]+",
+                    f"saturation_outputs: {profile.saturation_outputs:g}",
+                    line,
                 )
         else:
             m = re.match(r"^  ([a-z]+): ", line)
@@ -314,8 +335,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{_pct(host['within_20pct'])} | | | {_pct(host['mape'])} | "
             f"{_pct(host['p90_abs_error'])} | (predictor.md) |"
         )
-    md += ["", "Targets: MCU profiles >= 80 % within +-20 %; phone, phone_npu, cloud_gpu >= 70 %"]
-    md += ["within +-25 % and Spearman >= 0.9 (all leave-one-network-out).", ""]
+    md += ["", "Targets: MCU profiles >= 80 % within +-20 %; phone, phone_npu and the TensorRT"]
+    md += ["profiles >= 70 % within +-25 % and Spearman >= 0.9 (all leave-one-network-out).", ""]
     for name, sec in result["profiles"].items():
         f = sec["fitted"]
         md += [f"## {name}: {sec['runtime'].get('name', '')} {sec['runtime'].get('version', '')}"]
@@ -334,8 +355,18 @@ def markdown(result: dict[str, Any]) -> list[str]:
             )
             + ".",
             "",
-            "| network | bits | board | published ms | predicted ms (LOO) | ratio |",
-            "|---|---:|---|---:|---:|---:|",
+        ]
+        if sec["metric_offsets_ms"]:
+            offsets = ", ".join(f"{m}: {v:+.3g} ms" for m, v in sec["metric_offsets_ms"].items())
+            md += [
+                f"Figures are those of `{sec['reference_metric']}` (the metric with most rows); "
+                f"the other sources' fitted offsets: {offsets}.",
+                "",
+            ]
+        md += [
+            "| network | bits | board | metric | published ms | predicted ms (LOO) | ratio "
+            "| source |",
+            "|---|---:|---|---|---:|---:|---:|---|",
         ]
         for r in sec["rows"]:
             pred = (
@@ -344,17 +375,21 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ratio = r["ratio"] if r["ratio"] is not None else pred / r["published"]
             md.append(
                 f"| {r['network']} | {r['precision_bits']} | {r['board'][:28]} | "
-                f"{r['published']:g} | {pred:.4g} | {ratio:.2f} |"
+                f"{r['metric_kind'] or '-'} | {r['published']:g} | {pred:.4g} | {ratio:.2f} | "
+                f"{r['source']} |"
             )
         if sec["checks"]:
             md += ["", "Checks (not fitted; predicted by the full fit):", ""]
-            md += ["| network | bits | board | runtime | published ms | predicted ms | ratio |"]
-            md += ["|---|---:|---|---|---:|---:|---:|"]
+            md += [
+                "| network | bits | board | runtime | published ms | predicted ms | ratio | "
+                "why not fitted | source |"
+            ]
+            md += ["|---|---:|---|---|---:|---:|---:|---|---|"]
             for r in sec["checks"]:
                 md.append(
                     f"| {r['network']} | {r['precision_bits']} | {r['board'][:28]} | "
                     f"{r['runtime'][:40]} | {r['published']:g} | {r['predicted']:.4g} | "
-                    f"{r['ratio']:.2f} |"
+                    f"{r['ratio']:.2f} | {r['why_not_fitted']} | {r['source']} |"
                 )
         if sec["excluded"]:
             md += [
@@ -363,14 +398,66 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ]
         md += [""]
     md += ["## Published rows no profile models", ""]
-    md += ["| model | board | runtime | published ms | why |", "|---|---|---|---:|---|"]
+    md += ["| model | board | runtime | published ms | why | source |"]
+    md += ["|---|---|---|---:|---|---|"]
     for r in result["unassigned"]:
         md.append(
             f"| {r['model'][:40]} | {r['board'][:32]} | {r['runtime'][:40]} | "
-            f"{r['published']:g} | {r['why']} |"
+            f"{r['published']:g} | {r['why']} | {r['source']} |"
         )
     md += [""]
     return md
+
+
+README_BEGIN = "<!-- devices: generated by experiments/benchmarks/devices.py -->"
+README_END = "<!-- /devices -->"
+
+
+def _short(text: str) -> str:
+    """A profile's device or runtime in a few words: its text up to the first '(' or ','."""
+    return re.split(r" \(|, ", text.strip())[0]
+
+
+def readme_section(result: dict[str, Any]) -> str:
+    """The README's hardware table, rendered from the results file (`--update-readme`)."""
+    setup = result["setup"]
+    lines = [
+        README_BEGIN,
+        f"[devices.md](experiments/results/devices.md) at commit `{setup['git_commit']}`:",
+        "",
+        "<!-- profiles -->",
+        "| profile | device | runtime | rows (networks) | within 20 % | within 25 % | Spearman |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    host = result["host"]
+    sections = {**result["profiles"], "host": host}
+    for name in sorted(sections):
+        sec = sections[name]
+        if name == "host":
+            device, runtime = "this machine", "ONNX Runtime (CPU)"
+            count, w20, w25, rho = (
+                f"{host['rows']} ({host['rows']})",
+                host["within_20pct"],
+                host["within_25pct"],
+                None,
+            )
+        else:
+            profile = load_profile(name)
+            device, runtime = profile.description, (profile.runtime or {}).get("name", "")
+            count = f"{len(sec['rows'])} ({sec['networks']})"
+            w20, w25, rho = sec["within_20pct_loo"], sec["within_25pct_loo"], sec["spearman_loo"]
+        lines.append(
+            f"| `{name}` | {_short(device)} | {_short(runtime)} | {count} | {_pct(w20)} | "
+            f"{_pct(w25)} | {'-' if rho is None else f'{rho:.2f}'} |"
+        )
+    lines += ["<!-- /profiles -->", README_END]
+    return "\n".join(lines)
+
+
+def update_readme(result: dict[str, Any], readme: Path = REPO / "README.md") -> None:
+    text = readme.read_text()
+    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + readme_section(result) + text[end:])
 
 
 def main() -> None:
@@ -378,7 +465,15 @@ def main() -> None:
     parser.add_argument(
         "--write-profiles", action="store_true", help="write the fits into the profile YAMLs"
     )
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="only re-render the README's hardware table from experiments/results/devices.json",
+    )
     args = parser.parse_args()
+    if args.update_readme:
+        update_readme(json.loads((RESULTS / "devices.json").read_text()))
+        return
     load_before = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
     profiles: dict[str, Any] = {}
@@ -404,7 +499,9 @@ def main() -> None:
         },
         "targets": {
             "mcu": "within_20pct_loo >= 0.8",
-            "phone, phone_npu, cloud_gpu": "within_25pct_loo >= 0.7, spearman_loo >= 0.9",
+            "phone, phone_npu, " + ", ".join(TENSORRT): (
+                "within_25pct_loo >= 0.7, spearman_loo >= 0.9"
+            ),
         },
         "profiles": profiles,
         "host": host,

@@ -16,8 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._device_fit import LooRow, error_summary, fit_device, leave_one_network_out
-from ._fit import Sample
+from ._device_fit import (
+    DeviceFit,
+    LooRow,
+    error_summary,
+    fit_device,
+    leave_one_network_out,
+    metric_of,
+    reference_metric,
+)
+from ._fit import Sample, predicted_ms
 from ._measurements import read_measurements
 from ._profile import HardwareProfile, load_profile, profile_from_dict, write_profile
 
@@ -40,6 +48,22 @@ def _mcu_start(mhz: float) -> dict[str, Any]:
     }
 
 
+# Streaming multiprocessors of each GPU (datasheets): T4 40, AGX Xavier 8, Nano 1, A100 108.
+GPU_SMS = {"cloud_gpu": 40, "jetson_xavier": 8, "jetson_nano": 1, "a100": 108}
+
+
+def _tensorrt_start(sms: int) -> dict[str, Any]:
+    # TensorRT at batch 1: dense convs well below the tensor-core peak, depthwise far below it
+    # (no tensor cores), one kernel launch (~5-10 us) per fused layer, a fixed cost per call;
+    # a layer needs about one 64x64 output tile per SM to keep every SM busy.
+    return {
+        "efficiency": {"conv": 0.3, "dwconv": 0.05, "linear": 0.2, "elementwise": 0.6},
+        "layer_overhead_us": {"conv": 8, "dwconv": 8, "linear": 8, "elementwise": 5},
+        "model_overhead_us": 50.0,
+        "saturation_outputs": sms * 64 * 64,
+    }
+
+
 FIT_STARTS: dict[str, dict[str, Any]] = {
     **{name: _mcu_start(mhz) for name, mhz in MCU_CLOCK_MHZ.items()},
     "phone": {
@@ -52,11 +76,7 @@ FIT_STARTS: dict[str, dict[str, Any]] = {
         "layer_overhead_us": {"conv": 3, "dwconv": 3, "linear": 3, "elementwise": 2},
         "model_overhead_us": 100.0,
     },
-    "cloud_gpu": {
-        "efficiency": {"conv": 0.3, "dwconv": 0.05, "linear": 0.2, "elementwise": 0.6},
-        "layer_overhead_us": {"conv": 8, "dwconv": 8, "linear": 8, "elementwise": 5},
-        "model_overhead_us": 50.0,
-    },
+    **{name: _tensorrt_start(sms) for name, sms in GPU_SMS.items()},
 }
 
 
@@ -71,11 +91,21 @@ def fit_start(base: HardwareProfile) -> HardwareProfile:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted profile, its leave-one-network-out rows and their error summary."""
+    """A fitted profile, its leave-one-network-out rows and their error summary.
+
+    `fit` holds the offsets of metrics other than `reference` (the one the profile predicts).
+    """
 
     profile: HardwareProfile
     loo: tuple[LooRow, ...]
     errors: Mapping[str, float | None]
+    fit: DeviceFit | None = None
+    reference: str = ""
+
+    def predict_ms(self, sample: Sample) -> float:
+        """The sample's latency as its own source measures it (the offset of its metric)."""
+        offsets = self.fit.offsets_ms if self.fit else {}
+        return predicted_ms(sample, self.profile) + offsets.get(metric_of(sample), 0.0)
 
     def report(self) -> str:
         """Lines a person reads after `profiles calibrate`: the fit and how far to trust it."""
@@ -119,17 +149,19 @@ def calibrate(
     `latency_error` (p90 of |predicted/measured - 1|) when at least two networks were measured.
     """
     base = fit_start(base)
-    profile = fit_device(samples, base, priors=priors)
+    reference = reference_metric(samples)
+    fit = fit_device(samples, base, priors=priors, reference=reference)
+    profile = fit.profile
     loo: list[LooRow] = []
     if len({s.group for s in samples}) >= 2:
-        loo = leave_one_network_out(samples, base, priors=priors)
+        loo = leave_one_network_out(samples, base, priors=priors, reference=reference)
     errors = error_summary(loo)
     if loo:
         p90 = errors["p90_abs_error_loo"]
         assert p90 is not None
         latency_error = {"p90": round(p90, 4), "source": source, "rows": len(loo)}
         profile = profile.with_updates(latency_error=latency_error)
-    return Calibration(profile, tuple(loo), errors)
+    return Calibration(profile, tuple(loo), errors, fit, reference)
 
 
 def calibrate_from_measurements(
@@ -178,4 +210,4 @@ def calibration_from_csv(
         write_profile(
             profile, out_path, header=f"fitted from {csv_path} on {time.strftime('%Y-%m-%d')}"
         )
-    return Calibration(profile, result.loo, result.errors)
+    return Calibration(profile, result.loo, result.errors, result.fit, result.reference)

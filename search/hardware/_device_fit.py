@@ -1,10 +1,17 @@
-"""The device fit (few free parameters) and its leave-one-network-out evaluation."""
+"""The device fit (few free parameters) and its leave-one-network-out evaluation.
+
+Published rows of one device often come from several sources that time different things (the
+engine call alone, an MLPerf query with its host copy, a Python loop with its call overhead):
+each source's `metric_kind` other than the reference one gets one fixed offset in milliseconds,
+fitted with the rest, so the profile's figures are those of the reference metric.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,7 +28,32 @@ DEVICE_PRIORS = {
     "model_overhead": 0.3,
     "bandwidth": 1.0,
     "output_overhead": 0.3,
+    "saturation": 0.3,
+    "metric_offset": 0.3,  # on an offset as a share of its metric's median row
 }
+
+
+def metric_of(sample: Sample) -> str:
+    """What a measurement times (`metric_kind` of its CSV row; "" when it says nothing)."""
+    return sample.row.get("metric_kind", "")
+
+
+def reference_metric(samples: Sequence[Sample]) -> str:
+    """The metric with the most rows (the first one read on a tie): what the profile predicts."""
+    counts = Counter(metric_of(s) for s in samples)
+    return max(counts, key=lambda m: (counts[m], -[metric_of(s) for s in samples].index(m)))
+
+
+@dataclass(frozen=True)
+class DeviceFit:
+    """A fitted profile (its figures are the reference metric's) and the other metrics' offsets."""
+
+    profile: HardwareProfile
+    offsets_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def predict_ms(self, sample: Sample) -> float:
+        """The sample's latency as its own source measures it."""
+        return predicted_ms(sample, self.profile) + self.offsets_ms.get(metric_of(sample), 0.0)
 
 
 def fit_device(
@@ -29,17 +61,20 @@ def fit_device(
     base: HardwareProfile,
     *,
     priors: Mapping[str, float] | None = None,
-) -> HardwareProfile:
+    reference: str | None = None,
+) -> DeviceFit:
     """Fit `base` to a handful of whole-network measurements with few free parameters.
 
     Free: one MAC-rate scale (the conv efficiency). Pulled towards the base profile's value
     by a prior (`DEVICE_PRIORS`): the depthwise and linear efficiencies as ratios to it, the
     element-wise efficiency, one multiplier on every layer overhead, the per-inference
-    overhead, the bandwidth (held nearly fixed) and the per-output overhead (only where the
-    base has one). A device measured on three or four networks cannot support per-kind
-    overheads, and the base profile's ratios (depthwise slower per MAC than dense) are the
-    physics it falls back on. Least squares on log latency, so every network weighs the same
-    whatever its size.
+    overhead, the bandwidth (held nearly fixed), and the per-output overhead and a GPU's
+    `saturation_outputs` (each only where the base has one). A device measured on three or
+    four networks cannot support per-kind overheads, and the base profile's ratios (depthwise
+    slower per MAC than dense) are the physics it falls back on. Least squares on log
+    latency, so every network weighs the same whatever its size. Samples whose metric is not
+    `reference` (default: `reference_metric`) share one additive offset per metric, pulled
+    towards 0.
     """
     from scipy.optimize import least_squares
 
@@ -53,8 +88,23 @@ def fit_device(
     inv_un = (1.0 / base.unaligned_efficiency["conv"], 1.0 / base.unaligned_efficiency["dwconv"])
     # x: log conv scale, log dw ratio, log linear ratio, log elementwise scale,
     #    log overhead multiplier, log model overhead (us), log bandwidth multiplier,
-    #    log output-overhead multiplier (moves only where the base has one)
-    x0 = np.asarray([0.0, 0.0, 0.0, 0.0, 0.0, math.log(base.model_overhead_us + 1.0), 0.0, 0.0])
+    #    log output-overhead multiplier, log saturation multiplier (these two move only where
+    #    the base has one), then one offset per metric other than the reference
+    if reference is None:
+        reference = reference_metric(samples)
+    others = sorted({metric_of(s) for s in samples} - {reference})
+    which = np.asarray(
+        [others.index(metric_of(s)) if metric_of(s) in others else -1 for s in samples]
+    )
+    # Offsets are fitted in units of their metric's median row (a prior that means the same
+    # on an MCU's 50 ms as on a GPU's 1 ms), never taking more than 90 % off its fastest row.
+    rows_ms = [[s.measured_ms for s in samples if metric_of(s) == m] for m in others]
+    unit_ms = np.asarray([float(np.median(v)) for v in rows_ms])
+    lowest = [min(v) / u for v, u in zip(rows_ms, unit_ms)]
+    x0 = np.asarray(
+        [0.0, 0.0, 0.0, 0.0, 0.0, math.log(base.model_overhead_us + 1.0), 0.0, 0.0, 0.0]
+        + [0.0] * len(others)
+    )
     weights = np.asarray(
         [
             0.0,
@@ -65,13 +115,16 @@ def fit_device(
             w["model_overhead"],
             w["bandwidth"],
             w["output_overhead"],
+            w["saturation"],
         ]
+        + [w["metric_offset"]] * len(others)
     )
     out0 = base.output_overhead_ns * 1e-9
+    sat0 = base.saturation_outputs
 
     def unpack(
         x: np.ndarray,
-    ) -> tuple[dict[str, float], dict[str, float], float, float, float]:
+    ) -> tuple[dict[str, float], dict[str, float], float, float, float, float]:
         g = math.exp(x[0])
         inv = {
             "conv": inv0["conv"] * g,
@@ -84,18 +137,23 @@ def fit_device(
         over = {k: over0[k] * math.exp(x[4]) * 1e-6 for k in OP_KINDS}
         model = max(math.exp(x[5]) - 1.0, 0.0) * 1e-6
         bw = base.bandwidth_bytes_per_s * math.exp(x[6])
-        return inv, over, model, bw, out0 * math.exp(x[7])
+        return inv, over, model, bw, out0 * math.exp(x[7]), sat0 * math.exp(x[8])
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        inv, over, model, bw, out_s = unpack(x)
-        pred = np.asarray([predict_s(t, inv, over, model, bw, inv_un, out_s) for t in terms])
-        r = np.log(np.maximum(pred, 1e-12) / measured)
+        inv, over, model, bw, out_s, sat = unpack(x)
+        pred = np.asarray([predict_s(t, inv, over, model, bw, inv_un, out_s, sat) for t in terms])
+        offsets = np.append(x[9:] * unit_ms, 0.0)[which] * 1e-3  # -1: the reference, none
+        r = np.log(np.maximum(pred + offsets, 1e-12) / measured)
         return np.concatenate([r, weights * (x - x0)])
 
-    lo = np.asarray([-12.0, -5.0, -5.0, -5.0, -8.0, 0.0, -5.0, -5.0])
-    hi = np.asarray([12.0, 5.0, 5.0, 5.0, 8.0, math.log(1e7), 5.0, 5.0])
+    lo = np.asarray(
+        [-12.0, -5.0, -5.0, -5.0, -8.0, 0.0, -5.0, -5.0, -5.0] + [-0.9 * v for v in lowest]
+    )
+    hi = np.asarray(
+        [12.0, 5.0, 5.0, 5.0, 8.0, math.log(1e7), 5.0, 5.0, 5.0] + [10.0] * len(others)
+    )
     result = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi))
-    inv, over, model, bw, out_s = unpack(result.x)
+    inv, over, model, bw, out_s, sat = unpack(result.x)
     data = base.to_dict()
     data.update(
         efficiency={k: float(f"{min(1.0, 1.0 / inv[k]):.4g}") for k in OP_KINDS},
@@ -103,8 +161,10 @@ def fit_device(
         model_overhead_us=round(model * 1e6, 3),
         bandwidth_bytes_per_s=float(f"{bw:.4g}"),
         output_overhead_ns=float(f"{out_s * 1e9:.4g}"),
+        saturation_outputs=float(f"{sat:.4g}"),
     )
-    return profile_from_dict(data, file=base.file)
+    offsets = {m: round(float(v), 4) for m, v in zip(others, result.x[9:] * unit_ms)}
+    return DeviceFit(profile_from_dict(data, file=base.file), offsets)
 
 
 @dataclass(frozen=True)
@@ -124,17 +184,27 @@ def leave_one_network_out(
     base: HardwareProfile,
     *,
     priors: Mapping[str, float] | None = None,
+    reference: str | None = None,
 ) -> list[LooRow]:
     """Predict each sample with `fit_device` on the samples of every other network.
 
     Samples of one network (say int8 and fp16 rows of ResNet-50) leave together. A network
     that is the only one measured has nothing to be fitted on: it is predicted by `base`.
+    `reference` (default: `reference_metric` of all samples) stays the same in every fold.
     """
+    if reference is None:
+        reference = reference_metric(samples)
     out: list[LooRow] = []
+    fits: dict[str, DeviceFit] = {}
     for s in samples:
-        rest = [o for o in samples if o.group != s.group]
-        profile = fit_device(rest, base, priors=priors) if rest else base
-        out.append(LooRow(s, predicted_ms(s, profile)))
+        if s.group not in fits:
+            rest = [o for o in samples if o.group != s.group]
+            fits[s.group] = (
+                fit_device(rest, base, priors=priors, reference=reference)
+                if rest
+                else DeviceFit(base)
+            )
+        out.append(LooRow(s, fits[s.group].predict_ms(s)))
     return out
 
 

@@ -39,7 +39,7 @@ def zoo_sample(network: str, precision: int, latency_ms: float, *, batch: int = 
 
 CSV_COLUMNS = ("latency_ms",)
 CSV_MODEL_COLUMNS = ("onnx", "network")  # at least one; each row fills exactly one
-CSV_OPTIONAL = ("batch", "precision", "profile", "use", "why")
+CSV_OPTIONAL = ("batch", "precision", "profile", "use", "why", "metric_kind")
 # Provenance a published-measurements file keeps beside each row; the fit ignores it.
 CSV_PROVENANCE = (
     "source",
@@ -104,8 +104,9 @@ def read_measurements(
     Columns: `latency_ms` and, per row, either `onnx` (a file, relative to the CSV) or
     `network` (a name from search.hardware.REFERENCE_NETWORKS, with `precision` int8, fp16 or
     fp32); optional `batch`. A file of published rows may carry `profile` and `use` columns:
-    then only rows for `profile` (when given) whose `use` is `use` are read. Provenance columns
-    (CSV_PROVENANCE) are allowed and ignored.
+    then only rows for `profile` (when given) whose `use` is `use` are read. `metric_kind` says
+    what a row times (rows of several sources: the fit gives each other metric an offset).
+    Provenance columns (CSV_PROVENANCE) are allowed and ignored.
     """
 
     path = Path(csv_path)
