@@ -430,3 +430,33 @@ def test_the_fit_prices_idle_gpu_sms_as_the_cost_model_does(saturation: float) -
     if saturation:  # every layer is below saturation: compute time grows, overheads do not
         plain = estimate_cost(net, (3, 12, 12), TRUE)
         assert cost.latency_ms > plain.latency_ms
+
+
+def test_onnx_and_fx_views_agree_on_fused_activations(tmp_path: Path) -> None:
+    """A profile calibrated from ONNX files folds the SiLU and hardswish the search folds."""
+
+    class Block(nn.Module):
+        def __init__(self, tail: bool) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(8, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 1)
+            self.c = nn.Conv2d(8, 8, 1)
+            self.tail = tail
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = nn.functional.silu(self.a(x))
+            z = self.c(nn.functional.hardswish(self.b(y)))
+            return nn.functional.hardswish(z) + z if self.tail else z  # z read twice: a pass
+
+    from search.hardware._fit import predicted_ms
+
+    npu = TRUE.with_updates(fused_activation=True)
+    for tail in (False, True):
+        net = Block(tail).eval()
+        fx_view = summarize(net, (1, 8, 8, 8)).kernels
+        onnx_view = onnx_kernels(export_fp32_onnx(net, (8, 8, 8), tmp_path / "f.onnx")).kernels
+        for view in (fx_view, onnx_view):
+            assert sum(k.fused_activation for k in view) == 2, view
+        if not tail:
+            on_fx, on_onnx = (predicted_ms(Sample("b", v, 1.0), npu) for v in (fx_view, onnx_view))
+            assert on_onnx == pytest.approx(on_fx, rel=1e-9)

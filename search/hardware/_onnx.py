@@ -54,6 +54,10 @@ _POINTWISE = {
     "Elu",
 }
 _SHAPE_OPS = {"Gather", "Slice", "Concat", "Mul", "Div", "Add", "Sub", "Equal", "Where"}
+# What a `fused_activation` runtime runs in the epilogue of the conv/linear before it (the torch
+# side's _op_rules.EPILOGUE_MODULES), and the gates of a written-out x * gate(x).
+_EPILOGUE = {"HardSwish", "Gelu", "Mish", "Elu", "Selu", "Celu"}
+_GATES = {"Sigmoid", "HardSigmoid"}
 
 
 @dataclass(frozen=True)
@@ -307,7 +311,16 @@ def onnx_kernels(path: str | Path, *, batch: int = 1) -> OnnxKernels:
         )
         if len(roots) == 1 and continuing and pointwise:
             root, at = group_root[continuing[0]]
-            kernels[at] = replace(kernels[at], out_elems=sum(numel(o) for o in n.output if o))
+            kernels[at] = replace(
+                kernels[at],
+                out_elems=sum(numel(o) for o in n.output if o),
+                # x * sigmoid(x) on a conv output that nothing else reads: a SiLU
+                fused_activation=op == "Mul"
+                and root in compute_out
+                and {c.op_type for c in consumers.get(root, [])} <= _GATES | {"Mul"}
+                and len(consumers.get(root, [])) == 2
+                and set(ins) == {root, *continuing},
+            )
             for o in n.output:
                 group_root[o] = (root, at)
             continue
@@ -324,6 +337,7 @@ def onnx_kernels(path: str | Path, *, batch: int = 1) -> OnnxKernels:
                 in_elems=sum(numel(i) for i in ins),
                 out_elems=sum(numel(o) for o in n.output if o),
                 residual=residual,
+                fused_activation=op in _EPILOGUE and folds,
                 out_channels=int(shapes[out][1]) if len(shapes.get(out, ())) == 4 else 0,
             )
         )
