@@ -15,7 +15,7 @@ full fit, which are never fitted.
 calibration never saw). `--write-profiles` writes the fitted figures and the stored error into
 hardware_profiles/<name>.yaml. Memory: if experiments/benchmarks/_device_memory.py exists, its
 `memory_section()` adds the `memory` key and its markdown. Writes experiments/results/
-devices.json and devices.md. Asserts nothing. About eight minutes on 2 shared cores (the
+devices.json and devices.md. Asserts nothing. About five minutes on 2 shared cores (the
 TFLite conversions of the memory section dominate).
 """
 
