@@ -55,6 +55,8 @@ def check_mapping(file: str, key: str, value: Any, allowed: tuple[str, ...]) -> 
 
 def check_out_path(file: str, key: str, value: Any) -> str:
     text = check_str(file, key, value)
+    if "\x00" in text:  # no file system takes one (os.path raises on it)
+        raise ConfigError(file, key, "a path cannot contain a null character")
     path = Path(text)
     # A relative path must stay inside the project (the current directory): no `..` escapes.
     if not path.is_absolute():

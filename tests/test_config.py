@@ -168,3 +168,11 @@ def test_experiment_loader_never_crashes(data):
     """Fuzz: a valid Experiment or a ConfigError, never another exception."""
     with contextlib.suppress(ConfigError):
         parse_experiment(data, "fuzz.yaml")
+
+
+def test_a_null_character_in_the_out_path_is_a_config_error() -> None:
+    """Found by the fuzz test above: os.path raised ValueError on it."""
+    data = {"name": "x", "task": "digits", "target": "mcu", "out": "runs/a\x00b"}
+    with pytest.raises(ConfigError) as info:
+        parse_experiment(data, "f.yaml")
+    assert info.value.field == "out" and "null" in info.value.message
