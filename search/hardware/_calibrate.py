@@ -22,10 +22,9 @@ from ._device_fit import (
     error_summary,
     fit_device,
     leave_one_network_out,
-    metric_of,
     reference_metric,
 )
-from ._fit import Sample, predicted_ms
+from ._fit import Sample
 from ._measurements import read_measurements
 from ._profile import HardwareProfile, load_profile, profile_from_dict, write_profile
 
@@ -104,8 +103,7 @@ class Calibration:
 
     def predict_ms(self, sample: Sample) -> float:
         """The sample's latency as its own source measures it (the offset of its metric)."""
-        offsets = self.fit.offsets_ms if self.fit else {}
-        return predicted_ms(sample, self.profile) + offsets.get(metric_of(sample), 0.0)
+        return DeviceFit(self.profile, self.fit.offsets_ms if self.fit else {}).predict_ms(sample)
 
     def report(self) -> str:
         """Lines a person reads after `profiles calibrate`: the fit and how far to trust it."""
