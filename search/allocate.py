@@ -134,20 +134,13 @@ def plan_of(
     )
 
 
-class _Coster:
-    """Builds and costs plans of the user's network on the target's profile."""
-
-    def __init__(self, objective: Any) -> None:
-        self.objective = objective
-
-    def fractions(self, plan: CompressionPlan) -> dict[str, float]:
-        """Each budget's value / budget for `plan` (1.0 is at the budget)."""
-        o = self.objective
-        _, cost = o.build_and_cost(plan)
-        limits = constraint_values(
-            cost, o.budgets, profile=o.profile, latency_margin=o.latency_margin
-        )
-        return {k: v + 1.0 for k, v in limits.items()}
+def budget_fractions(objective: Any, plan: CompressionPlan) -> dict[str, float]:
+    """Each budget's value / budget for `plan`, built and costed on the target's profile
+    (1.0 is at the budget)."""
+    o = objective
+    _, cost = o.build_and_cost(plan)
+    limits = constraint_values(cost, o.budgets, profile=o.profile, latency_margin=o.latency_margin)
+    return {k: v + 1.0 for k, v in limits.items()}
 
 
 def fisher(model: nn.Module, x: torch.Tensor, y: Any, *, chunks: int = FISHER_CHUNKS) -> dict:
@@ -232,16 +225,15 @@ def measure(objective: Any, *, log: Callable[[str], None] = lambda _m: None) -> 
 
     base = {(x.name, "bits", b): rise(x, "bits", b) for x in layers for b in widths.values()}
     rises: dict[tuple[str, str, float], float] = {}  # prune and rank settings
-    coster = _Coster(o)
     result = Sensitivities(activation_bits)
     for bits in floors or [32]:
         kw = {"floor_bits": bits, "activation_bits": activation_bits}
         floor_loss = sum(base[(x.name, "bits", bits)] for x in layers)
-        fractions = coster.fractions(plan_of(layers, {}, **kw))
+        fractions = budget_fractions(o, plan_of(layers, {}, **kw))
         floor = Floor(bits, floor_loss, fractions)
         options = _options(o, layers, bits)
         by_name = {x.name: x for x in layers}
-        deltas = _deltas(coster, layers, options, kw, fractions)
+        deltas = _deltas(o, layers, options, kw, fractions)
         for i, (name, op, value) in enumerate(options):
             if op == "bits":  # relative to the floor's own rounding of this layer
                 r = base[(name, op, value)] - base[(name, op, bits)]
@@ -258,7 +250,7 @@ def measure(objective: Any, *, log: Callable[[str], None] = lambda _m: None) -> 
 
 
 def _deltas(
-    coster: _Coster,
+    o: Any,
     layers: Sequence[LayerInfo],
     options: Sequence[tuple[str, str, float]],
     kw: Mapping[str, int],
@@ -276,7 +268,7 @@ def _deltas(
     for name, op, value in options:
         at = strongest[name] if op == "prune" else value
         if (name, op, at) not in costed:
-            fr = coster.fractions(plan_of(layers, {(name, op): at}, **kw))
+            fr = budget_fractions(o, plan_of(layers, {(name, op): at}, **kw))
             costed[(name, op, at)] = {k: fr[k] - fractions[k] for k in fractions}
         out[(name, op, value)] = {k: v * value / at for k, v in costed[(name, op, at)].items()}
     return out
@@ -395,7 +387,6 @@ def budget_plans(
     from spaces import ArchitectureConfig
 
     layers = list(objective.layers_for(ArchitectureConfig()))
-    coster = _Coster(objective)
     out: list[BudgetPlan] = []
     for f in fractions:
         best: BudgetPlan | None = None
@@ -404,7 +395,7 @@ def budget_plans(
             targets = {k: (f if k == "latency_ms" else 1.0) for k in floor.fractions}
 
             def check(chosen: dict[tuple[str, str], float], kw: dict = kw) -> dict[str, float]:
-                return coster.fractions(plan_of(layers, chosen, **kw))
+                return budget_fractions(objective, plan_of(layers, chosen, **kw))
 
             found = allocate(floor, targets, check=check)
             if found is None:

@@ -200,7 +200,8 @@ def run_jobs(
             nor enqueue the warm-start recipes.
     """
     from .objective import TrialObjective
-    from .study import check_targets, open_study, run_search, validate_run, warm_start
+    from .start import warm_start
+    from .study import check_targets, open_study, run_search, validate_run
     from .tasks import load_task
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:

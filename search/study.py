@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
 from .pipeline import prepare, recovery_schedule
 from .record import COUNTED, TrialStatus, status_of, trial_feasible
+from .start import warm_start
 from .storage import check_storage_url, fail_orphaned_trials, first_line, public_url
 from .validate import check_space_runs_on
 
@@ -443,68 +444,6 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
             f"{metrics[primary]:.4f} ({spent})"
         )
     study.set_user_attr("refined", refined)
-
-
-# Hand-made recipes: the start of a multi-target study, and of one whose budgets no plan of the
-# user's network reaches (a student is then the way in).
-RECIPES: dict[str, dict[str, Any]] = {
-    "uncompressed": {},
-    "int8": {"weight_bits": 8, "activation_bits": 8},
-    "int8 + prune 50% L1": {"weight_bits": 8, "activation_bits": 8, "prune": 0.5},
-    "student w0.5 + distillation": {"family": "mobilenetv2", "width": 0.5},
-}
-
-
-def warm_start(study: optuna.Study, objective: Any, *, log: Callable[[str], None] = print) -> None:
-    """Enqueue the first trials of a new study: plans of the user's network made for the
-    budgets (`search.allocate`: at 100 %, 70 % and 50 % of the latency budget), with the
-    layer sensitivities they came from stored for the report; a multi-target study, or one
-    whose budgets no such plan meets, starts from the hand-made `RECIPES`."""
-    from . import allocate
-
-    families = objective.space.dim("architecture", "family", "base").values()
-    if not getattr(objective, "profiles", None) and "base" in families:
-        log("budget-aware start: measuring each layer's sensitivity (no training)")
-        sens = allocate.measure(objective, log=log)
-        plans = allocate.budget_plans(objective, sens)
-        study.set_user_attr("sensitivities", sens.table())
-        study.set_user_attr("sensitivity_s", round(sens.seconds, 2))
-        from spaces import ArchitectureConfig
-
-        layers = objective.layers_for(ArchitectureConfig())
-        for p in plans:
-            q = p.plan.quantize
-            params = objective.space.plan_params(
-                layers,
-                bits=dict(q.weight_bits),
-                prune=dict(p.plan.prune.ratios),
-                ranks=dict(p.plan.lowrank.ranks),
-                activation_bits=q.activation_bits,
-                offered=objective.offered_bits,
-            )
-            name = f"budget fit: {p.fraction:.0%} of the latency budget"
-            study.enqueue_trial(params, user_attrs={"recipe": name})
-        log(
-            f"budget-aware start: {len(plans)} plans enqueued; sensitivities of "
-            f"{len(sens.table())} layer settings in {sens.seconds:.1f} s"
-        )
-        if plans:
-            return
-    _enqueue_recipes(study, objective, families)
-
-
-def _enqueue_recipes(study: optuna.Study, objective: Any, families: Sequence[Any]) -> None:
-    from spaces import ArchitectureConfig
-
-    for name, recipe in RECIPES.items():
-        family = recipe.get("family", "base")
-        if family not in families:
-            continue
-        arch = ArchitectureConfig(family=family, width=recipe.get("width", 1.0))
-        params = objective.space.recipe_params(
-            objective.layers_for(arch), offered=objective.offered_bits, **recipe
-        )
-        study.enqueue_trial(params, user_attrs={"recipe": name})
 
 
 def _record_study_attrs(
