@@ -150,3 +150,11 @@ def test_warm_start_puts_the_network_at_the_budget_first_then_the_students(tmp_p
     assert names[1].startswith("budget fit: student")
     assert all(not n.startswith("budget fit: student") for n in names[2:])
     assert study.user_attrs["sensitivities"]
+
+
+def test_a_space_without_quantization_starts_from_float_weights(tmp_path: Path) -> None:
+    space = {"name": "prune-only", "prune": {"ratio": [0.0, 0.25, 0.5, 0.75]}}
+    o = objective_for(tmp_path, space)
+    (plan,) = start.uniform_plans(o, [1e9], activation_bits=32).values()
+    assert {b for _, b in plan.quantize.weight_bits} == {32}
+    assert {r for _, r in plan.prune.ratios} == {0.0}  # no budget asks for pruning
