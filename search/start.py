@@ -89,9 +89,9 @@ def uniform_plans(
         costed.append((plan, allocate.budget_fractions(objective, plan)))
     out = {}
     for f in fractions:
-        plan = next((p for p, fr in costed if _fits(fr, f)), None)
-        if plan is not None:
-            out[f] = plan
+        least = next((p for p, fr in costed if _fits(fr, f)), None)
+        if least is not None:
+            out[f] = least
     return out
 
 
@@ -153,7 +153,7 @@ def student_plans(objective: Any, fraction: float = STUDENT_FRACTION) -> list[St
         for width in sorted(w for w, d in sizes if d == depth):
             arch = ArchitectureConfig(family, width, depth)
             layers = objective.layers_for(arch)
-            weights = {x.name: bits for x in layers}
+            weights = tuple((x.name, bits) for x in layers)
             plan = CompressionPlan(
                 architecture=arch,
                 quantize=QuantizeConfig(weight_bits=weights, activation_bits=acts),
