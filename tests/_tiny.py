@@ -99,6 +99,22 @@ def write_tiny_experiment(
     return path
 
 
+def tiny_objective(folder: Path, space: dict[str, Any] | None = None, **changes: Any) -> Any:
+    """The `TrialObjective` of a tiny experiment written into `folder` (with `space` as its
+    search space instead of the tiny one), its base model trained as a run would."""
+    from search.config import load_experiment
+    from search.objective import TrialObjective
+    from search.study import load_space, load_target
+    from search.tasks import load_task
+
+    path = write_tiny_experiment(folder, **changes)
+    if space is not None:
+        (folder / "tiny_space.yaml").write_text(yaml.safe_dump(space))
+    exp = load_experiment(path).with_overrides(out=str(folder / "run"))
+    task = load_task(exp, log=lambda _m: None)
+    return TrialObjective(exp, task, load_space(exp), load_target(exp))
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for `python -m search` subprocesses: the checkout importable, 1 thread."""
     env = dict(os.environ)

@@ -13,9 +13,8 @@ from search import allocate
 from search.config import load_experiment
 from search.hardware import constraint_values
 from search.objective import TrialObjective
-from search.study import load_space, load_target, run_search
-from search.tasks import load_task
-from tests._tiny import write_tiny_experiment
+from search.study import run_search
+from tests._tiny import tiny_objective, write_tiny_experiment
 
 SPACE = {
     "name": "tiny-joint",
@@ -26,11 +25,7 @@ SPACE = {
 
 
 def objective_for(folder: Path, **changes) -> TrialObjective:
-    path = write_tiny_experiment(folder, **changes)
-    (folder / "tiny_space.yaml").write_text(yaml.safe_dump(SPACE))
-    exp = load_experiment(path).with_overrides(out=str(folder / "run"))
-    task = load_task(exp, log=lambda _m: None)
-    return TrialObjective(exp, task, load_space(exp), load_target(exp))
+    return tiny_objective(folder, SPACE, **changes)
 
 
 def floor_latency(folder: Path) -> float:

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
 from search import allocate, start
-from search.config import load_experiment
 from search.objective import TrialObjective
-from search.study import load_space, load_target
-from search.tasks import load_task
-from tests._tiny import write_tiny_experiment
+from tests._tiny import tiny_objective
 
 NETWORK_SPACE = {
     "name": "tiny-joint",
@@ -31,12 +27,7 @@ STUDENT_SPACE = {
 
 
 def objective_for(folder: Path, space: dict, **changes) -> TrialObjective:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = write_tiny_experiment(folder, **changes)
-    (folder / "tiny_space.yaml").write_text(yaml.safe_dump(space))
-    exp = load_experiment(path).with_overrides(out=str(folder / "run"))
-    task = load_task(exp, log=lambda _m: None)
-    return TrialObjective(exp, task, load_space(exp), load_target(exp))
+    return tiny_objective(folder, space, **changes)
 
 
 def int8_latency(folder: Path) -> float:
