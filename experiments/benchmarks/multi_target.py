@@ -17,8 +17,8 @@ history to find how many of its trials (and trainings) it needed to reach each s
 study's final hypervolume ("never" if it did not within M), and counts per device the trained
 plans that are infeasible there because they use a bit width the device has no kernel for.
 
-Run from the repository root (nice: the dev machine's 2 cores are shared):
-    nice python experiments/benchmarks/multi_target.py [--trials 16] [--multi-trials 32]
+Run from the repository root:
+    python experiments/benchmarks/multi_target.py [--trials 16] [--multi-trials 32]
         [--seeds 0 1]
 Writes experiments/results/multi_target.json and multi_target.md.
 """
@@ -224,7 +224,7 @@ def main() -> None:
     multi_trials = args.multi_trials or 2 * args.trials
     torch.set_num_threads(1)
     load_before = round(os.getloadavg()[0], 2)
-    command = "nice python experiments/benchmarks/multi_target.py " + " ".join(sys.argv[1:])
+    command = "python experiments/benchmarks/multi_target.py " + " ".join(sys.argv[1:])
     seeds = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("COMPRESS_SEARCH_CACHE", str(Path(tmp) / "cache"))
