@@ -50,6 +50,16 @@ class Schedule:
     warmup: float  # fraction of the steps with a linear learning-rate warm-up
     freeze_bn: float | None  # fraction of the steps after which BatchNorm statistics freeze
 
+    @property
+    def unit(self) -> str:
+        """What the budget counts: `step` or `epoch`."""
+        return "epoch" if self.steps is None else "step"
+
+    @property
+    def length(self) -> int:
+        """The budget in its unit: steps, or epochs."""
+        return self.epochs if self.steps is None else self.steps
+
 
 @dataclass(frozen=True)
 class Recovery:
@@ -100,13 +110,13 @@ class Recovery:
         freeze = None if student else (0.0 if kind == "quantize" else self.freeze_bn)
         return Schedule(
             epochs=max(longer, epochs) if refine else epochs,
-            steps=self.steps_for(student, refine=refine),
+            steps=self._steps(student, refine=refine),
             lr=lr,
             warmup=self.warmup,
             freeze_bn=freeze,
         )
 
-    def steps_for(self, student: bool, *, refine: bool = False) -> int | None:
+    def _steps(self, student: bool, *, refine: bool) -> int | None:
         """The step budget of one recovery, or None to count epochs. The refine stage is never
         shorter than the search's."""
         if student:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from spaces import is_student
+
 from ._format import number
 from .budgets import BUDGET_METRICS, budget_for_metric
 from .record import ACCURACY_DROP, COST_KEYS
@@ -84,7 +86,7 @@ def _structure(plan: Mapping[str, Any]) -> list[str]:
     """Architecture, low-rank and pruning bullets."""
     a, lr_, pr = (plan.get(k, {}) for k in ("architecture", "lowrank", "prune"))
     lines = []
-    if a.get("family", "base") != "base":
+    if is_student(plan):
         lines.append(
             f"- Architecture: a `{a['family']}` student, width {a.get('width')}, "
             f"depth {a.get('depth')}, trained by distillation from the base model."

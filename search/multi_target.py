@@ -37,16 +37,20 @@ from .config import Experiment
 from .hardware import CostReport, HardwareProfile, constraint_values, estimate_cost
 from .objective import TrialObjective, latency_margin, layer_costs
 from .pipeline import cost_of
-from .record import ACCURACY_DROP, ACCURACY_METRICS, write_attrs
+from .record import (
+    ACCURACY_DROP,
+    ACCURACY_METRICS,
+    StudyAttr,
+    TrialAttr,
+    at_target,
+    budget_lines,
+    within_limits,
+    write_attrs,
+)
 from .tasks import Task
 
 ANY_TARGET = "any_target"
 BITS = "bits"
-
-
-def at(metric: str, target: str) -> str:
-    """The user-attribute name of `metric` on `target`: `latency_ms@mcu`."""
-    return f"{metric}@{target}"
 
 
 def runs_bits(profile: HardwareProfile, layer_bits: dict[str, int], activation_bits: int) -> bool:
@@ -98,26 +102,30 @@ class MultiTargetObjective(TrialObjective):
         """The study attribute `target_views`: what a single-target study records, per target."""
         acc = dict(self.baseline.metrics)
         drop = [n for n in self.constraint_names if n != ANY_TARGET]
-        return {
-            name: {
-                "profile": p.to_dict(),
-                "budgets": self.target_budgets[name],
-                "constraints": [*self.target_constraints[name], *drop],
-                "base_metrics": {**acc, **self.base_costs[name].metrics()},
-                "budget_margin": {
+        views: dict[str, dict[str, Any]] = {}
+        for name, p in self.profiles.items():
+            base = self.base_costs[name].metrics()
+            budgets = self.target_budgets[name]
+            views[name] = {
+                StudyAttr.PROFILE: p.to_dict(),
+                StudyAttr.BUDGETS: budgets,
+                StudyAttr.BUDGET_LINES: budget_lines(base, budgets, base, p.hard_limits()),
+                StudyAttr.CONSTRAINTS: [*self.target_constraints[name], *drop],
+                StudyAttr.BASE_METRICS: {**acc, **base},
+                StudyAttr.BUDGET_MARGIN: {
                     "bound": self.exp.budget_margin,
                     "latency_error": self.margins[name],
                 },
-                "base_layer_costs": layer_costs(self.base_costs[name]),
+                StudyAttr.BASE_LAYER_COSTS: layer_costs(self.base_costs[name]),
             }
-            for name, p in self.profiles.items()
-        }
+        return views
 
     def cost_figures(
         self, trial: optuna.Trial, compressed: Compressed, cost: CostReport
     ) -> tuple[dict[str, float], dict[str, Any]]:
         metrics: dict[str, Any] = {}
         worst: dict[str, float] = {}
+        fits: list[str] = []
         for name, profile in self.profiles.items():
             if profile is not self.profile:
                 cost = cost_of(compressed, self.task, profile)
@@ -128,17 +136,20 @@ class MultiTargetObjective(TrialObjective):
             runs = runs_bits(profile, compressed.layer_bits, compressed.activation_bits)
             cons[BITS] = 0.0 if runs else 1.0
             if margin:
-                write_attrs(trial, {at("latency_bound_ms", name): cost.latency_ms * (1 + margin)})
+                bound = cost.latency_ms * (1 + margin)
+                write_attrs(trial, {at_target(TrialAttr.LATENCY_BOUND_MS, name): bound})
             write_attrs(
                 trial,
                 {
-                    at("layer_costs", name): layer_costs(cost),
-                    at("constraints", name): {k: float(v) for k, v in cons.items()},
+                    at_target(TrialAttr.LAYER_COSTS, name): layer_costs(cost),
+                    at_target(TrialAttr.CONSTRAINTS, name): {k: float(v) for k, v in cons.items()},
                 },
             )
-            metrics.update({at(k, name): v for k, v in cost.metrics().items()})
+            metrics.update({at_target(k, name): v for k, v in cost.metrics().items()})
             worst[name] = max(cons.values())
-        write_attrs(trial, {"fits": sorted(n for n, w in worst.items() if w <= 0)})
+            if within_limits(cons):
+                fits.append(name)
+        write_attrs(trial, {TrialAttr.FITS: sorted(fits)})
         return {ANY_TARGET: min(worst.values())}, metrics
 
     def needed_accuracy(self, study: optuna.Study, cost: CostReport) -> float | None:
@@ -159,6 +170,6 @@ class MultiTargetObjective(TrialObjective):
         """Geometric mean over targets of the plan's `metric` / the base model's there."""
         logs = []
         for name, base in self.base_costs.items():
-            b, v = float(base.metrics()[metric]), float(metrics[at(metric, name)])
+            b, v = float(base.metrics()[metric]), float(metrics[at_target(metric, name)])
             logs.append(math.log(max(v, 1e-12) / b) if b > 0 else 0.0)
         return math.exp(sum(logs) / len(logs))

@@ -9,7 +9,6 @@ trained; a plan that is hopeless at its recovery checkpoint stops there.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import traceback
@@ -22,7 +21,14 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from spaces import ArchitectureConfig, CompressionPlan, DistillConfig, LayerInfo, SearchSpace
+from spaces import (
+    BASE_FAMILY,
+    ArchitectureConfig,
+    CompressionPlan,
+    DistillConfig,
+    LayerInfo,
+    SearchSpace,
+)
 
 from ._io import atomic_write
 from .compress import Compressed, build_student, compressible_layers, export_onnx
@@ -42,16 +48,21 @@ from .pipeline import (
     cost_of,
     prepare,
     recovery_kind,
+    recovery_schedule,
     train,
 )
 from .record import (
     ACCURACY_DROP,
     ACCURACY_METRICS,
+    TrialAttr,
     TrialStatus,
+    metric_of,
+    plan_key,
     plan_key_of,
     primary_metric,
     status_of,
     trial_feasible,
+    within_limits,
     write_attrs,
     write_duplicate,
     write_failure,
@@ -82,11 +93,6 @@ def _as_good(theirs: Any, mine: float, objective: Objective) -> bool:
     if objective.direction == "minimize":
         return float(theirs) <= mine
     return float(theirs) >= mine
-
-
-def plan_key(plan: CompressionPlan) -> str:
-    """A stable text key of a plan: equal plans give equal keys (duplicate detection)."""
-    return json.dumps(plan.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 @dataclass
@@ -157,8 +163,8 @@ class TrialObjective:
         weights than the user's network; a family with none left is not offered. A compressor
         that proposes a larger network than the one it was given is of no use unless asked
         (`larger_students: true`)."""
-        offered = space.dim("architecture", "family", "base").values()
-        families = [f for f in offered if f != "base"]
+        offered = space.dim("architecture", "family", BASE_FAMILY).values()
+        families = [f for f in offered if f != BASE_FAMILY]
         if not families:
             return space
         limit = sum(p.numel() for p in self.task.base_model.parameters())
@@ -172,7 +178,7 @@ class TrialObjective:
             return sum(p.numel() for p in net.parameters())
 
         sizes = {f: [wd for wd in space.sizes(f) if weights(f, *wd) <= limit] for f in families}
-        if not any(sizes.values()) and "base" not in offered:
+        if not any(sizes.values()) and BASE_FAMILY not in offered:
             raise ConfigError(
                 self.exp.source,
                 "space",
@@ -192,7 +198,7 @@ class TrialObjective:
 
     def layers_for(self, arch: ArchitectureConfig) -> Sequence[LayerInfo]:
         if arch not in self._layers:
-            if arch.family == "base":
+            if not arch.is_student:
                 model = self.task.base_model
             else:
                 model = build_student(
@@ -314,14 +320,14 @@ class TrialObjective:
         ranked = any(o.metric == self.primary for o in self.exp.objectives)
         if ranked and all(o.metric in known for o in others):
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                ua = t.user_attrs
+                mine = metric_of(t, self.primary)
                 if (
                     status_of(t) is TrialStatus.TRAINED
                     and trial_feasible(t)
-                    and ua.get(self.primary) is not None
-                    and all(_as_good(ua.get(o.metric), known[o.metric], o) for o in others)
+                    and mine is not None
+                    and all(_as_good(metric_of(t, o.metric), known[o.metric], o) for o in others)
                 ):
-                    needs.append(float(ua[self.primary]))
+                    needs.append(mine)
         return max(needs) if needs else None
 
     def duplicate_of(self, study: optuna.Study, key: str) -> optuna.trial.FrozenTrial | None:
@@ -344,7 +350,7 @@ class TrialObjective:
         plan = self.suggest(trial)
         sample_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pkey = plan_key(plan)
+        pkey = plan_key(plan.to_dict())
         write_plan(trial, plan.to_dict(), plan.describe(), pkey)
         earlier = self.duplicate_of(trial.study, pkey)
         if earlier is not None:
@@ -352,12 +358,14 @@ class TrialObjective:
         compressed, cost = self.build_and_cost(plan)
         constraints, metrics = self.cost_figures(trial, compressed, cost)
         if compressed.skipped:
-            write_attrs(trial, {"skipped_layers": dict(compressed.skipped)})
+            write_attrs(trial, {TrialAttr.SKIPPED_LAYERS: dict(compressed.skipped)})
         # Written now, so a trial that fails in training still records them.
         build_s = time.perf_counter() - t0
-        write_attrs(trial, {"sample_s": round(sample_s, 4), "build_s": round(build_s, 4)})
+        write_attrs(
+            trial, {TrialAttr.SAMPLE_S: round(sample_s, 4), TrialAttr.BUILD_S: round(build_s, 4)}
+        )
 
-        if any(v > 0 for v in constraints.values()):
+        if not within_limits(constraints):
             # Over budget: record the real cost, never train. Accuracy is not measured.
             status = TrialStatus.OVER_BUDGET
             measured: dict[str, float] = {}
@@ -369,13 +377,12 @@ class TrialObjective:
             judged = self.exp.recovery.early_stop and recovery_kind(plan) != "student"
             needed = self.needed_accuracy(trial.study, cost) if judged else None
 
-            student = plan.architecture.family != "base"
-            unit = "epoch" if self.exp.recovery.steps_for(student) is None else "step"
+            unit = recovery_schedule(self.exp.recovery, plan).unit
 
             def checkpoint(done: int, model: torch.nn.Module) -> None:
                 acc = self.task.evaluate(model, "val", subset=True)[self.primary]
                 # report() is single-objective
-                write_attrs(trial, {"checkpoint_accuracy": acc})
+                write_attrs(trial, {TrialAttr.CHECKPOINT_ACCURACY: acc})
                 if needed is not None and acc < needed - EARLY_STOP_MARGIN:
                     raise StoppedEarly(acc, done, needed, unit)
 
@@ -398,15 +405,15 @@ class TrialObjective:
                 # Completed with what the checkpoint saw (not trained to the end): the sampler
                 # learns from it, and it is never feasible nor on the front.
                 measured = {self.primary: stop.accuracy}
-                write_attrs(
-                    trial,
-                    {f"stopped_at_{stop.unit}": stop.epoch, "early_stop_reason": str(stop)},
-                )
+                steps = stop.unit == "step"
+                at = TrialAttr.STOPPED_AT_STEP if steps else TrialAttr.STOPPED_AT_EPOCH
+                write_attrs(trial, {at: stop.epoch, TrialAttr.EARLY_STOP_REASON: str(stop)})
                 status = TrialStatus.STOPPED_EARLY
             metrics.update(measured)
-            metrics["train_s"] = round(time.perf_counter() - t1, 3)
+            metrics[TrialAttr.TRAIN_S] = round(time.perf_counter() - t1, 3)
             if status is TrialStatus.TRAINED and self.weights_dir is not None:
-                write_attrs(trial, {"weights": str(self.save_weights(model, trial.number))})
+                path = self.save_weights(model, trial.number)
+                write_attrs(trial, {TrialAttr.WEIGHTS: str(path)})
 
         if self.primary in measured:
             drop = self.baseline.metrics[self.primary] - measured[self.primary]
@@ -436,14 +443,15 @@ class TrialObjective:
         """The plan's budget constraints (`value / budget - 1`) and cost metrics; records the
         per-kernel rows (and the measured or bounded latency) on the trial."""
         if self.exp.latency == "measured":
-            write_attrs(trial, {"predicted_latency_ms": cost.latency_ms})
+            write_attrs(trial, {TrialAttr.PREDICTED_LATENCY_MS: cost.latency_ms})
             cost = self.measured(compressed, cost)
         constraints = constraint_values(
             cost, self.budgets, profile=self.profile, latency_margin=self.latency_margin
         )
         if self.latency_margin:  # the bound the budget was checked against
-            write_attrs(trial, {"latency_bound_ms": cost.latency_ms * (1 + self.latency_margin)})
-        write_attrs(trial, {"layer_costs": layer_costs(cost)})
+            bound = cost.latency_ms * (1 + self.latency_margin)
+            write_attrs(trial, {TrialAttr.LATENCY_BOUND_MS: bound})
+        write_attrs(trial, {TrialAttr.LAYER_COSTS: layer_costs(cost)})
         return constraints, dict(cost.metrics())
 
     def objective_values(self, metrics: dict[str, Any]) -> tuple[float, ...]:

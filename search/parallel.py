@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Experiment
 from .errors import ConfigError
+from .record import failed_origin
 from .storage import fail_orphaned_trials, public_url
 
 if TYPE_CHECKING:  # the study module imports torch and optuna; the lock must stay light
@@ -107,7 +108,7 @@ def audit_trials(trials: Sequence[FrozenTrial]) -> dict[str, Any]:
     origins: dict[int, list[int]] = {}
     duplicates: set[int] = set()
     for t in trials:
-        origin = t.system_attrs.get("failed_trial")
+        origin = failed_origin(t)
         if t.state != TrialState.COMPLETE or origin is None:
             continue
         origins.setdefault(origin, []).append(t.number)

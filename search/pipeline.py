@@ -66,7 +66,7 @@ def recovery_kind(plan: CompressionPlan) -> str:
     """What the plan asks of recovery (`config.RECOVERY_KINDS`): `student` (a compact network
     from scratch), `structure` (the trained network pruned, sparsified or factorised) or
     `quantize` (the trained network's own structure, at its bit widths)."""
-    if plan.architecture.family != "base":
+    if plan.architecture.is_student:
         return "student"
     p, ranks = plan.prune, plan.lowrank.ranks
     if (
@@ -92,13 +92,13 @@ def prepare(compressed: Compressed, plan: CompressionPlan, task: Task) -> None:
         calibrate(compressed.model, task.calibration_inputs(CALIBRATION_ROWS))
 
 
-def checkpoint_epoch(epochs: int) -> int | None:
-    """The recovery epoch (or step) after which early stop is judged: half of them (None: a
-    recovery of one epoch has no point before its end to judge at).
+def checkpoint_at(length: int) -> int | None:
+    """The recovery epoch or step after which early stop is judged, of `length` of them: half
+    (None: a recovery of one has no point before its end to judge at).
 
     Students (from scratch) are still noisy after a third: one sat at 0.73 and ended at 0.99.
     """
-    return epochs // 2 if epochs >= 2 else None
+    return length // 2 if length >= 2 else None
 
 
 def recovery_schedule(
@@ -126,12 +126,12 @@ def train(
     """Recovery: `steps` or `epochs`, at `lr` (each defaults to `recovery_schedule`'s, as do
     the warm-up and the BatchNorm freeze). Starts from the model as it is: `prepare` it first.
     `on_progress(done, model)` runs after every epoch (or step) but the last;
-    `checkpoint(done, model)` once, after `checkpoint_epoch(budget)` of them (never for a
+    `checkpoint(done, model)` once, after `checkpoint_at(budget)` of them (never for a
     budget of one), and may raise to stop."""
     schedule = recovery_schedule(recovery, plan, refine=refine)
     if epochs is None and steps is None:
         epochs, steps = schedule.epochs, schedule.steps
-    at = checkpoint_epoch(steps if steps is not None else (epochs or 0))
+    at = checkpoint_at(steps if steps is not None else (epochs or 0))
 
     def progress(done: int, model: nn.Module) -> None:
         if on_progress is not None:

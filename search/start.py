@@ -25,10 +25,11 @@ from typing import Any
 
 import optuna
 
-from spaces import ArchitectureConfig, CompressionPlan, QuantizeConfig
+from spaces import BASE_FAMILY, ArchitectureConfig, CompressionPlan, QuantizeConfig
 
 from . import allocate
 from .pipeline import prepare
+from .record import StudyAttr, enqueue_plan, write_study_attrs
 
 STUDENT_FRACTION = 0.25  # of the latency budget: where the students' start plans aim
 
@@ -142,7 +143,8 @@ def student_plans(objective: Any, fraction: float = STUDENT_FRACTION) -> list[St
     """Per student family the space offers, the widest student within `fraction` of the
     latency budget at the start's weight width, else the cheapest one within the budgets."""
     space = objective.space
-    families = [f for f in space.dim("architecture", "family", "base").values() if f != "base"]
+    offered = space.dim("architecture", "family", BASE_FAMILY).values()
+    families = [f for f in offered if f != BASE_FAMILY]
     bits = _narrowest(objective, "weight_bits", 32, 8)
     acts = _narrowest(objective, "activation_bits", 32, 8)
     out = []
@@ -179,20 +181,25 @@ def warm_start(study: optuna.Study, objective: Any, *, log: Callable[[str], None
     budget, the students, then the network's smaller plans, with the layer sensitivities
     stored for the report; a multi-target study, or one none of them fits, starts from
     `RECIPES`."""
-    families = objective.space.dim("architecture", "family", "base").values()
+    families = objective.space.dim("architecture", "family", BASE_FAMILY).values()
     if not getattr(objective, "profiles", None):
         network: list[StartPlan] = []
-        if "base" in families:
+        if BASE_FAMILY in families:
             log("budget-aware start: measuring each layer's sensitivity (no training)")
             network, sens = network_plans(objective, log=log)
-            study.set_user_attr("sensitivities", sens.table())
-            study.set_user_attr("sensitivity_s", round(sens.seconds, 2))
+            write_study_attrs(
+                study,
+                {
+                    StudyAttr.SENSITIVITIES: sens.table(),
+                    StudyAttr.SENSITIVITY_S: round(sens.seconds, 2),
+                },
+            )
             log(f"budget-aware start: {len(sens.table())} layer settings in {sens.seconds:.1f} s")
         students = student_plans(objective)
         # The extremes first: the network's most accurate plan and the cheapest ones there are.
         plans = network[:1] + students + network[1:]
         for p in plans:
-            study.enqueue_trial(p.params, user_attrs={"recipe": p.name})
+            enqueue_plan(study, p.params, p.name)
         log(
             f"budget-aware start: {len(network)} plans of the network and {len(students)} "
             "students enqueued"
@@ -204,11 +211,11 @@ def warm_start(study: optuna.Study, objective: Any, *, log: Callable[[str], None
 
 def _enqueue_recipes(study: optuna.Study, objective: Any, families: Sequence[Any]) -> None:
     for name, recipe in RECIPES.items():
-        family = recipe.get("family", "base")
+        family = recipe.get("family", BASE_FAMILY)
         if family not in families:
             continue
         arch = ArchitectureConfig(family=family, width=recipe.get("width", 1.0))
         params = objective.space.recipe_params(
             objective.layers_for(arch), offered=objective.offered_bits, **recipe
         )
-        study.enqueue_trial(params, user_attrs={"recipe": name})
+        enqueue_plan(study, params, name)

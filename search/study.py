@@ -27,7 +27,20 @@ from .config import Experiment
 from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
 from .pipeline import prepare, recovery_schedule
-from .record import COUNTED, TrialStatus, status_of, trial_feasible
+from .record import (
+    COUNTED,
+    StudyAttr,
+    TrialAttr,
+    TrialStatus,
+    budget_lines,
+    metric_of,
+    status_of,
+    study_attr,
+    study_attrs,
+    trial_attr,
+    trial_feasible,
+    write_study_attrs,
+)
 from .start import warm_start
 from .storage import check_storage_url, fail_orphaned_trials, first_line, public_url
 from .validate import check_space_runs_on
@@ -121,9 +134,11 @@ def load_targets(exp: Experiment) -> list[HardwareProfile]:
 
 def check_targets(exp: Experiment, study: optuna.Study, profiles: list[HardwareProfile]) -> None:
     """Refuse to resume a study searched for another target, or another set of targets."""
-    attrs = study.user_attrs
-    stored = attrs.get("targets") or (
-        [attrs["profile"]["name"]] if attrs.get("profile", {}).get("name") else None
+    attrs = study_attrs(study)
+    stored = attrs.get(StudyAttr.TARGETS) or (
+        [attrs[StudyAttr.PROFILE]["name"]]
+        if attrs.get(StudyAttr.PROFILE, {}).get("name")
+        else None
     )
     wanted = [p.name for p in profiles]
     if stored and list(stored) != wanted:
@@ -251,12 +266,12 @@ class _Progress:
         trials: Sequence[FrozenTrial] | None = None,
     ) -> None:
         if trial is not None and trial.state == TrialState.FAIL:
-            reason = trial.user_attrs.get("fail_reason", "see the trial's attributes")
+            reason = trial_attr(trial, TrialAttr.FAIL_REASON, "see the trial's attributes")
             self.bar.write(f"trial {trial.number} failed: {reason}")
         if trials is None:
             trials = completed(study)
         feasible = [t for t in trials if trial_feasible(t)]
-        best = max((t.user_attrs.get(self.primary) or 0.0 for t in feasible), default=None)
+        best = max((metric_of(t, self.primary) or 0.0 for t in feasible), default=None)
         rejected = sum(status_of(t) is TrialStatus.OVER_BUDGET for t in trials)
         self.bar.set_postfix(
             proposals=len(trials),
@@ -399,7 +414,7 @@ def tally(result: SearchResult) -> SearchResult:
     result.stopped_early = status.count(TrialStatus.STOPPED_EARLY)
     result.duplicates = status.count(TrialStatus.DUPLICATE)
     result.trainings = sum(s in COUNTED for s in status)
-    result.recovery_skipped = sum(bool(t.user_attrs.get("recovery_skipped")) for t in trials)
+    result.recovery_skipped = sum(bool(trial_attr(t, "recovery_skipped")) for t in trials)
     result.failed = len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return result
 
@@ -417,10 +432,10 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
 
     exp, primary = objective.exp, objective.primary
     front = [t for t in study.best_trials if status_of(t) is TrialStatus.TRAINED]
-    front.sort(key=lambda t: -(t.user_attrs.get(primary) or 0.0))
-    refined = dict(study.user_attrs.get("refined", {}))
+    front.sort(key=lambda t: -(metric_of(t, primary) or 0.0))
+    refined = dict(study_attr(study, StudyAttr.REFINED, {}))
     for t in front[: exp.recovery.refine_top_k]:
-        plan = CompressionPlan.from_dict(t.user_attrs["plan"])
+        plan = CompressionPlan.from_dict(trial_attr(t, TrialAttr.PLAN))
         schedule = recovery_schedule(exp.recovery, plan, refine=True)
         epochs, steps = schedule.epochs, schedule.steps
         budget = {"epochs": epochs} if steps is None else {"epochs": epochs, "steps": steps}
@@ -440,10 +455,10 @@ def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], No
         }
         spent = f"{epochs} epochs" if steps is None else f"{steps} steps"
         log(
-            f"refined trial {t.number}: {primary} {t.user_attrs.get(primary):.4f} -> "
+            f"refined trial {t.number}: {primary} {metric_of(t, primary):.4f} -> "
             f"{metrics[primary]:.4f} ({spent})"
         )
-    study.set_user_attr("refined", refined)
+    write_study_attrs(study, {StudyAttr.REFINED: refined})
 
 
 def _record_study_attrs(
@@ -455,25 +470,31 @@ def _record_study_attrs(
 ) -> None:
     from .objective import layer_costs
 
+    base_costs = objective.baseline.cost.metrics()
     attrs = {
-        "experiment": exp.to_dict(),
-        "objectives": [[o.metric, o.direction] for o in exp.objectives],
-        "constraints": objective.constraint_names,
-        "budgets": objective.budgets,
-        "max_accuracy_drop": exp.max_accuracy_drop,
-        "profile": profile.to_dict(),
-        "base_metrics": {**objective.baseline.metrics, **objective.baseline.cost.metrics()},
-        "task": objective.task.name,
-        "base_hash": objective.task.base_hash,
-        "space": space.name,
-        "primary_metric": objective.primary,
+        StudyAttr.EXPERIMENT: exp.to_dict(),
+        StudyAttr.OBJECTIVES: [[o.metric, o.direction] for o in exp.objectives],
+        StudyAttr.CONSTRAINTS: objective.constraint_names,
+        StudyAttr.BUDGETS: objective.budgets,
+        StudyAttr.MAX_ACCURACY_DROP: exp.max_accuracy_drop,
+        StudyAttr.PROFILE: profile.to_dict(),
+        StudyAttr.BASE_METRICS: {**objective.baseline.metrics, **base_costs},
+        StudyAttr.TASK: objective.task.name,
+        StudyAttr.BASE_HASH: objective.task.base_hash,
+        StudyAttr.SPACE: space.name,
+        StudyAttr.PRIMARY_METRIC: objective.primary,
         # Which latency the budget was checked against: the prediction or its p90 bound.
-        "budget_margin": {"bound": exp.budget_margin, "latency_error": objective.latency_margin},
-        "base_layer_costs": layer_costs(objective.baseline.cost),
+        StudyAttr.BUDGET_MARGIN: {
+            "bound": exp.budget_margin,
+            "latency_error": objective.latency_margin,
+        },
+        StudyAttr.BASE_LAYER_COSTS: layer_costs(objective.baseline.cost),
+        # A multi-target study's own costs are relative to the base model: no line.
+        StudyAttr.BUDGET_LINES: {}
+        if exp.targets
+        else budget_lines(base_costs, objective.budgets, base_costs, profile.hard_limits()),
     }
     if exp.targets:  # one study, several devices: what each target's view reads
-        attrs["targets"] = list(objective.profiles)
-        attrs["target_views"] = objective.target_views()
-    for key, value in attrs.items():
-        if study.user_attrs.get(key) != value:
-            study.set_user_attr(key, value)
+        attrs[StudyAttr.TARGETS] = list(objective.profiles)
+        attrs[StudyAttr.TARGET_VIEWS] = objective.target_views()
+    write_study_attrs(study, attrs)

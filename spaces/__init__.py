@@ -6,6 +6,7 @@ This package never imports `search`: a plan is plain data that any tool can read
 from ._plan import (
     ACTIVATION_BITS,
     ARCH_FAMILIES,
+    BASE_FAMILY,
     IMPORTANCES,
     LOWRANK_MODES,
     WEIGHT_BITS,
@@ -17,6 +18,7 @@ from ._plan import (
     PruneConfig,
     QuantizeConfig,
     flatten_plan,
+    is_student,
     layer_rows,
 )
 from ._space import Dim, LayerInfo, SearchSpace, SpaceError
@@ -24,6 +26,7 @@ from ._space import Dim, LayerInfo, SearchSpace, SpaceError
 __all__ = [
     "ACTIVATION_BITS",
     "ARCH_FAMILIES",
+    "BASE_FAMILY",
     "IMPORTANCES",
     "LOWRANK_MODES",
     "WEIGHT_BITS",
@@ -39,5 +42,6 @@ __all__ = [
     "SearchSpace",
     "SpaceError",
     "flatten_plan",
+    "is_student",
     "layer_rows",
 ]

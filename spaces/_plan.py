@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-ARCH_FAMILIES = ("base", "mobilenetv2", "shufflenetv2")
+BASE_FAMILY = "base"  # the user's own network; every other family is a student
+ARCH_FAMILIES = (BASE_FAMILY, "mobilenetv2", "shufflenetv2")
 IMPORTANCES = ("l1", "l2", "taylor")
 LOWRANK_MODES = ("svd", "spatial")
 WEIGHT_BITS = (2, 4, 8, 16, 32)
@@ -62,7 +63,7 @@ def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
 class ArchitectureConfig:
     """Which network to compress: the user's own (`base`) or a compact student."""
 
-    family: str = "base"
+    family: str = BASE_FAMILY
     width: float = 1.0  # channel multiplier of the student
     depth: int = 1  # blocks per stage of the student
 
@@ -72,6 +73,17 @@ class ArchitectureConfig:
             raise PlanError("architecture.width", f"{self.width} is outside [0.05, 4]")
         if not (isinstance(self.depth, int) and 1 <= self.depth <= 8):
             raise PlanError("architecture.depth", f"{self.depth!r} is not an integer in [1, 8]")
+
+    @property
+    def is_student(self) -> bool:
+        """A compact network trained from the user's by distillation, not the user's own."""
+        return self.family != BASE_FAMILY
+
+
+def is_student(plan: Mapping[str, Any] | None) -> bool:
+    """`ArchitectureConfig.is_student` of a stored plan (`CompressionPlan.to_dict`)."""
+    arch = (plan or {}).get("architecture") or {}
+    return str(arch.get("family", BASE_FAMILY)) != BASE_FAMILY
 
 
 @dataclass(frozen=True)
@@ -237,7 +249,7 @@ class CompressionPlan:
         """One short line a person can read in a hover or a table."""
         parts = []
         a = self.architecture
-        parts.append(a.family if a.family == "base" else f"{a.family} w{a.width:g} d{a.depth}")
+        parts.append(f"{a.family} w{a.width:g} d{a.depth}" if a.is_student else a.family)
         if self.lowrank.ranks and any(r < 1 for _, r in self.lowrank.ranks):
             mean = sum(r for _, r in self.lowrank.ranks) / len(self.lowrank.ranks)
             parts.append(f"rank~{mean:.2f} {self.lowrank.mode}")

@@ -21,6 +21,7 @@ import yaml
 from ._plan import (
     ACTIVATION_BITS,
     ARCH_FAMILIES,
+    BASE_FAMILY,
     IMPORTANCES,
     LOWRANK_MODES,
     WEIGHT_BITS,
@@ -221,8 +222,8 @@ class SearchSpace:
         """This space offering each student family only `sizes[family]`; a family with none
         is no longer offered."""
         kept = {f: tuple(v) for f, v in sizes.items() if v}
-        families = self.dim("architecture", "family", "base").values()
-        allowed = [f for f in families if f == "base" or f in kept]
+        families = self.dim("architecture", "family", BASE_FAMILY).values()
+        allowed = [f for f in families if f == BASE_FAMILY or f in kept]
         sections = dict(self.sections)
         if "architecture" in sections and allowed:
             sections["architecture"] = {
@@ -238,7 +239,7 @@ class SearchSpace:
         self,
         layers: Sequence[LayerInfo],
         *,
-        family: str = "base",
+        family: str = BASE_FAMILY,
         width: float = 1.0,
         prune: float = 0.0,
         importance: str = "l1",
@@ -248,7 +249,7 @@ class SearchSpace:
     ) -> dict[str, Any]:
         """Trial parameters for a hand-made recipe, for `study.enqueue_trial` (warm start):
         one uniform setting per operator (see `plan_params`)."""
-        if family != "base":
+        if family != BASE_FAMILY:
             params: dict[str, Any] = {}
             put = self._putter(params, offered or {})
             put("arch.family", "architecture", "family", family)
@@ -289,7 +290,7 @@ class SearchSpace:
         """
         params: dict[str, Any] = {}
         put = self._putter(params, offered or {})
-        put("arch.family", "architecture", "family", "base")
+        put("arch.family", "architecture", "family", BASE_FAMILY)
         put("act_bits", "quantize", "activation_bits", activation_bits)
         put("lowrank.mode", "lowrank", "mode", "svd")
         put("prune.mode", "prune", "mode", "per_layer")
@@ -372,16 +373,16 @@ class SearchSpace:
         (`base`) network only; a student starts from random weights.
         """
         arch = ArchitectureConfig(
-            family=self.dim("architecture", "family", "base").suggest(trial, "arch.family"),
+            family=self.dim("architecture", "family", BASE_FAMILY).suggest(trial, "arch.family"),
         )
-        if arch.family != "base":
+        if arch.is_student:
             # One choice of size per family: each family may be offered other sizes.
             sizes = {_size_name(w, d): (w, d) for w, d in self.sizes(arch.family)}
             name = Dim(choices=tuple(sizes)).suggest(trial, f"arch.size.{arch.family}")
             width, depth = sizes[name]
             arch = ArchitectureConfig(family=arch.family, width=width, depth=depth)
         layers = list(layers_for(arch))
-        shared = arch.family != "base"
+        shared = arch.is_student
 
         def per_layer(prefix: str, dim: Dim, eligible: Sequence[LayerInfo]) -> dict[str, Any]:
             if not eligible:

@@ -138,3 +138,51 @@ def test_budget_map_matches_the_constraints() -> None:
     cons = constraint_values(cost, budgets)
     for key, (metric, scale, _unit) in BUDGET_METRICS.items():
         assert cons[key] == pytest.approx(getattr(cost, metric) / scale / budgets[key] - 1)
+
+
+# --- the record owns the schema -------------------------------------------------------------
+_RAW = {"user_attrs", "system_attrs", "set_user_attr", "set_system_attr"}
+
+
+def _raw_uses(path: Path) -> list[str]:
+    """`file:line name` for each raw Optuna attribute access (`t.user_attrs`, `user_attrs=`)."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in _RAW:
+            found.append(f"{path}:{node.lineno} {node.attr}")
+        elif isinstance(node, ast.keyword) and node.arg in _RAW:
+            found.append(f"{path}:{node.value.lineno} {node.arg}=")
+    return found
+
+
+def test_only_the_record_reads_and_writes_optuna_attributes() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    record = repo / "search" / "record"
+    files = [
+        *(p for p in (repo / "search").rglob("*.py") if record not in p.parents),
+        *(repo / "experiments" / "benchmarks").rglob("*.py"),
+    ]
+    assert len(files) > 50
+    assert _raw_uses(record / "_trial.py"), "the check finds nothing: it cannot fail"
+    raw = [use for p in files for use in _raw_uses(p)]
+    assert raw == [], "read and write trial and study attributes through search.record"
+
+
+def test_budget_lines_are_in_the_metrics_units() -> None:
+    from search.record import budget_lines
+
+    base = {"latency_ms": 9.0, "weight_bytes": 1000.0, "flash_bytes": 1400.0}
+    budgets = {"latency_ms": 10.0, "flash_kb": 64.0, "memory_kb": 512.0}
+    lines = budget_lines(
+        ["latency_ms", "flash_bytes", "weight_bytes", "memory_bytes"],
+        budgets,
+        base,
+        hard_limits={"memory_kb": 320.0},
+    )
+    # Flash holds more than the weights here: no line on the weights' axis.
+    assert lines == {"latency_ms": 10.0, "flash_bytes": 64 * 1024, "memory_bytes": 320 * 1024}
+    same = {**base, "flash_bytes": 1000.0}  # a flash holding the weights alone
+    assert budget_lines(["weight_bytes"], budgets, same) == {"weight_bytes": 64 * 1024}

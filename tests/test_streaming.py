@@ -235,9 +235,10 @@ def test_fake_quant_trains_under_mixed_precision():
 
 def test_step_budgets_are_spelled_in_the_experiment():
     rec = Recovery(steps=100, student_steps=300, refine_steps=50)
-    assert rec.steps_for(False) == 100 and rec.steps_for(True) == 300
-    assert rec.steps_for(False, refine=True) == 100  # never shorter than the search's
-    assert Recovery().steps_for(False) is None  # epochs, as before
+    assert rec.schedule("structure").steps == 100 and rec.schedule("student").steps == 300
+    refined = rec.schedule("structure", refine=True)
+    assert (refined.steps, refined.unit) == (100, "step")  # never shorter than the search's
+    assert Recovery().schedule("structure").unit == "epoch"  # epochs, as before
 
 
 IMAGEFOLDER_TASK = """\

@@ -21,8 +21,9 @@ import search.study
 from search.compress._quantization import activation_quantizers
 from search.config import load_experiment
 from search.errors import ConfigError
-from search.objective import TrialObjective, plan_key
-from search.pipeline import build, calibrate_build, checkpoint_epoch
+from search.objective import TrialObjective
+from search.pipeline import build, calibrate_build, checkpoint_at
+from search.record import plan_key
 from search.review import load_run
 from search.study import load_space, load_target, run_search
 from search.tasks import fit, load_task
@@ -58,7 +59,7 @@ def test_fit_calls_on_epoch_between_epochs_and_may_stop() -> None:
 
 
 def test_checkpoint_is_half_the_recovery() -> None:
-    assert [checkpoint_epoch(n) for n in (1, 2, 3, 10, 30)] == [None, 1, 1, 5, 15]
+    assert [checkpoint_at(n) for n in (1, 2, 3, 10, 30)] == [None, 1, 1, 5, 15]
 
 
 def test_costing_leaves_activation_ranges_unset(in_tmp: Path) -> None:
@@ -121,7 +122,7 @@ def test_a_hopeless_plan_stops_at_the_checkpoint(
     assert all(t.user_attrs["status"] in ("stopped_early", "over_budget") for t in trials)
     for t in stopped:
         ua = t.user_attrs
-        assert ua["stopped_at_epoch"] == checkpoint_epoch(4) == 2
+        assert ua["stopped_at_epoch"] == checkpoint_at(4) == 2
         assert t.values[0] == ua["checkpoint_accuracy"] == ua["accuracy"]
         assert "needs" in ua["early_stop_reason"] and "weights" not in ua
     run = load_run(result.storage_url, exp.name)
@@ -195,7 +196,7 @@ def test_run_search_takes_an_objective_class(in_tmp: Path) -> None:
     plans = [t.user_attrs["plan"] for t in result.study.get_trials(states=(TrialState.COMPLETE,))]
     assert plans and all(p["quantize"]["default_weight_bits"] == 8 for p in plans)
     assert (
-        plan_key(CompressionPlan.from_dict(plans[0]))
+        plan_key(CompressionPlan.from_dict(plans[0]).to_dict())
         == result.study.trials[0].user_attrs["plan_key"]
     )
 

@@ -219,7 +219,7 @@ def networks() -> list[tuple[str, str, str, Callable[[], Built]]]:
                 )
             )
     for name, plan in _digits_plans().items():
-        kind = "student" if plan.architecture.family != "base" else "digits plan"
+        kind = "student" if plan.architecture.is_student else "digits plan"
         out.append((name, "in-sample", kind, lambda p=plan: _task_model("digits", p, 0)))
     out.append(
         (
@@ -230,7 +230,7 @@ def networks() -> list[tuple[str, str, str, Callable[[], Built]]]:
         )
     )
     for name, (task, seed, plan) in _held_out_plans().items():
-        kind = "student" if plan.architecture.family != "base" else f"{task} plan"
+        kind = "student" if plan.architecture.is_student else f"{task} plan"
         out.append((name, "held-out", kind, lambda t=task, p=plan, s=seed: _task_model(t, p, s)))
     out.append(
         (

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from search.config import parse_experiment  # noqa: E402
 from search.objective import EARLY_STOP_MARGIN, TrialObjective  # noqa: E402
 from search.pipeline import (  # noqa: E402
-    checkpoint_epoch,
+    checkpoint_at,
     prepare,
     recovery_schedule,
     train,
@@ -70,7 +70,7 @@ def curves(task_name: str, n_plans: int, seed: int) -> tuple[float, list[dict], 
         trial = study.ask()
         plan = objective.suggest(trial)
         compressed, _ = objective.build_and_cost(plan)
-        student = plan.architecture.family != "base"
+        student = plan.architecture.is_student
         epochs = recovery_schedule(rec, plan).epochs
         prepare(compressed, plan, task)
         seen: list[float] = []
@@ -90,7 +90,7 @@ def curves(task_name: str, n_plans: int, seed: int) -> tuple[float, list[dict], 
                 "plan": plan.describe(),
                 "student": student,
                 "epochs": epochs,
-                "checkpoint_epoch": checkpoint_epoch(epochs),
+                "checkpoint_epoch": checkpoint_at(epochs),
                 "curve": seen,
                 "final": final,
                 "seconds": time.perf_counter() - t0,

@@ -132,7 +132,7 @@ def attempt(stage: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def timed_search(exp: Any, device: str, out: Path) -> dict[str, Any]:
     """Run the search in this process; trials/min over the trials it trained."""
-    from search.record import TrialStatus, status_of
+    from search.record import TrialAttr, TrialStatus, metric_of, status_of, trial_attr
     from search.study import run_search
 
     exp = replace(exp, device=device, out=str(out))
@@ -147,19 +147,19 @@ def timed_search(exp: Any, device: str, out: Path) -> dict[str, Any]:
         if t.state.is_finished() and status_of(t) is not TrialStatus.DUPLICATE
     ]
     trained = [t for t in trials if status_of(t) is TrialStatus.TRAINED]
-    train_s = sum(t.user_attrs.get("train_s", 0.0) for t in trained)
+    train_s = sum(trial_attr(t, TrialAttr.TRAIN_S, 0.0) for t in trained)
     return {
         "device": device,
         "trials": len(trials),
         "trained": len(trained),
         "failed": result.failed,
         "fail_reasons": [
-            t.user_attrs.get("fail_reason") for t in trials if t.state.name == "FAIL"
+            trial_attr(t, TrialAttr.FAIL_REASON) for t in trials if t.state.name == "FAIL"
         ],
         "wall_s": round(wall, 1),
         "trials_per_min": round(len(trials) / wall * 60, 2),
         "recovery_s_per_trained_trial": round(train_s / max(len(trained), 1), 2),
-        "best_accuracy": max((t.user_attrs.get("accuracy") or 0.0 for t in trained), default=None),
+        "best_accuracy": max((metric_of(t, "accuracy") or 0.0 for t in trained), default=None),
         "run_dir": str(out),
     }
 

@@ -134,7 +134,7 @@ def main() -> None:
     def layers_for(arch: ArchitectureConfig) -> list:
         from search.compress import build_student
 
-        if arch.family == "base":
+        if not arch.is_student:
             return compressible_layers(task.base_model)
         return compressible_layers(
             build_student(arch, input_shape=task.input_shape, num_classes=task.num_classes)
@@ -151,7 +151,7 @@ def main() -> None:
         t0 = time.perf_counter()
         c = build(plan, task)
         build_s = time.perf_counter() - t0
-        student = plan.architecture.family != "base"
+        student = plan.architecture.is_student
         n_epochs = 0 if operator == "reference" else (student_epochs if student else epochs)
         t0 = time.perf_counter()
         if n_epochs:

@@ -189,7 +189,7 @@ def random_plans(task: Any, exp: Any, n: int, seed: int) -> list[dict[str, Any]]
         trial = study.ask()
         plan = objective.suggest(trial)
         study.tell(trial, 0.0)
-        if plan.architecture.family != "base":
+        if plan.architecture.is_student:
             continue
         rows.append(one_plan(task, exp, plan, seed=seed + len(rows), full=False))
         log(f"{task.name}: random plan {len(rows)}/{n} {plan.describe()}")

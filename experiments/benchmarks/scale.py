@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from search.parallel import audit_trials, threads_per_worker  # noqa: E402
+from search.record import failed_origin  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
 RECOVERY_EPOCHS = 3  # the quickstart's: a trial of a couple of seconds, not a DB round trip
@@ -306,12 +307,7 @@ def kill_campaign(
     ]
     shortfall = max(0, trials - report["complete"])
     retried_killed = sorted(
-        {
-            t.system_attrs["failed_trial"]
-            for t in end
-            if "failed_trial" in t.system_attrs
-            and t.system_attrs["failed_trial"] in killed_running
-        }
+        {origin for t in end if (origin := failed_origin(t)) in killed_running}
     )
     return {
         "study": name,

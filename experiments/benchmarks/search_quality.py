@@ -69,7 +69,18 @@ sys.path.insert(0, str(ROOT))
 from search._io import jsonable  # noqa: E402
 from search.config import Experiment, parse_experiment  # noqa: E402
 from search.objective import TrialObjective  # noqa: E402
-from search.record import COUNTED, TrialStatus, status_of  # noqa: E402
+from search.record import (  # noqa: E402
+    COST_KEYS,
+    COUNTED,
+    StudyAttr,
+    TrialAttr,
+    TrialStatus,
+    metric_of,
+    status_of,
+    study_attr,
+    trial_attr,
+    within_limits,
+)
 from spaces import CompressionPlan  # noqa: E402
 
 TASK, TARGET = "gratings", "mcu"
@@ -310,33 +321,30 @@ def trial_rows(
 
     profile = load_profile(TARGET)
     study = optuna.load_study(study_name=name, storage=storage)
-    base_acc = float(study.user_attrs["base_metrics"]["accuracy"])
+    base_acc = float(study_attr(study, StudyAttr.BASE_METRICS)["accuracy"])
     rows = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        ua = t.user_attrs
         status = status_of(t)
-        if ua.get("latency_ms") is None or status == TrialStatus.DUPLICATE:
+        if metric_of(t, "latency_ms") is None or status == TrialStatus.DUPLICATE:
             continue
-        keys = ("params", "macs", "weight_bytes", "peak_activation_bytes")
-        keys += ("memory_bytes", "flash_bytes", "latency_ms")
-        cost = CostReport(**{k: ua[k] for k in keys})
+        cost = CostReport(**{k: trial_attr(t, k) for k in COST_KEYS})
         limits = constraint_values(cost, budgets, profile=profile if board else None)
-        within = all(v <= 0 for v in limits.values())
-        acc = ua.get("accuracy")
+        within = within_limits(limits)
+        acc = metric_of(t, "accuracy")
         trained = status == TrialStatus.TRAINED
         rows.append(
             {
                 "number": t.number,
                 "status": str(status),
                 "counted": status in COUNTED,
-                "recipe": ua.get("recipe"),
+                "recipe": trial_attr(t, TrialAttr.RECIPE),
                 "accuracy": acc,
-                "latency_ms": ua["latency_ms"],
-                "weight_bytes": ua["weight_bytes"],
+                "latency_ms": cost.latency_ms,
+                "weight_bytes": cost.weight_bytes,
                 "feasible": trained and within and base_acc - acc <= MAX_DROP + 1e-12,
-                "plan": ua.get("plan"),
-                "plan_text": ua.get("plan_text"),
-                "weights": ua.get("weights"),
+                "plan": trial_attr(t, TrialAttr.PLAN),
+                "plan_text": trial_attr(t, TrialAttr.PLAN_TEXT),
+                "weights": trial_attr(t, TrialAttr.WEIGHTS),
             }
         )
     return rows
@@ -352,11 +360,10 @@ def _search(exp: Experiment, *, warm: bool = True, **kwargs: Any) -> dict[str, A
         result = study_mod.run_search(exp, progress=False, log=lambda m: None, **kwargs)
     finally:
         study_mod.warm_start = keep
-    attrs = result.study.user_attrs
     return {
         "rows": trial_rows(exp.storage_url, exp.name, BUDGETS),
         "proposals": len(result.study.trials),
-        "sensitivity_s": attrs.get("sensitivity_s"),
+        "sensitivity_s": study_attr(result.study, StudyAttr.SENSITIVITY_S),
     }
 
 

@@ -208,6 +208,6 @@ def build_student(
 @register_handler(ArchitectureConfig)
 def architecture(model: nn.Module, cfg: ArchitectureConfig, ctx: Context) -> nn.Module:
     """`base` keeps the network; a student family replaces it (trained later by distillation)."""
-    if cfg.family == "base":
+    if not cfg.is_student:
         return model
     return build_student(cfg, input_shape=ctx.input_shape, num_classes=ctx.num_classes)

@@ -9,8 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from spaces import is_student
+
 from ..errors import ConfigError
-from ..record import UNTRAINED, TrialRecord, TrialStatus, budget_for_metric, cost_rows
+from ..record import (
+    UNTRAINED,
+    StudyAttr,
+    TrialRecord,
+    TrialStatus,
+    budget_for_metric,
+    cost_rows,
+    study_attrs,
+)
 from ..record import primary_metric as primary_of
 from ..storage import public_url
 from ._geometry import (
@@ -26,6 +36,7 @@ from ._geometry import (
     shortfall,
 )
 from ._run import RunData
+from ._style import LATENCY
 
 __all__ = [
     "assemble",
@@ -115,16 +126,16 @@ def build_run(study: Any, *, storage: str = "", target: str | None = None) -> Ru
     A study over several targets gets one view per target in `views`; `target` builds that
     target's view alone: its profile, budgets, constraints and cost metrics (`latency_ms@T`...).
     """
-    attrs = dict(study.user_attrs)
-    targets = [str(n) for n in attrs.get("targets") or ()]
+    attrs = study_attrs(study)
+    targets = [str(n) for n in attrs.get(StudyAttr.TARGETS) or ()]
     if target is not None:
         if target not in targets:
             raise ConfigError(
                 study.study_name, "--target", f"{target!r} is not one of the study's {targets}"
             )
-        attrs.update((attrs.get("target_views") or {}).get(target) or {})
+        attrs.update((attrs.get(StudyAttr.TARGET_VIEWS) or {}).get(target) or {})
     directions = [d.name.lower() for d in study.directions]
-    raw = attrs.get("objectives")
+    raw = attrs.get(StudyAttr.OBJECTIVES)
     if raw:
         objectives = tuple(Objective(str(m), str(d)) for m, d in raw)
     else:
@@ -135,8 +146,8 @@ def build_run(study: Any, *, storage: str = "", target: str | None = None) -> Ru
             "objectives",
             f"user attr {raw} does not match the study's directions {directions}",
         )
-    constraint_names = tuple(attrs.get("constraints") or ())
-    refined = attrs.get("refined") or {}
+    constraint_names = tuple(attrs.get(StudyAttr.CONSTRAINTS) or ())
+    refined = attrs.get(StudyAttr.REFINED) or {}
     trials = tuple(
         TrialRecord.from_trial(t, objectives, refined.get(str(t.number)), target=target)
         for t in study.get_trials(deepcopy=False)
@@ -151,23 +162,25 @@ def build_run(study: Any, *, storage: str = "", target: str | None = None) -> Ru
         storage=storage,
         objectives=objectives,
         constraint_names=constraint_names,
-        budgets=attrs.get("budgets") or {},
-        profile=attrs.get("profile") or {},
-        base_metrics=attrs.get("base_metrics") or {},
-        task=str(attrs.get("task") or ""),
-        space=str(attrs.get("space") or ""),
-        experiment=attrs.get("experiment") or {},
+        budgets=attrs.get(StudyAttr.BUDGETS) or {},
+        profile=attrs.get(StudyAttr.PROFILE) or {},
+        base_metrics=attrs.get(StudyAttr.BASE_METRICS) or {},
+        task=str(attrs.get(StudyAttr.TASK) or ""),
+        space=str(attrs.get(StudyAttr.SPACE) or ""),
+        experiment=attrs.get(StudyAttr.EXPERIMENT) or {},
         trials=trials,
         accuracy_floor=_accuracy_floor(attrs, objectives),
-        max_accuracy_drop=_number(attrs.get("max_accuracy_drop")),
+        max_accuracy_drop=_number(attrs.get(StudyAttr.MAX_ACCURACY_DROP)),
+        stored_budget_lines=attrs.get(StudyAttr.BUDGET_LINES),
+        latency_margin=_latency_margin(attrs.get(StudyAttr.BUDGET_MARGIN)),
         # A multi-target study's own cost values are already relative to the base model (1.0 =
         # the base model, `search.multi_target`); its target views hold each target's costs.
         relative_costs=bool(targets) and target is None,
-        base_hash=str(attrs.get("base_hash") or ""),
-        primary_metric=str(attrs.get("primary_metric") or ""),
-        base_layer_costs=cost_rows(attrs.get("base_layer_costs")),
+        base_hash=str(attrs.get(StudyAttr.BASE_HASH) or ""),
+        primary_metric=str(attrs.get(StudyAttr.PRIMARY_METRIC) or ""),
+        base_layer_costs=cost_rows(attrs.get(StudyAttr.BASE_LAYER_COSTS)),
     )
-    sens = attrs.get("sensitivities") if not target else None
+    sens = attrs.get(StudyAttr.SENSITIVITIES) if not target else None
     if isinstance(sens, list):
         run = replace(run, sensitivities=tuple(r for r in sens if isinstance(r, dict)))
     views = {n: build_run(study, storage=storage, target=n) for n in targets} if not target else {}
@@ -176,12 +189,19 @@ def build_run(study: Any, *, storage: str = "", target: str | None = None) -> Ru
 
 def _accuracy_floor(attrs: Mapping[str, Any], objectives: Sequence[Objective]) -> dict[str, float]:
     """`max_accuracy_drop` as a line on the primary metric's axis: base value minus the drop."""
-    drop, base = attrs.get("max_accuracy_drop"), attrs.get("base_metrics") or {}
-    primary = primary_of(objectives, attrs.get("primary_metric"))
+    drop, base = attrs.get(StudyAttr.MAX_ACCURACY_DROP), attrs.get(StudyAttr.BASE_METRICS) or {}
+    primary = primary_of(objectives, attrs.get(StudyAttr.PRIMARY_METRIC))
     if not isinstance(drop, (int, float)) or primary not in [o.metric for o in objectives]:
         return {}
     b = base.get(primary)
     return {primary: float(b) - float(drop)} if isinstance(b, (int, float)) else {}
+
+
+def _latency_margin(stored: Any) -> float:
+    """The p90 margin the latency budget was checked with (`budget_margin: p90`), else 0."""
+    if isinstance(stored, Mapping) and stored.get("bound") == "p90":
+        return float(stored.get("latency_error") or 0.0)
+    return 0.0
 
 
 def assemble(
@@ -203,12 +223,18 @@ def assemble(
     base_hash: str = "",
     primary_metric: str = "",
     base_layer_costs: Sequence[Sequence[Any]] = (),
+    stored_budget_lines: Mapping[str, float] | None = None,
+    latency_margin: float = 0.0,
 ) -> RunData:
     """Compute the front, hypervolume, knee and least-violating list from trial records.
 
     `accuracy_floor` adds budget lines for maximised metrics (base value - max drop).
     `max_accuracy_drop` is the knee's unit of accuracy (None: `DEFAULT_ALLOWED_DROP`);
     `relative_costs` says the cost values are already relative to the base model.
+    `stored_budget_lines` are the study's budget lines (`record.budget_lines`); studies recorded
+    before they were stored derive them from the constraint values. `latency_margin` is the p90
+    margin the latency budget was checked with: the knee's latency limit is where the bound
+    meets the budget.
     """
     objectives = tuple(objectives)
     trials = tuple(sorted(trials, key=lambda t: t.number))
@@ -221,10 +247,19 @@ def assemble(
     )
 
     scales = tuple(_scale(o, j, base_metrics, trials) for j, o in enumerate(objectives))
-    budget_lines = _budget_lines(objectives, constraint_names, budgets, trials)
+    if stored_budget_lines is not None:
+        metrics = {o.metric for o in objectives}
+        budget_lines = {m: float(v) for m, v in stored_budget_lines.items() if m in metrics}
+    else:
+        budget_lines = _derived_budget_lines(
+            objectives, constraint_names, budgets, trials, latency_margin
+        )
+    checked = dict(budget_lines)
+    if LATENCY in checked:
+        checked[LATENCY] /= 1.0 + latency_margin
     base = _base_values(objectives, base_metrics, relative_costs)
     limits = tuple(
-        _knee_limit(o, j, base, {} if relative_costs else budget_lines, max_accuracy_drop, trials)
+        _knee_limit(o, j, base, {} if relative_costs else checked, max_accuracy_drop, trials)
         for j, o in enumerate(objectives)
     )
     bars = _cost_bars(objectives, base, trials)
@@ -355,7 +390,7 @@ def _uniform_int8(plan: Mapping[str, Any] | None) -> bool:
     # Sampled plans name every layer's bits; the default covers a plan that names none.
     bits = set((quant.get("weight_bits") or {}).values()) or {quant.get("default_weight_bits")}
     return (
-        arch.get("family", "base") == "base"
+        not is_student(plan)
         and float(arch.get("width", 1.0)) == 1.0
         and all(float(r) >= 1.0 for r in ranks.values())
         and not prune.get("global_ratio")
@@ -404,18 +439,20 @@ def _scale(o: Objective, j: int, base: Mapping[str, Any], trials: Sequence[Trial
     return m if m > 0 else 1.0
 
 
-def _budget_lines(
+def _derived_budget_lines(
     objectives: Sequence[Objective],
     constraint_names: Sequence[str],
     budgets: Mapping[str, float],
     trials: Sequence[TrialRecord],
+    latency_margin: float,
 ) -> dict[str, float]:
-    """Each objective's budget in its own units, derived from the recorded constraint values
-    of the budget that limits it (`search.budgets`).
+    """A study recorded before its budget lines were stored: each objective's budget in its
+    own units, derived from the recorded constraint values of the budget that limits it.
 
     A constraint is `value / budget - 1`, so `budget = value / (1 + c)`: this converts kB budgets
     to a bytes axis without assuming 1000 or 1024. A line is drawn only when every trial gives
-    the same budget (so a wrongly matched constraint draws nothing).
+    the same budget (so a wrongly matched constraint draws nothing). A latency checked at its
+    p90 bound gives `budget / (1 + p90)`, so the margin is taken back out.
     """
     out: dict[str, float] = {}
     for o in objectives:
@@ -433,6 +470,8 @@ def _budget_lines(
             ]
             if est and max(est) - min(est) <= 1e-6 * max(abs(x) for x in est) + 1e-12:
                 line = float(sum(est) / len(est))
+                if o.metric == LATENCY:
+                    line *= 1.0 + latency_margin
         if line is None:
             b = budgets.get(o.metric)
             if isinstance(b, (int, float)) and not isinstance(b, bool):

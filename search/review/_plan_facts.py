@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spaces import layer_rows
+from spaces import BASE_FAMILY, is_student, layer_rows
 
 from ..record import TrialRecord
 from ._run import RunData
@@ -83,7 +83,7 @@ def summary_features(run: RunData, t: TrialRecord) -> dict[str, Any]:
         else None
     )
     return {
-        "family": str(arch.get("family", "base")),
+        "family": str(arch.get("family", BASE_FAMILY)),
         "mean weight bits": _mean([float(r["bits"]) for r in rows], 32.0),
         "kept MACs": kept,
         "mean prune ratio": _mean([r["prune_ratio"] for r in rows], 0.0),
@@ -182,7 +182,7 @@ def layer_shares(run: RunData, t: TrialRecord) -> PlanShares | None:
     base = [(_module_path(n, roots), k, f) for n, k, f in base]
     rows = [(_module_path(n, roots), k, f) for n, k, f in rows]
     names = [n for n, _, _ in base]
-    student = ((t.plan or {}).get("architecture") or {}).get("family", "base") != "base"
+    student = is_student(t.plan)
     keys = [k for k, _, _ in SHARE_FIGURES]
     zero = dict.fromkeys(keys, 0.0)
     order: list[str] = []

@@ -1,28 +1,16 @@
-"""The trial record: what one trial stores in Optuna, written and read in this module only.
-
-The objective writes a trial's outcome through `write_*`; the review, the export, the CLI and
-the benchmarks read it back through `TrialRecord.from_trial`, `status_of`, `is_feasible` and
-`primary_metric`. Attribute names and values are those of every stored study so far, so old
-studies load unchanged.
-
-* **Status** (`TrialStatus`): `trained`, `over_budget` (costed, never trained), `stopped_early`
-  (hopeless at the recovery checkpoint), `duplicate` (answered from an earlier trial of the same
-  plan), `failed` (raised; recorded with its reason).
-* **Feasible**: COMPLETE, trained (no untrained status), finite objective values, and every
-  constraint value <= 0 (Optuna's convention: `value / budget - 1` for budgets).
-* **Primary metric**: the one accuracy drops are measured on: the study's stored
-  `primary_metric`, else the first maximised objective, else `accuracy`.
-"""
+"""One trial's record: its status, how it is read back (`TrialRecord`) and written (`write_*`)."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from .budgets import BUDGET_METRICS, LIMITED_BY, BudgetMetric, budget_for_metric
+from ..budgets import BUDGET_METRICS, LIMITED_BY, BudgetMetric, budget_for_metric
+from ._keys import TrialAttr, target_suffix
 
 __all__ = [
     "ACCURACY_DROP",
@@ -49,7 +37,12 @@ __all__ = [
     "write_failure",
     "write_outcome",
     "write_plan",
+    "failed_origin",
+    "metric_of",
+    "plan_key",
     "plan_key_of",
+    "trial_attr",
+    "within_limits",
 ]
 
 
@@ -138,7 +131,7 @@ def primary_metric(objectives: Iterable[_Objective] = (), stored: str | None = N
 
 def status_of(trial: Any) -> TrialStatus | None:
     """A frozen trial's status; a FAILED trial that recorded none is `failed`."""
-    status = TrialStatus.parse(trial.user_attrs.get("status"))
+    status = TrialStatus.parse(trial.user_attrs.get(TrialAttr.STATUS))
     if status is None and trial.state.name == "FAIL":
         return TrialStatus.FAILED
     return status
@@ -159,14 +152,19 @@ def is_feasible(
     return (
         is_trained(state, status)
         and (values is None or all(math.isfinite(v) for v in values))
-        and all(float(v) <= 0.0 for v in constraints.values())
+        and within_limits(constraints)
     )
+
+
+def within_limits(constraints: Mapping[str, float]) -> bool:
+    """Every constraint value <= 0: each budget met, the accuracy drop within its limit."""
+    return all(float(v) <= 0.0 for v in constraints.values())
 
 
 def constraints_of(trial: Any) -> dict[str, float]:
     """A frozen trial's constraint values: Optuna's own, else the user attr `constraints`."""
     constraints = {str(k): float(v) for k, v in (trial.constraints or {}).items()}
-    stored = trial.user_attrs.get("constraints")
+    stored = trial.user_attrs.get(TrialAttr.CONSTRAINTS)
     if not constraints and isinstance(stored, Mapping):
         constraints = {str(k): float(v) for k, v in stored.items() if v is not None}
     return constraints
@@ -248,10 +246,10 @@ class TrialRecord:
             if metrics.get(o.metric) is None:
                 metrics[o.metric] = ua.get(o.metric, v)
         feasible = values is not None and is_feasible(state, status, constraints, values)
-        plan = ua.get("plan")
-        fail_reason = ua.get("fail_reason")
+        plan = ua.get(TrialAttr.PLAN)
+        fail_reason = ua.get(TrialAttr.FAIL_REASON)
         if state == "FAIL" and not fail_reason:
-            recorded = (t.system_attrs or {}).get("fail_reason")
+            recorded = (t.system_attrs or {}).get(TrialAttr.FAIL_REASON)
             fail_reason = recorded or "failed (no reason recorded)"
         duration = t.duration.total_seconds() if t.duration is not None else None
         start = t.datetime_start
@@ -259,23 +257,23 @@ class TrialRecord:
             number=int(t.number),
             state=state,
             # A status text this version does not know is kept as written, for display.
-            status=status if status is not None else ua.get("status"),
+            status=status if status is not None else ua.get(TrialAttr.STATUS),
             values=values,
             metrics=metrics,
             constraints=constraints,
             feasible=bool(feasible),
             plan=plan if isinstance(plan, Mapping) else None,
-            plan_text=str(ua.get("plan_text") or ""),
+            plan_text=str(ua.get(TrialAttr.PLAN_TEXT) or ""),
             fail_reason=fail_reason,
-            skipped_layers=dict(ua.get("skipped_layers") or {}),
+            skipped_layers=dict(ua.get(TrialAttr.SKIPPED_LAYERS) or {}),
             params=dict(t.params),
             datetime_start=start.isoformat(timespec="seconds") if start else None,
             duration_s=duration,
-            recipe=ua.get("recipe"),
-            duplicate_of=ua.get("duplicate_of"),
-            weights=ua.get("weights"),
+            recipe=ua.get(TrialAttr.RECIPE),
+            duplicate_of=ua.get(TrialAttr.DUPLICATE_OF),
+            weights=ua.get(TrialAttr.WEIGHTS),
             refined=refined if isinstance(refined, Mapping) else None,
-            layer_costs=cost_rows(ua.get("layer_costs")),
+            layer_costs=cost_rows(ua.get(TrialAttr.LAYER_COSTS)),
         )
 
 
@@ -289,10 +287,10 @@ def _target_view(
     """One target's reading of a multi-target trial: `m@T` attributes become `m`, the
     constraints are `constraints@T` (and the target-free accuracy drop), and the objective
     values are the metrics on T (the study's own values aggregate the targets)."""
-    suffix = f"@{target}"
+    suffix = target_suffix(target)
     view = {k: v for k, v in ua.items() if "@" not in k}
     view.update({k[: -len(suffix)]: v for k, v in ua.items() if k.endswith(suffix)})
-    mine = {str(k): float(v) for k, v in (ua.get(f"constraints{suffix}") or {}).items()}
+    mine = {str(k): float(v) for k, v in (ua.get(TrialAttr.CONSTRAINTS + suffix) or {}).items()}
     if ACCURACY_DROP in constraints:
         mine[ACCURACY_DROP] = float(constraints[ACCURACY_DROP])
     if values is not None:
@@ -312,15 +310,16 @@ def write_attrs(trial: _Writable, attrs: Mapping[str, Any]) -> None:
 
 def write_plan(trial: _Writable, plan: Mapping[str, Any], text: str, key: str) -> None:
     """The plan, first: a trial that fails later still says what it tried."""
-    write_attrs(trial, {"plan": dict(plan), "plan_text": text, "plan_key": key})
+    attrs = {TrialAttr.PLAN: dict(plan), TrialAttr.PLAN_TEXT: text, TrialAttr.PLAN_KEY: key}
+    write_attrs(trial, attrs)
 
 
 def write_failure(trial: _Writable, reason: str, trace: str | None = None) -> None:
     """A trial that raised: status `failed` with its reason (and a short traceback)."""
-    trial.set_user_attr("status", TrialStatus.FAILED.value)
-    trial.set_user_attr("fail_reason", reason[:500])
+    trial.set_user_attr(TrialAttr.STATUS, TrialStatus.FAILED.value)
+    trial.set_user_attr(TrialAttr.FAIL_REASON, reason[:500])
     if trace is not None:
-        trial.set_user_attr("fail_trace", trace[-2000:])
+        trial.set_user_attr(TrialAttr.FAIL_TRACE, trace[-2000:])
 
 
 def write_outcome(
@@ -335,28 +334,51 @@ def write_outcome(
     metrics as user attrs, then the status (written last: a status means the record is whole)."""
     for name in constraint_names:
         trial.set_constraint(name, float(constraints[name]))
-    trial.set_user_attr("constraints", {k: float(v) for k, v in constraints.items()})
+    trial.set_user_attr(TrialAttr.CONSTRAINTS, {k: float(v) for k, v in constraints.items()})
     write_attrs(trial, metrics)
-    trial.set_user_attr("status", status.value)
+    trial.set_user_attr(TrialAttr.STATUS, status.value)
 
 
 # A repeat copies the earlier trial's figures, never what identifies or timed that trial.
 _NOT_COPIED = frozenset(
-    {"plan", "plan_text", "plan_key", "recipe", "weights", "status"}
-    | {"sample_s", "build_s", "train_s", "duplicate_of"}
+    {TrialAttr.PLAN, TrialAttr.PLAN_TEXT, TrialAttr.PLAN_KEY, TrialAttr.RECIPE}
+    | {TrialAttr.WEIGHTS, TrialAttr.STATUS, TrialAttr.SAMPLE_S, TrialAttr.BUILD_S}
+    | {TrialAttr.TRAIN_S, TrialAttr.DUPLICATE_OF}
 )
 
 
 def write_duplicate(trial: Any, earlier: Any, constraint_names: Sequence[str]) -> None:
     """Record an already-evaluated plan with the earlier trial's figures."""
-    trial.set_user_attr("duplicate_of", earlier.number)
+    trial.set_user_attr(TrialAttr.DUPLICATE_OF, earlier.number)
     write_attrs(trial, {k: v for k, v in earlier.user_attrs.items() if k not in _NOT_COPIED})
-    for name, value in (earlier.user_attrs.get("constraints") or {}).items():
+    for name, value in (earlier.user_attrs.get(TrialAttr.CONSTRAINTS) or {}).items():
         if name in constraint_names:
             trial.set_constraint(name, float(value))
-    trial.set_user_attr("status", TrialStatus.DUPLICATE.value)
+    trial.set_user_attr(TrialAttr.STATUS, TrialStatus.DUPLICATE.value)
+
+
+def plan_key(plan: Mapping[str, Any]) -> str:
+    """A stable text key of a plan (`CompressionPlan.to_dict`): equal plans give equal keys."""
+    return json.dumps(dict(plan), sort_keys=True, separators=(",", ":"))
 
 
 def plan_key_of(trial: Any) -> str | None:
     """The stored duplicate-detection key of a trial's plan."""
-    return trial.user_attrs.get("plan_key")
+    return trial.user_attrs.get(TrialAttr.PLAN_KEY)
+
+
+def trial_attr(trial: Any, key: str, default: Any = None) -> Any:
+    """One stored attribute of a trial (`TrialAttr`), or `default`."""
+    return trial.user_attrs.get(key, default)
+
+
+def metric_of(trial: Any, metric: str) -> float | None:
+    """A trial's stored metric (`accuracy`, `latency_ms`, `m@T`, ...); None when not measured."""
+    v = trial.user_attrs.get(metric)
+    return None if v is None else float(v)
+
+
+def failed_origin(trial: Any) -> int | None:
+    """The trial a worker died in, when this trial is Optuna's re-run of it (else None)."""
+    origin = trial.system_attrs.get(TrialAttr.FAILED_TRIAL)
+    return None if origin is None else int(origin)
