@@ -339,7 +339,7 @@ def _layer_nodes(path) -> dict[str, bool]:
 
 def _assert_close_to_torch(got: torch.Tensor, ref: torch.Tensor) -> None:
     """ONNX Runtime's int8 logits against the fake-quant model's. Not within 5%, as for the
-    small nets of test_operators: ONNX Runtime also quantizes the residual adds, and on x86
+    small nets of test_quantization: ONNX Runtime also quantizes the residual adds, and on x86
     without VNNI uses 7-bit weights (`int8_weight_bits`); the 3-stage MobileNetV2 lands at 9%,
     its fp32 export (weights rounded, activations not) already at 5%."""
     assert got.shape == ref.shape

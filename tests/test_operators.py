@@ -1,7 +1,8 @@
 """One shared, parametrized suite for every compression operator, plus operator-specific checks.
 
-Every operator runs over four tiny networks: a CNN, an MLP, a residual + concat net with a
-depthwise convolution and squeeze-excite, and an nn.TransformerEncoder classifier.
+Every operator runs over four tiny networks (tests/_operator_nets.py): a CNN, an MLP, a residual
++ concat net with a depthwise convolution and squeeze-excite, and an nn.TransformerEncoder
+classifier. Quantization's own checks, and the ONNX export, are in tests/test_quantization.py.
 """
 
 from __future__ import annotations
@@ -14,17 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.compress import (
-    Compressed,
-    build_student,
-    calibrate,
-    compress,
-    compressible_layers,
-    distillation_loss,
-    export_onnx,
-)
+from search.compress import build_student, compress, compressible_layers, distillation_loss
 from search.compress._lowrank import factorize, full_rank
-from search.compress._quantization import fake_quant_weight
 from search.compress._registry import handler_for, register_handler
 from spaces import (
     ArchitectureConfig,
@@ -34,114 +26,9 @@ from spaces import (
     PruneConfig,
     QuantizeConfig,
 )
+from tests._operator_nets import NETS, ResConcatNet, TinyTransformer, _compress, _params, _setup
 
 torch.set_num_threads(1)
-
-
-# --- the four networks -------------------------------------------------------------------------
-class TinyCNN(nn.Module):
-    input_shape, num_classes = (1, 8, 8), 10
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv2d(32, 48, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(48, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.conv3(torch.relu(self.conv2(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-
-class TinyMLP(nn.Module):
-    input_shape, num_classes = (20,), 5
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 5)
-        )
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(c, c // 4, 1)
-        self.fc2 = nn.Conv2d(c // 4, c, 1)
-
-    def forward(self, x):
-        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
-
-
-class ResConcatNet(nn.Module):
-    """Residual add, channel concat, depthwise conv and squeeze-excite."""
-
-    input_shape, num_classes = (3, 16, 16), 7
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 32, 3, padding=1)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.pw = nn.Conv2d(32, 32, 1)
-        self.se = SqueezeExcite(32)
-        self.branch_a = nn.Conv2d(32, 16, 1)
-        self.branch_b = nn.Conv2d(32, 16, 3, padding=1)
-        self.mix = nn.Conv2d(32, 48, 3, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(48)
-        self.head = nn.Linear(48, 7)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = x + self.se(self.pw(torch.relu(self.dw(x))))
-        x = torch.cat([self.branch_a(x), self.branch_b(x)], 1)
-        x = torch.relu(self.bn(self.mix(x)))
-        return self.head(x.mean((2, 3)))
-
-
-class TinyTransformer(nn.Module):
-    input_shape, num_classes = (6, 8), 4
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(8, 32)
-        layer = nn.TransformerEncoderLayer(
-            32, 4, dim_feedforward=64, dropout=0.0, batch_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.head(self.encoder(self.embed(x)).mean(1))
-
-
-NETS = {"cnn": TinyCNN, "mlp": TinyMLP, "resconcat": ResConcatNet, "transformer": TinyTransformer}
-
-
-def _setup(net: str, seed: int = 0):
-    cls = NETS[net]
-    torch.manual_seed(seed)
-    base = cls().eval()
-    x = torch.randn(24, *cls.input_shape)
-    y = torch.randint(0, cls.num_classes, (24,))
-    return base, x, y
-
-
-def _compress(plan: CompressionPlan, base: nn.Module, x, y) -> Compressed:
-    return compress(
-        plan, base, input_shape=type(base).input_shape, num_classes=type(base).num_classes,
-        calib_inputs=x, grad_batch=(x[:8], y[:8]),
-    )  # fmt: skip
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --- every operator, as a plan built from the network's compressible layers ---------------------
@@ -420,49 +307,6 @@ def test_sparsity_masks_survive_fine_tuning() -> None:
     assert (out.model.conv2.weight[zeros] == 0).all()
 
 
-# --- quantization ------------------------------------------------------------------------------
-def test_fake_quant_error_shrinks_with_bits_and_passes_gradients() -> None:
-    torch.manual_seed(0)
-    w = torch.randn(8, 4, 3, 3)
-    errors = [(fake_quant_weight(w, b) - w).norm().item() for b in (2, 4, 8, 16)]
-    assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3 * w.norm()
-    assert torch.equal(fake_quant_weight(w, 32), w)
-    for b in (2, 4, 8):  # at most 2^b - 1 levels per output channel
-        assert all(len(row.unique()) <= 2**b - 1 for row in fake_quant_weight(w, b).flatten(1))
-    w.requires_grad_(True)
-    (fake_quant_weight(w, 4) * torch.arange(w.numel()).view_as(w)).sum().backward()
-    torch.testing.assert_close(w.grad, torch.arange(w.numel()).view_as(w).float())
-
-
-def test_activation_quant_is_calibrated_and_error_shrinks_with_bits() -> None:
-    base, x, y = _setup("cnn")
-    ref = base(x)
-    errs = {}
-    for bits in (8, 16):
-        out = _compress(CompressionPlan(quantize=QuantizeConfig(activation_bits=bits)), base, x, y)
-        q = out.model.conv2.input_quant
-        assert q.min_val <= q.max_val and torch.isfinite(q.min_val)
-        errs[bits] = (out.model(x) - ref).norm().item()
-        assert errs[bits] > 0
-    assert errs[16] < errs[8]
-    calibrate(out.model, x * 10)  # recalibration widens the range
-    assert out.model.conv1.input_quant.max_val > x.max() * 5
-
-
-def test_quantized_layers_stay_fx_leaves() -> None:
-    base, x, y = _setup("cnn")
-    out = _compress(
-        CompressionPlan(quantize=QuantizeConfig(default_weight_bits=4, activation_bits=8)),
-        base,
-        x,
-        y,
-    )
-    graph = torch.fx.symbolic_trace(out.model).graph
-    called = [n.target for n in graph.nodes if n.op == "call_module"]
-    assert {"conv1", "conv2", "conv3", "fc"} <= set(called)
-    assert not any("parametrizations" in str(t) or "input_quant" in str(t) for t in called)
-
-
 # --- students ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["mobilenetv2", "shufflenetv2"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (3, 64, 64), (6, 8), (20,)])
@@ -502,85 +346,3 @@ def test_distillation_loss() -> None:
     torch.testing.assert_close(mixed, 0.7 * kl + 0.3 * ce)
     mixed.backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
-
-
-# --- ONNX export -------------------------------------------------------------------------------
-def _ort(path, x):
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-
-
-def test_fp32_export_folds_the_fake_quant(tmp_path) -> None:
-    base, x, y = _setup("resconcat")
-    plan = CompressionPlan(
-        lowrank=LowRankConfig(ranks={"mix": 0.5}),
-        prune=PruneConfig(sparsity=0.5),
-        quantize=QuantizeConfig(default_weight_bits=4),
-    )
-    out = _compress(plan, base, x, y)
-    path = export_onnx(out.model, tmp_path / "m.onnx", input_shape=ResConcatNet.input_shape)
-    with torch.no_grad():
-        ref = out.model(x)
-    torch.testing.assert_close(_ort(path, x), ref, rtol=1e-4, atol=1e-4)
-    # exporting must not touch the model it was given
-    assert out.model.mix[0].parametrizations.weight.original.requires_grad
-    torch.testing.assert_close(out.model(x), ref)
-
-
-@pytest.mark.parametrize("net", ["cnn", "resconcat", "transformer"])
-def test_int8_export_runs_in_onnxruntime_and_agrees(net: str, tmp_path) -> None:
-    import onnx
-
-    base, x, y = _setup(net)
-    layers = compressible_layers(base)
-    last = layers[-1].name
-    plan = CompressionPlan(
-        quantize=QuantizeConfig(weight_bits={last: 4}, default_weight_bits=8, activation_bits=8)
-    )
-    out = _compress(plan, base, x, y)
-    path = export_onnx(
-        out.model, tmp_path / "q.onnx", input_shape=type(base).input_shape, int8=True,
-        calib_inputs=x,
-    )  # fmt: skip
-    with torch.no_grad():
-        ref = out.model(x)
-    got = _ort(path, x)
-    assert got.shape == ref.shape
-    assert (got - ref).norm() / ref.norm() < 0.05
-    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
-    graph = onnx.load(str(path)).graph
-    int8_weights = {
-        i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims
-    }
-    quantized = [
-        n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8_weights
-    ]
-    assert 1 <= len(quantized) < len(layers)  # the 4-bit logits layer stays fp32
-
-
-def test_int8_export_for_tensorrt_has_symmetric_int8_activations(tmp_path) -> None:
-    """TensorRT's QDQ import takes int8 activations with zero point 0, never uint8."""
-    import onnx
-    from onnx import numpy_helper
-
-    base, x, y = _setup("cnn")
-    plan = CompressionPlan(quantize=QuantizeConfig(default_weight_bits=8, activation_bits=8))
-    out = _compress(plan, base, x, y)
-    shape = type(base).input_shape
-    sym = export_onnx(out.model, tmp_path / "s.onnx", input_shape=shape, int8=True,
-                      calib_inputs=x, symmetric=True)  # fmt: skip
-    plain = export_onnx(out.model, tmp_path / "p.onnx", input_shape=shape, int8=True,
-                        calib_inputs=x)  # fmt: skip
-
-    def zero_points(path) -> list:
-        graph = onnx.load(str(path)).graph
-        init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-        return [init[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
-
-    sym_zps, plain_zps = zero_points(sym), zero_points(plain)
-    assert sym_zps and all(z.dtype.name == "int8" and not z.any() for z in sym_zps)
-    assert any(z.dtype.name == "uint8" for z in plain_zps)  # ONNX Runtime's CPU default
-    got, ref = _ort(sym, x), out.model(x).detach()
-    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9

@@ -23,7 +23,8 @@ from torch import nn
 from torch_pruning.dependency.group import Group
 
 from search.compress import Compressed, compress, compressible_layers
-from search.compress._pruning import MODEL_NOTE, _keeps_channels
+from search.compress._pruning import MODEL_NOTE
+from search.compress._pruning_groups import _keeps_channels
 from spaces import CompressionPlan, LowRankConfig, PruneConfig, QuantizeConfig
 
 torch.set_num_threads(1)

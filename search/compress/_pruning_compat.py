@@ -1,0 +1,143 @@
+"""torch-pruning 1.6 under torch 2: shape attributes it looks for under their old names.
+
+It reads a reshape's input sizes from `grad_fn._saved_self_sizes` and a split's sizes from
+`_saved_self_sizes` / `_saved_split_sizes`; torch 2 names them `_saved_self_sym_sizes` and
+`_saved_split_size` (chunk). Missing them, it infers both from the channel counts around the
+op, which through ShuffleNetV2's chunk, concat and channel shuffle gives a split of sizes
+[None, 48] (IndexError) and a reshape ratio of 0 (ZeroDivisionError), and through Swin's
+window partition attaches flatten mappings to reshapes that are none, so a group's index
+lists grow without end. It also takes a `_saved_dim` of 2**64 - 1 (torch's record of dim=-1)
+for an uninitialised value and maps Swin's channels-last torch.cat(..., -1) as a channel
+concat, whose sizes it cannot infer (TypeError: int + NoneType). `_guarded_shapes` swaps in
+the three functions below meanwhile; `_pruning_groups._why_unsafe` then judges what they leave
+unmapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch_pruning as tp
+
+_TP_INDEX_MAPPING: Any = tp.dependency.index_mapping
+_TP_SHAPE_INFER: Any = tp.dependency.shape_infer
+_TP_RESHAPE_MAPPING = _TP_INDEX_MAPPING.update_reshape_index_mapping
+_TP_CONCAT_MAPPING = _TP_INDEX_MAPPING.update_concat_index_mapping
+_TP_INIT_SHAPES = _TP_SHAPE_INFER.init_shape_information
+_PATCH_LOCK = threading.RLock()
+
+
+def _reshape_sizes(fn: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(input shape, output shape) of a view / reshape node's autograd function."""
+    try:
+        sizes = getattr(fn, "_saved_self_sym_sizes", None)
+        if sizes is None:
+            sizes = fn._saved_self_sizes  # torch < 2
+        return tuple(int(v) for v in sizes), tuple(int(v) for v in fn._input_metadata[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return None
+
+
+def _reshape_index_mapping(graph: Any, node: Any) -> None:
+    """torch-pruning's reshape index mapping, for a flatten (B, C, H, W) -> (B, C*H*W) only.
+
+    Any other reshape stays unmapped (the identity), and `_reshape_keeps_channels` decides
+    whether a group through it may be pruned.
+    """
+    sizes = _reshape_sizes(node.grad_fn)
+    if sizes is None:
+        return
+    before, after = sizes
+    if len(before) == 4 and len(after) == 2 and after == (before[0], math.prod(before[1:])):
+        with contextlib.suppress(ZeroDivisionError):
+            _TP_RESHAPE_MAPPING(graph, node)
+
+
+def _op_sizes(fn: Any) -> tuple[int, ...] | None:
+    """The shape a concat produces, or a split / slice takes."""
+    try:
+        if "cat" in fn.name().lower():
+            return tuple(int(v) for v in fn._input_metadata[0].shape)
+        return tuple(int(v) for v in fn._saved_self_sym_sizes)
+    except (AttributeError, IndexError, TypeError):
+        return None
+
+
+def _op_dim(fn: Any) -> int | None:
+    """The dim a concat / split / slice autograd function works on (non-negative); None if it
+    does not say. torch records a negative dim as its unsigned 64-bit image."""
+    dim, sizes = getattr(fn, "_saved_dim", None), _op_sizes(fn)
+    if dim is None or not sizes:
+        return None
+    dim = int(dim)
+    if dim >= 2**63:
+        dim -= 2**64
+    return dim % len(sizes) if -len(sizes) <= dim < len(sizes) else None
+
+
+def _split_sizes(fn: Any) -> list[int] | None:
+    """Sizes of the parts of a split / chunk along dim 1; None if it splits another dim or does
+    not say."""
+    if _op_dim(fn) != 1:
+        return None
+    total = int(fn._saved_self_sym_sizes[1])
+    if getattr(fn, "_saved_split_sizes", None) is not None:
+        return [int(v) for v in fn._saved_split_sizes]
+    size = int(getattr(fn, "_saved_split_size", 0) or 0)
+    if size <= 0:
+        return None
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def _init_shape_information(graph: Any) -> None:
+    """torch-pruning's split sizes, read from torch 2's attribute names where it missed them."""
+    _TP_INIT_SHAPES(graph)
+    for node in graph.module2node.values():
+        if node.type != tp.ops.OPTYPE.SPLIT:
+            continue
+        chs = _split_sizes(node.grad_fn)
+        if chs is not None:
+            node.module.split_sizes = chs
+            node.module.offsets = [0, *itertools.accumulate(chs)]
+        else:  # another dim, or it does not say: no mapping, `_parts_ok` judges
+            node.module.split_sizes = node.module.offsets = None
+
+
+def _concat_index_mapping(graph: Any, node: Any) -> None:
+    """torch-pruning's concat index mapping, for a concat along dim 1 only (others unmapped)."""
+    if _op_dim(node.grad_fn) == 1:
+        with contextlib.suppress(TypeError, IndexError, ZeroDivisionError):
+            _TP_CONCAT_MAPPING(graph, node)
+
+
+@contextlib.contextmanager
+def _guarded_shapes() -> Iterator[None]:
+    """Use the three functions above in torch-pruning for the duration (one thread at a time).
+
+    Its UserWarnings (unwrapped parameters, recursion depth) are silenced meanwhile: what they
+    imply reaches the skipped layers.
+    """
+    with _PATCH_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch_pruning\.")
+        saved = (
+            _TP_INDEX_MAPPING.update_reshape_index_mapping,
+            _TP_INDEX_MAPPING.update_concat_index_mapping,
+            _TP_SHAPE_INFER.init_shape_information,
+        )
+        _TP_INDEX_MAPPING.update_reshape_index_mapping = _reshape_index_mapping
+        _TP_INDEX_MAPPING.update_concat_index_mapping = _concat_index_mapping
+        _TP_SHAPE_INFER.init_shape_information = _init_shape_information
+        try:
+            yield
+        finally:
+            (
+                _TP_INDEX_MAPPING.update_reshape_index_mapping,
+                _TP_INDEX_MAPPING.update_concat_index_mapping,
+                _TP_SHAPE_INFER.init_shape_information,
+            ) = saved
