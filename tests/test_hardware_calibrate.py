@@ -20,9 +20,8 @@ from search.hardware import (
     profile_from_dict,
 )
 from search.hardware._fit import Sample, fit_profile, prediction_errors
-from search.hardware._graph import summarize
 from search.hardware._measure import export_fp32_onnx, time_callable
-from search.hardware._onnx import onnx_kernels
+from search.hardware.graph import onnx_kernels, summarize
 
 TRUE = profile_from_dict(
     {

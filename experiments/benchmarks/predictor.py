@@ -44,8 +44,8 @@ import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from search.hardware import calibrate_host, estimate_cost, write_profile  # noqa: E402
 from search.hardware._fit import Sample, fit_profile  # noqa: E402
-from search.hardware._graph import summarize  # noqa: E402
 from search.hardware._measure import export_fp32_onnx, measure_onnx  # noqa: E402
+from search.hardware.graph import summarize  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
 

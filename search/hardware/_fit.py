@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._cost import folded, layer_weight_bytes
-from ._kernels import COMPUTE_KINDS, Kernel
 from ._profile import OP_KINDS, HardwareProfile, profile_from_dict
+from .graph import COMPUTE_KINDS, Kernel
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import numpy as np
 
 from ._fit import Sample, fit_profile
 from ._measure import measure_onnx
-from ._onnx import onnx_kernels
 from ._profile import HardwareProfile, profile_from_dict, write_profile
+from .graph import onnx_kernels
 
 
 def _onnx_model(
