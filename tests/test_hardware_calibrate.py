@@ -15,12 +15,13 @@ from search.hardware import (
     calibrate_from_measurements,
     cost_summary,
     estimate_cost,
+    export_fp32_onnx,
     load_profile,
     measure_latency_ms,
     profile_from_dict,
+    time_callable,
 )
 from search.hardware._fit import Sample, fit_profile, prediction_errors
-from search.hardware._measure import export_fp32_onnx, time_callable
 from search.hardware.graph import onnx_kernels, summarize
 
 TRUE = profile_from_dict(

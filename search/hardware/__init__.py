@@ -11,14 +11,6 @@ Example::
 from ._calibrate import Calibration, calibrate_from_measurements, calibration_from_csv
 from ._cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
 from ._host_calibration import calibrate_host
-from ._measure import (
-    Measurement,
-    export_fp32_onnx,
-    measure_latency_ms,
-    measure_model_ms,
-    measure_onnx,
-    with_measured_latency,
-)
 from ._profile import (
     BUDGET_KEYS,
     OP_KINDS,
@@ -28,6 +20,15 @@ from ._profile import (
     write_profile,
 )
 from ._zoo import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
+from .timing import (
+    Measurement,
+    export_fp32_onnx,
+    measure_latency_ms,
+    measure_model_ms,
+    measure_onnx,
+    time_callable,
+    with_measured_latency,
+)
 
 __all__ = [
     "BUDGET_KEYS",
@@ -52,6 +53,7 @@ __all__ = [
     "measure_onnx",
     "profile_from_dict",
     "reference_network",
+    "time_callable",
     "with_measured_latency",
     "write_profile",
 ]

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from ._fit import Sample, fit_profile
-from ._measure import measure_onnx
 from ._profile import HardwareProfile, profile_from_dict, write_profile
 from .graph import onnx_kernels
+from .timing import measure_onnx
 
 
 def _onnx_model(
