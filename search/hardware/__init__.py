@@ -9,7 +9,6 @@ Example::
 """
 
 from ._calibrate import Calibration, calibrate_from_measurements, calibration_from_csv
-from ._cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
 from ._host_calibration import calibrate_host
 from ._profile import (
     BUDGET_KEYS,
@@ -20,6 +19,7 @@ from ._profile import (
     write_profile,
 )
 from ._zoo import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
+from .cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
 from .timing import (
     Measurement,
     export_fp32_onnx,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._cost import folded, layer_weight_bytes
 from ._profile import OP_KINDS, HardwareProfile, profile_from_dict
+from .cost import folded, layer_weight_bytes
 from .graph import COMPUTE_KINDS, Kernel
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from torch import nn
 
-from ..budgets import BUDGET_METRICS
-from ._profile import BUDGET_KEYS, HardwareProfile
+from ...budgets import BUDGET_METRICS
+from .._profile import BUDGET_KEYS, HardwareProfile
+from ..graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
+from ..timing import export_fp32_onnx, measure_onnx
 from ._tflm import arena_tail, flatbuffer_overhead, full_integer, greedy_plan
-from .graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
-from .timing import export_fp32_onnx, measure_onnx
 
 _SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized layer
 _BIAS_BYTES = 4  # biases stay 32 bit (int32 accumulators or fp32)
