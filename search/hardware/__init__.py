@@ -18,7 +18,6 @@ from ._profile import (
     profile_from_dict,
     write_profile,
 )
-from ._zoo import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
 from .cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
 from .timing import (
     Measurement,
@@ -29,6 +28,7 @@ from .timing import (
     time_callable,
     with_measured_latency,
 )
+from .zoo import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
 
 __all__ = [
     "BUDGET_KEYS",

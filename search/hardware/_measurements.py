@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ._fit import Sample
-from ._zoo import REFERENCE_NETWORKS
 from .graph import onnx_kernels, summarize
+from .zoo import REFERENCE_NETWORKS
 
 CSV_PRECISIONS = {"int8": 8, "fp16": 16, "fp32": 32, "8": 8, "16": 16, "32": 32}
 
