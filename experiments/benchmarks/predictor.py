@@ -49,7 +49,7 @@ from search.hardware import (  # noqa: E402
     measure_onnx,
     write_profile,
 )
-from search.hardware._fit import Sample, fit_profile  # noqa: E402
+from search.hardware.fit import Sample, fit_profile  # noqa: E402
 from search.hardware.graph import summarize  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"

@@ -8,8 +8,6 @@ Example::
     print(cost.latency_ms, cost.peak_activation_bytes)
 """
 
-from ._calibrate import Calibration, calibrate_from_measurements, calibration_from_csv
-from ._host_calibration import calibrate_host
 from ._profile import (
     BUDGET_KEYS,
     OP_KINDS,
@@ -19,6 +17,7 @@ from ._profile import (
     write_profile,
 )
 from .cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
+from .fit import Calibration, calibrate_from_measurements, calibrate_host, calibration_from_csv
 from .timing import (
     Measurement,
     export_fp32_onnx,
