@@ -6,11 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from search.hardware._calibrate import calibrate
-from search.hardware._device_fit import fit_device, reference_metric
-from search.hardware._fit import predicted_ms
-from search.hardware._measurements import zoo_sample
-from search.hardware._profile import profile_from_dict
+from search.hardware import profile_from_dict
+from search.hardware.fit import calibrate, fit_device, predicted_ms, reference_metric, zoo_sample
 
 DEVICE = profile_from_dict(
     {

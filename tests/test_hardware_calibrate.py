@@ -15,14 +15,14 @@ from search.hardware import (
     calibrate_from_measurements,
     cost_summary,
     estimate_cost,
+    export_fp32_onnx,
     load_profile,
     measure_latency_ms,
     profile_from_dict,
+    time_callable,
 )
-from search.hardware._fit import Sample, fit_profile, prediction_errors
-from search.hardware._graph import summarize
-from search.hardware._measure import export_fp32_onnx, time_callable
-from search.hardware._onnx import onnx_kernels
+from search.hardware.fit import Sample, fit_profile, prediction_errors
+from search.hardware.graph import onnx_kernels, summarize
 
 TRUE = profile_from_dict(
     {
@@ -256,8 +256,7 @@ MCU_TRUE = profile_from_dict(
 
 
 def _zoo_csv(tmp_path: Path, profile) -> Path:
-    from search.hardware._fit import predicted_ms
-    from search.hardware._measurements import zoo_sample
+    from search.hardware.fit import predicted_ms, zoo_sample
 
     lines = ["network,precision,latency_ms,source"]
     for net in ZOO:
@@ -286,13 +285,13 @@ def test_zoo_rows_fit_and_leave_one_network_out_recovers_the_device(tmp_path: Pa
     assert cal.profile.latency_error_p90 is not None and cal.profile.latency_error_p90 < 0.05
     assert load_profile(str(tmp_path / "b.yaml")) == cal.profile
     # The base is clearly off on the same rows.
-    from search.hardware._measurements import read_measurements
+    from search.hardware.fit import read_measurements
 
     assert max(abs(e) for e in prediction_errors(read_measurements(csv_path), base)) > 0.5
 
 
 def test_published_rows_are_read_for_the_base_profile_only(tmp_path: Path) -> None:
-    from search.hardware._measurements import read_measurements
+    from search.hardware.fit import read_measurements
 
     path = tmp_path / "published.csv"
     path.write_text(
@@ -356,8 +355,7 @@ def test_calibrate_cli_prints_the_leave_one_network_out_error(tmp_path: Path, ca
 def test_a_builtin_base_starts_from_its_stated_figures_not_its_fitted_ones(tmp_path: Path) -> None:
     """The built-in YAML holds figures fitted to all published rows; a leave-one-network-out
     that leaned on them would let each held-out network inform its own prediction."""
-    from search.hardware._calibrate import calibrate
-    from search.hardware._measurements import read_measurements
+    from search.hardware.fit import calibrate, read_measurements
 
     samples = read_measurements(_zoo_csv(tmp_path, MCU_TRUE))
     fitted = load_profile("mcu")
@@ -376,9 +374,7 @@ def test_a_builtin_base_starts_from_its_stated_figures_not_its_fitted_ones(tmp_p
 def test_networks_of_one_backbone_leave_together() -> None:
     """The ST zoo's MobileNetV2 0.35 at 128 px with 1000 or 5 classes is one network: a fit
     that saw the 5-class row would know the 1000-class one."""
-    from search.hardware._device_fit import fit_device, leave_one_network_out
-    from search.hardware._fit import predicted_ms
-    from search.hardware._measurements import zoo_sample
+    from search.hardware.fit import fit_device, leave_one_network_out, predicted_ms, zoo_sample
 
     a = zoo_sample("st_mobilenet_v2_035_128", 8, 100.0)
     b = zoo_sample("st_mobilenet_v2_035_128_c5", 8, 80.0)
@@ -393,7 +389,7 @@ def test_networks_of_one_backbone_leave_together() -> None:
 @pytest.mark.parametrize("fused", [False, True])
 def test_the_fit_prices_fused_activations_as_the_cost_model_does(fused: bool) -> None:
     """`kernel_terms` (what the fit sees) and `estimate_cost` (what the search sees) agree."""
-    from search.hardware._fit import predicted_ms
+    from search.hardware.fit import predicted_ms
 
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -420,7 +416,7 @@ def test_the_fit_prices_fused_activations_as_the_cost_model_does(fused: bool) ->
 def test_the_fit_prices_idle_gpu_sms_as_the_cost_model_does(saturation: float) -> None:
     """A GPU profile's `saturation_outputs`: small layers run as long per MAC as a saturating
     one, in the fit (`predicted_ms`) exactly as in the search (`estimate_cost`)."""
-    from search.hardware._fit import predicted_ms
+    from search.hardware.fit import predicted_ms
 
     net = _net(16, 2, 3).eval()  # 16 x 12 x 12 = 2,304 outputs per conv, a 10-output linear
     profile = TRUE.with_updates(saturation_outputs=saturation)
@@ -448,7 +444,7 @@ def test_onnx_and_fx_views_agree_on_fused_activations(tmp_path: Path) -> None:
             z = self.c(nn.functional.hardswish(self.b(y)))
             return nn.functional.hardswish(z) + z if self.tail else z  # z read twice: a pass
 
-    from search.hardware._fit import predicted_ms
+    from search.hardware.fit import predicted_ms
 
     npu = TRUE.with_updates(fused_activation=True)
     for tail in (False, True):

@@ -9,7 +9,7 @@ from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from search.hardware import constraint_values, estimate_cost, load_profile, profile_from_dict
-from search.hardware._graph import summarize
+from search.hardware.graph import summarize
 
 # Round numbers so every expectation below can be worked out by hand.
 TOY = profile_from_dict(
@@ -362,7 +362,8 @@ def test_a_graph_the_tflm_memory_model_cannot_follow_falls_back_to_liveness(
     """The TFLM arena model never takes the cost estimate down; the report says what it used."""
     from torch import nn
 
-    from search.hardware import _fx_summary, _graph, estimate_cost, load_profile
+    from search.hardware import estimate_cost, load_profile
+    from search.hardware.graph import _fx_summary, clear_cache
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
     mcu = load_profile("mcu")
@@ -373,13 +374,13 @@ def test_a_graph_the_tflm_memory_model_cannot_follow_falls_back_to_liveness(
         raise KeyError("an op it does not know")
 
     monkeypatch.setattr(_fx_summary, "tflm_graph", broken)
-    _graph.clear_cache()  # summaries are cached per model structure
+    clear_cache()  # summaries are cached per model structure
     try:
         cost = estimate_cost(net, (3, 16, 16), mcu, activation_bits=8)
         live = mcu.with_updates(memory_planner="liveness")
         liveness = estimate_cost(net, (3, 16, 16), live, activation_bits=8)
     finally:
-        _graph.clear_cache()
+        clear_cache()
     assert cost.memory_bytes == liveness.memory_bytes != tflm.memory_bytes
     assert any("TFLite Micro memory model" in n and "KeyError" in n for n in cost.notes)
 

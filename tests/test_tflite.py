@@ -22,7 +22,7 @@ needs_extra = pytest.mark.skipif(
 
 
 def test_greedy_planner_places_as_tflm_does() -> None:
-    from search.hardware._tflm import greedy_plan
+    from search.hardware.cost import greedy_plan
 
     # Three 16-byte buffers alive together need 48; a fourth alive later reuses offset 0.
     assert greedy_plan([(16, 0, 1), (16, 1, 2), (16, 1, 3), (16, 3, 4)]) == 48

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from search.hardware import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
-from search.hardware._graph import summarize
-from search.hardware._zoo_models import DeepStemFCN, SSDLiteMobileNetV2
+from search.hardware.graph import summarize
+from search.hardware.zoo import DeepStemFCN, SSDLiteMobileNetV2
 
 # MLPerf Tiny's int8 reference models (mlcommons/tiny, benchmark/training/<task>/, the 2021
 # definitions; ResNet-8 at 16/32/64 filters), BN folded: MACs and parameters.

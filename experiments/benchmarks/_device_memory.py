@@ -14,7 +14,7 @@ compares:
   (the profile's planner before) predicted;
 * flash: `flash_bytes` with the `.tflite` size plus the profile's `runtime_flash_kb`.
 
-Networks come in two sets. *In-sample*: the networks the constants of `search.hardware._tflm`
+Networks come in two sets. *In-sample*: the networks the constants of `search.hardware.cost._tflm`
 (flatbuffer table sizes, the arena tail's per-tensor and per-op bytes) were fitted on, the four
 MLPerf Tiny references, an ST MobileNetV2 from the zoo, plans of the built-in digits task built
 with `search.compress.compress` (pruned, low-rank, students) and a user network with residual
@@ -48,7 +48,7 @@ from search.hardware import (  # noqa: E402
     load_profile,
     reference_network,
 )
-from search.hardware._tflm import full_integer  # noqa: E402
+from search.hardware.cost import full_integer  # noqa: E402
 from spaces import (  # noqa: E402
     ArchitectureConfig,
     CompressionPlan,
@@ -67,7 +67,7 @@ REFERENCES = (
     "fc_autoencoder",
     "st_mobilenet_v2_035_128",
 )
-# What the fitted constants of search.hardware._tflm were fitted on (see the comment there).
+# What the fitted constants of search.hardware.cost._tflm were fitted on (see the comment there).
 FITTED_ON = (
     "its 12 int8 networks (the benchmark's first version, dd81c33) and the two _Branchy models "
     "of tests/test_tflite.py; the float32 digits plan came with the float32 memory model "

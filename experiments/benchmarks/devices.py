@@ -5,7 +5,7 @@
 For each built-in device profile, reads the published rows of its own runtime from
 hardware_profiles/measurements/*_published.csv (the project's calibrate-from-CSV path:
 `read_measurements` with zoo networks, `calibrate` = `fit_device` + leave-one-network-out),
-starting from the figures stated in `search.hardware._calibrate.FIT_STARTS`, not from those
+starting from the figures stated in `search.hardware.fit.FIT_STARTS`, not from those
 already in the YAML (they are this script's output). Reports, per profile: every fitted row
 predicted by a fit that never saw its network, shares within +-20/25/30 %, MAPE, the 90th
 percentile of |error|, Spearman, and the fitted figures; then the "check" rows (same board with
@@ -39,16 +39,16 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from search._io import atomic_write_text  # noqa: E402
-from search.hardware import load_profile, profile_from_dict  # noqa: E402
-from search.hardware._calibrate import (  # noqa: E402
+from search.hardware import HardwareProfile, load_profile, profile_from_dict  # noqa: E402
+from search.hardware.fit import (  # noqa: E402
+    DEVICE_PRIORS,
     FIT_STARTS,
     MCU_CLOCK_MHZ,
     Calibration,
     calibrate,
+    csv_rows,
+    read_measurements,
 )
-from search.hardware._device_fit import DEVICE_PRIORS  # noqa: E402
-from search.hardware._measurements import csv_rows, read_measurements  # noqa: E402
-from search.hardware._profile import HardwareProfile  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
 MEASUREMENTS = REPO / "hardware_profiles" / "measurements"
@@ -311,7 +311,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         "Each profile is fitted (`fit_device`: one free MAC rate; depthwise and linear ratios, "
         "overheads and, on MCUs, the per-output overhead pulled towards the starting figures "
-        "in `search.hardware._calibrate.FIT_STARTS`) to the published rows of its own "
+        "in `search.hardware.fit.FIT_STARTS`) to the published rows of its own "
         "runtime, read through `read_measurements`. LOO: each row is predicted by a fit "
         "without its network.",
         "",

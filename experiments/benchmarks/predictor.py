@@ -42,10 +42,15 @@ sys.path.insert(0, str(REPO))
 
 import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from search.hardware import calibrate_host, estimate_cost, write_profile  # noqa: E402
-from search.hardware._fit import Sample, fit_profile  # noqa: E402
-from search.hardware._graph import summarize  # noqa: E402
-from search.hardware._measure import export_fp32_onnx, measure_onnx  # noqa: E402
+from search.hardware import (  # noqa: E402
+    calibrate_host,
+    estimate_cost,
+    export_fp32_onnx,
+    measure_onnx,
+    write_profile,
+)
+from search.hardware.fit import Sample, fit_profile  # noqa: E402
+from search.hardware.graph import summarize  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
 

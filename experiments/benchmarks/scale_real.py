@@ -131,7 +131,7 @@ import torch
 torch.set_num_threads(1)
 from search.config import load_experiment
 from search.hardware import estimate_cost
-from search.hardware._graph import clear_cache
+from search.hardware.graph import clear_cache
 from search.study import load_target, run_search
 from search.tasks import load_task
 

@@ -82,15 +82,6 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def layer_macs_per_position(layer: Layer) -> int:
-    """Multiply-accumulates per output position (per output pixel for a conv)."""
-    if isinstance(layer, nn.Linear):
-        return layer.in_features * layer.out_features
-    assert isinstance(layer, nn.Conv2d)
-    kh, kw = layer.kernel_size
-    return layer.out_channels * (layer.in_channels // layer.groups) * kh * kw
-
-
 # Low-rank arithmetic (the factorization itself is in _lowrank): here, because which layers
 # are factorizable is decided from it.
 

@@ -8,17 +8,6 @@ Example::
     print(cost.latency_ms, cost.peak_activation_bytes)
 """
 
-from ._calibrate import Calibration, calibrate_from_measurements, calibration_from_csv
-from ._cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
-from ._host_calibration import calibrate_host
-from ._measure import (
-    Measurement,
-    export_fp32_onnx,
-    measure_latency_ms,
-    measure_model_ms,
-    measure_onnx,
-    with_measured_latency,
-)
 from ._profile import (
     BUDGET_KEYS,
     OP_KINDS,
@@ -27,7 +16,17 @@ from ._profile import (
     profile_from_dict,
     write_profile,
 )
-from ._zoo import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
+from .cost import CostReport, LayerCost, constraint_values, cost_summary, estimate_cost
+from .fit import Calibration, calibrate_from_measurements, calibrate_host, calibration_from_csv
+from .timing import (
+    Measurement,
+    export_fp32_onnx,
+    measure_latency_ms,
+    measure_onnx,
+    time_callable,
+    with_measured_latency,
+)
+from .zoo import REFERENCE_NETWORKS, ReferenceNetwork, reference_network
 
 __all__ = [
     "BUDGET_KEYS",
@@ -48,10 +47,10 @@ __all__ = [
     "load_profile",
     "export_fp32_onnx",
     "measure_latency_ms",
-    "measure_model_ms",
     "measure_onnx",
     "profile_from_dict",
     "reference_network",
+    "time_callable",
     "with_measured_latency",
     "write_profile",
 ]

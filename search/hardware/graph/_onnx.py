@@ -7,7 +7,6 @@ exported graph is at hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -345,7 +344,3 @@ def onnx_kernels(path: str | Path, *, batch: int = 1) -> OnnxKernels:
             for o in n.output:
                 group_root[o] = (ins[0], len(kernels) - 1)
     return OnnxKernels(tuple(kernels), layer_bits, activation_bits, batch)
-
-
-def kernels_macs(kernels: Sequence[Kernel]) -> int:
-    return sum(k.macs for k in kernels)

@@ -11,11 +11,10 @@ from typing import Any
 
 from torch import nn
 
-from ..budgets import BUDGET_METRICS
-from ._graph import summarize
-from ._kernels import COMPUTE_KINDS, GraphSummary, Kernel
-from ._measure import export_fp32_onnx, measure_onnx
-from ._profile import BUDGET_KEYS, HardwareProfile
+from ...budgets import BUDGET_METRICS
+from .._profile import BUDGET_KEYS, HardwareProfile
+from ..graph import COMPUTE_KINDS, GraphSummary, Kernel, summarize
+from ..timing import export_fp32_onnx, measure_onnx
 from ._tflm import arena_tail, flatbuffer_overhead, full_integer, greedy_plan
 
 _SCALE_BYTES = 4  # one fp32 scale per output channel of a quantized layer

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._fit import Sample, kernel_terms, predict_s, predicted_ms
-from ._profile import OP_KINDS, HardwareProfile, profile_from_dict
+from .._profile import OP_KINDS, HardwareProfile, profile_from_dict
+from ._solve import Sample, kernel_terms, predict_s, predicted_ms
 
 # Prior weights of the device fit (residual units: log latency of one measurement). The overall
 # MAC rate is free; the per-kind ratios and the overheads lean on the base profile, so a kind

@@ -12,7 +12,6 @@ equals wall time on an idle machine. Several threads are timed by the wall clock
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import warnings
@@ -217,20 +216,6 @@ def export_fp32_onnx(
     finally:
         model.train(was_training)
     return path
-
-
-def measure_model_ms(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    *,
-    threads: int = 1,
-    batch: int = 1,
-    **kwargs: Any,
-) -> float:
-    """Export a torch model to a temporary ONNX file and measure it (see measure_latency_ms)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_fp32_onnx(model, input_shape, os.path.join(tmp, "model.onnx"), batch=batch)
-        return measure_latency_ms(path, threads=threads, batch=batch, **kwargs)
 
 
 def spread(values: Sequence[float]) -> float:

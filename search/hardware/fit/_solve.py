@@ -4,7 +4,7 @@ The fit keeps the peaks and the bandwidth (theoretical figures, or on the host t
 measured) and solves for the per-kind efficiencies, per-kind layer overheads and the
 per-inference overhead that minimise the squared log error of the predicted latencies.
 `fit_profile` frees every figure (many micro-benchmarks on the host); `fit_device` in
-`_device_fit` frees a few (a handful of whole networks measured on a device).
+`_device` frees a few (a handful of whole networks measured on a device).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._cost import folded, layer_weight_bytes
-from ._kernels import COMPUTE_KINDS, Kernel
-from ._profile import OP_KINDS, HardwareProfile, profile_from_dict
+from .._profile import OP_KINDS, HardwareProfile, profile_from_dict
+from ..cost import folded, layer_weight_bytes
+from ..graph import COMPUTE_KINDS, Kernel
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Calibrate a profile to latencies measured on a device (`profiles calibrate`).
 
-Two sources of measurements share one fit (`_fit`):
-- `calibrate_host` (`_host_calibration`) micro-benchmarks this machine with ONNX Runtime (conv,
+Two sources of measurements share one fit (`_solve`):
+- `calibrate_host` (`_host`) micro-benchmarks this machine with ONNX Runtime (conv,
   depthwise, linear, element-wise at several sizes) and writes a `host` profile;
 - `calibrate_from_measurements` reads latencies a user measured on their own device
-  (a CSV of ONNX files or zoo networks and milliseconds, `_measurements`) and refits a base
+  (a CSV of ONNX files or zoo networks and milliseconds, `_rows`) and refits a base
   profile from its stated starting figures (`FIT_STARTS`), checked leave-one-network-out.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._device_fit import (
+from .._profile import HardwareProfile, load_profile, profile_from_dict, write_profile
+from ._device import (
     DeviceFit,
     LooRow,
     error_summary,
@@ -24,9 +25,8 @@ from ._device_fit import (
     leave_one_network_out,
     reference_metric,
 )
-from ._fit import Sample
-from ._measurements import read_measurements
-from ._profile import HardwareProfile, load_profile, profile_from_dict, write_profile
+from ._rows import read_measurements
+from ._solve import Sample
 
 # Where the device fit of each built-in profile starts, stated before looking at the published
 # rows (not fitted). A built-in YAML holds the figures fitted to all of its rows: a fit, and

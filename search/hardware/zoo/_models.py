@@ -3,7 +3,7 @@
 MLPerf Tiny (`mlcommons/tiny`, 2021 definitions), Keras MobileNetV1 as the ST model zoo uses it,
 the MLPerf Inference SSD detectors without box decoding and NMS, and the wrappers that turn
 torchvision's detection and segmentation networks into what a TensorRT engine runs (raw head
-tensors out), and mmseg's FCN R50-D8 from torchvision's ResNet. `_zoo` lists them.
+tensors out), and mmseg's FCN R50-D8 from torchvision's ResNet. `_registry` lists them.
 """
 
 from __future__ import annotations

@@ -7,11 +7,10 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import ConfigError
-from ._fit import Sample
-from ._graph import summarize
-from ._onnx import onnx_kernels
-from ._zoo import REFERENCE_NETWORKS
+from ...errors import ConfigError
+from ..graph import onnx_kernels, summarize
+from ..zoo import REFERENCE_NETWORKS
+from ._solve import Sample
 
 CSV_PRECISIONS = {"int8": 8, "fp16": 16, "fp32": 32, "8": 8, "16": 16, "32": 32}
 

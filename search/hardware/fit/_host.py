@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ._fit import Sample, fit_profile
-from ._measure import measure_onnx
-from ._onnx import onnx_kernels
-from ._profile import HardwareProfile, profile_from_dict, write_profile
+from .._profile import HardwareProfile, profile_from_dict, write_profile
+from ..graph import onnx_kernels
+from ..timing import measure_onnx
+from ._solve import Sample, fit_profile
 
 
 def _onnx_model(
