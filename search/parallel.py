@@ -200,10 +200,7 @@ def run_jobs(
         worker: join an existing study (`python -m search worker --jobs N`): never create it
             nor enqueue the warm-start recipes.
     """
-    from .objective import TrialObjective
-    from .start import warm_start
-    from .study import check_targets, open_study, run_search, validate_run
-    from .tasks import load_task
+    from .study import prepare_run, run_search
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError("<command line>", "--jobs", f"must be an integer >= 1, got {jobs!r}")
@@ -214,32 +211,10 @@ def run_jobs(
     if jobs == 1:
         return run_search(exp, progress=progress, worker=worker, log=log)
 
-    # Validate everything and build the task here, before any folder or process exists: the
-    # base model is trained (or loaded) once and cached in the run folder for the workers.
-    space, profiles = validate_run(exp)
-    profile = profiles[0]
-    run_dir = exp.run_dir
-    # The outermost folder this run would create: removed again if the input is refused.
-    fresh = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
-    try:
-        task = load_task(exp, log=log)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        study = open_study(exp, create=not worker)
-        check_targets(exp, study, profiles)  # run_search refuses it too, but after the spawn
-    except ConfigError:
-        if fresh is not None:  # bad input leaves no half-written run folder behind
-            import shutil
-
-            shutil.rmtree(fresh, ignore_errors=True)
-        raise
-    if not worker and not study.trials:  # the recipes go in once, before any worker asks
-        if exp.targets:
-            from .multi_target import MultiTargetObjective
-
-            warm_start(study, MultiTargetObjective(exp, task, space, profiles))
-        else:
-            warm_start(study, TrialObjective(exp, task, space, profile))
-    del task
+    # Check everything, build the task and enqueue the start here, before any process exists:
+    # the base model is trained (or loaded) once and cached in the run folder for the workers,
+    # and the start goes in once, before any worker asks.
+    prepared = prepare_run(exp, worker=worker, log=log)
 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch
     gpus = gpu_ids() if exp.device == "cuda" else []
@@ -257,7 +232,7 @@ def run_jobs(
         proc.start()
     log(f"search: {jobs} processes on study {exp.name!r}, {threads} torch thread(s) each")
     try:
-        result = run_search(exp, progress=progress, worker=worker, log=log)
+        result = run_search(exp, progress=progress, worker=worker, log=log, prepared=prepared)
         for proc in workers:
             proc.join()  # each finishes the trial it holds; none starts another
     finally:

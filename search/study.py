@@ -300,22 +300,28 @@ def validate_run(exp: Experiment) -> tuple[SearchSpace, list[HardwareProfile]]:
     return space, profiles
 
 
-def run_search(
+@dataclass
+class PreparedRun:
+    """A run ready for its first trial (`prepare_run`)."""
+
+    study: optuna.Study
+    objective: Any
+    fresh: Path | None  # the outermost folder the run created: removed if its input is refused
+
+
+def prepare_run(
     exp: Experiment,
     *,
-    progress: bool = True,
     worker: bool = False,
     log: Callable[[str], None] = print,
     objective_cls: type | None = None,
     objective_kwargs: Mapping[str, Any] | None = None,
-) -> SearchResult:
-    """Run (or resume) the experiment's study until it holds `exp.trials` evaluated plans.
+) -> PreparedRun:
+    """Everything before the first trial: check the input, build the task, open (or create) the
+    study and its record, build the objective and enqueue the start (not for a `worker`).
 
-    Args:
-        worker: join an existing shared study instead of creating one (`python -m search worker`).
-        objective_cls: a `TrialObjective` subclass to run instead (e.g. one that fixes part of
-            every plan), built as `objective_cls(exp, task, space, profile, weights_dir=...,
-            **objective_kwargs)`.
+    Bad input raises ConfigError and leaves no half-written run folder behind. `run_search` and
+    `parallel.run_jobs` both start here.
     """
     from .objective import TrialObjective
     from .tasks import load_task
@@ -350,6 +356,36 @@ def run_search(
     except ConfigError:
         _discard(fresh)
         raise
+    return PreparedRun(study, objective, fresh)
+
+
+def run_search(
+    exp: Experiment,
+    *,
+    progress: bool = True,
+    worker: bool = False,
+    log: Callable[[str], None] = print,
+    objective_cls: type | None = None,
+    objective_kwargs: Mapping[str, Any] | None = None,
+    prepared: PreparedRun | None = None,
+) -> SearchResult:
+    """Run (or resume) the experiment's study until it holds `exp.trials` evaluated plans.
+
+    Args:
+        worker: join an existing shared study instead of creating one (`python -m search worker`).
+        objective_cls: a `TrialObjective` subclass to run instead (e.g. one that fixes part of
+            every plan), built as `objective_cls(exp, task, space, profile, weights_dir=...,
+            **objective_kwargs)`.
+        prepared: `prepare_run`'s result, when the caller has prepared the run.
+    """
+    prepared = prepared or prepare_run(
+        exp,
+        worker=worker,
+        log=log,
+        objective_cls=objective_cls,
+        objective_kwargs=objective_kwargs,
+    )
+    study, objective = prepared.study, prepared.objective
     bar = _Progress(study, exp.trials, objective.primary, progress)
     failed_here = idle_in_a_row = 0
 
@@ -381,14 +417,14 @@ def run_search(
             "stopping (the budgets may be out of reach of this space)"
         )
     if getattr(objective, "config_error", None) is not None:  # bad data met mid-search
-        _discard(fresh)
+        _discard(prepared.fresh)
         raise objective.config_error
     if exp.recovery.refine_top_k > 0 and not worker:
         refine_front(study, objective, log=log)
     result = tally(
         SearchResult(
             study=study,
-            run_dir=run_dir,
+            run_dir=exp.run_dir,
             storage_url=exp.storage_url,
             completed=0,
             over_budget=0,
