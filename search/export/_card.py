@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._format import number
-from .budgets import BUDGET_METRICS, budget_for_metric
-from .record import ACCURACY_DROP, COST_KEYS
-from .review import (
+from .._format import number
+from ..budgets import BUDGET_METRICS, budget_for_metric
+from ..record import ACCURACY_DROP, COST_KEYS
+from ..review import (
     RunData,
     TrialRecord,
     latency_error,
