@@ -141,7 +141,7 @@ def convert(
         raise ValueError("int8 conversion needs calib_inputs (training rows)")
     import torch
 
-    from ..compress._export import folded
+    from ..compress import folded
 
     plain = folded(model).eval()
     example = (torch.zeros((1, *input_shape)),)
@@ -411,12 +411,12 @@ class LiteRtModel(_Runner):
     def latency_ms(self) -> float:
         """Median batch-1 latency of `invoke()` on this machine, in ms.
 
-        Timed as every host measurement of the project is (`hardware._measure.time_callable`:
+        Timed as every host measurement of the project is (`hardware.time_callable`:
         noisy attempts rejected; with one thread, that thread's CPU time).
         """
         import numpy as np
 
-        from ..hardware._measure import time_callable
+        from ..hardware import time_callable
 
         x = np.zeros(tuple(int(d) for d in self.input["shape"]), self.input["dtype"])
         self.litert.set_tensor(self.input["index"], x)

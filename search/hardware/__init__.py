@@ -17,6 +17,7 @@ from ._measure import (
     measure_latency_ms,
     measure_model_ms,
     measure_onnx,
+    time_callable,
     with_measured_latency,
 )
 from ._profile import (
@@ -52,6 +53,7 @@ __all__ = [
     "measure_onnx",
     "profile_from_dict",
     "reference_network",
+    "time_callable",
     "with_measured_latency",
     "write_profile",
 ]
