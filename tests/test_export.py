@@ -16,8 +16,7 @@ from torch import nn
 from search.compress import Compressed, compress, compressible_layers, export_onnx
 from search.compress._export import _module_of
 from search.errors import ConfigError
-from search.export import apply_winner, export_winner
-from search.winner import WINNER_FORMAT
+from search.export import WINNER_FORMAT, apply_winner, export_winner
 from spaces import CompressionPlan, QuantizeConfig
 
 try:  # the study builder lives beside this file

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from search.tflite import missing_extra
+from search.export._tflite import missing_extra
 
 needs_extra = pytest.mark.skipif(
     missing_extra() is not None, reason=f"optional extra absent: {missing_extra()}"
@@ -54,7 +54,7 @@ class _Branchy(nn.Module):
 
 @needs_extra
 def test_int8_tflite_runs_in_tflm_close_to_pytorch(tmp_path: Path) -> None:
-    from search.tflite import TflmModel, convert, operators, write_c_array
+    from search.export._tflite import TflmModel, convert, operators, write_c_array
 
     torch.manual_seed(0)
     model = _Branchy().eval()
@@ -85,8 +85,8 @@ def test_int8_tflite_runs_in_tflm_close_to_pytorch(tmp_path: Path) -> None:
 
 @needs_extra
 def test_tflm_memory_model_predicts_the_arena_and_the_flatbuffer(tmp_path: Path) -> None:
+    from search.export._tflite import TflmModel, convert
     from search.hardware import estimate_cost, load_profile
-    from search.tflite import TflmModel, convert
 
     torch.manual_seed(0)
     model = _Branchy().eval()
@@ -113,7 +113,7 @@ def test_tflm_memory_model_predicts_the_arena_and_the_flatbuffer(tmp_path: Path)
 @needs_extra
 def test_operator_tflm_lacks_is_one_error_naming_it(tmp_path: Path) -> None:
     from search.errors import ConfigError
-    from search.tflite import TflmModel, convert
+    from search.export._tflite import TflmModel, convert
 
     model = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 2)).eval()
     path = convert(model, tmp_path / "g.tflite", input_shape=(8,), calib_inputs=torch.randn(8, 8))
@@ -133,7 +133,7 @@ class _CumProd(nn.Module):
 @needs_extra
 def test_operator_the_converter_lacks_is_one_error_naming_it(tmp_path: Path) -> None:
     from search.errors import ConfigError
-    from search.tflite import convert
+    from search.export._tflite import convert
 
     with pytest.raises(ConfigError, match=r"litert-torch cannot convert.*aten\.cumprod"):
         convert(
@@ -147,7 +147,7 @@ def test_operator_the_converter_lacks_is_one_error_naming_it(tmp_path: Path) -> 
 
 @needs_extra
 def test_float_export_runs_in_tflm(tmp_path: Path) -> None:
-    from search.tflite import TflmModel, convert
+    from search.export._tflite import TflmModel, convert
 
     torch.manual_seed(0)
     model = _Branchy().eval()
@@ -283,7 +283,7 @@ def test_tflm_lut_compression_of_4_bit_weights_runs_but_decodes_into_the_arena(
     import numpy as np
 
     from search.compress._quantization import attach_weight_quant
-    from search.tflite import TflmModel, convert, operators
+    from search.export._tflite import TflmModel, convert, operators
 
     compress = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
     spec = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.spec")
@@ -328,7 +328,7 @@ def test_tflm_lut_compression_of_4_bit_weights_runs_but_decodes_into_the_arena(
 
 @needs_extra
 def test_the_tflite_runs_in_litert_with_xnnpack(tmp_path: Path) -> None:
-    from search.tflite import LiteRtModel, TflmModel, convert
+    from search.export._tflite import LiteRtModel, TflmModel, convert
 
     torch.manual_seed(0)
     model = _Branchy().eval()
@@ -351,7 +351,7 @@ def test_the_tflite_runs_in_litert_with_xnnpack(tmp_path: Path) -> None:
 def test_export_tflite_without_the_extra_is_one_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import search.tflite
+    import search.export._tflite
     from search.errors import ConfigError
     from search.export import export_winner
 
@@ -361,7 +361,9 @@ def test_export_tflite_without_the_extra_is_one_error(
         from tests.test_pareto import make_study
 
     make_study(tmp_path / "study.db")
-    monkeypatch.setattr(search.tflite, "missing_extra", lambda: "tflite-micro is not installed")
+    monkeypatch.setattr(
+        search.export._tflite, "missing_extra", lambda: "tflite-micro is not installed"
+    )
     with pytest.raises(ConfigError, match="--format.*tflite-micro is not installed"):
         export_winner(tmp_path, fmt="tflite")
     with pytest.raises(ConfigError, match="--format.*'coreml' is not one of"):

@@ -4,7 +4,7 @@
 
 `memory_section()` (called by devices.py) converts each network below to a `.tflite` as
 `export --format tflite` does (full-integer int8 when every layer is at 8 bits, else float32;
-litert-torch + PT2E, `search.tflite.convert`), runs it in the TFLite Micro Python
+litert-torch + PT2E, `search.export._tflite.convert`), runs it in the TFLite Micro Python
 interpreter and reads the arena it allocated (`print_allocations()` after `invoke()`), then
 compares:
 
@@ -265,7 +265,7 @@ def measure(
 ) -> dict[str, Any]:
     """One row: TFLM's arena and the .tflite size beside the predictions."""
     from search.errors import ConfigError
-    from search.tflite import TflmModel, convert, operators
+    from search.export._tflite import TflmModel, convert, operators
 
     model, shape, bits = build()
     int8 = full_integer(bits.values(), 8)  # what export --format tflite writes
@@ -352,7 +352,7 @@ def memory_section(
     fitted on them); `in_sample` gives the same figures over the networks it was fitted on.
     `only` ("in-sample" or "held-out") measures one set alone.
     """
-    from search.tflite import missing_extra
+    from search.export._tflite import missing_extra
 
     why = missing_extra()
     if why:

@@ -9,7 +9,7 @@ is the recovery loss. Each operator is one private module with one config type, 
 from ._architecture import build_student
 from ._compress import Compressed, compress
 from ._distillation import distillation_loss
-from ._export import export_onnx, int8_weight_bits
+from ._export import export_onnx, folded, int8_weight_bits
 from ._layers import compressible_layers, full_rank
 from ._quantization import calibrate, fake_quant_weight
 from ._registry import register_handler
@@ -23,6 +23,7 @@ __all__ = [
     "distillation_loss",
     "export_onnx",
     "fake_quant_weight",
+    "folded",
     "full_rank",
     "int8_weight_bits",
     "register_handler",

@@ -1,4 +1,4 @@
-"""Export a chosen plan as a shippable winner (`apply` rebuilds it: `search.winner`).
+"""Export a chosen plan as a shippable winner (`apply` rebuilds it: `_winner`).
 
 `export_winner` writes `winner/`:
 
@@ -13,10 +13,10 @@ With `fmt="tflite"` (`export --format tflite`, for a microcontroller) `model.onn
 `model.tflite` (full-integer int8 when every layer and activation of the plan is at 8 bits, else
 float32, which TFLite Micro runs on its float kernels) and `model_data.cc`/`.h` (the flatbuffer
 as a C array); the test split runs in the TFLite Micro interpreter, and `winner.yaml` records its
-arena beside the predicted `peak_activation_bytes` (`search.tflite`).
+arena beside the predicted `peak_activation_bytes` (`_tflite`).
 
-The card is `search.card`'s; the winner file's format and `apply_winner` are `search.winner`'s;
-the deployed file and its check in ONNX Runtime or TFLite Micro are `search.runtimes`'.
+The card is `_card`'s; the winner file's format and `apply_winner` are `_winner`'s; the
+deployed file and its check in ONNX Runtime or TFLite Micro are `_runtimes`'.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any
 
 import yaml
 
-from . import card
-from ._io import atomic_write_dir, plain
-from .errors import ConfigError
-from .record import primary_metric
-from .review import RunData, TrialRecord, load_run, load_run_dir
-from .runtimes import onnx_into, symmetric_int8, tflite_into
-from .winner import (
+from .._io import atomic_write_dir, plain
+from ..errors import ConfigError
+from ..record import primary_metric
+from ..review import RunData, TrialRecord, load_run, load_run_dir
+from . import _card
+from ._runtimes import onnx_into, symmetric_int8, tflite_into
+from ._winner import (
     WINNER_FORMAT,
     ApplyResult,
     apply_winner,
@@ -164,7 +164,7 @@ def export_winner(
     if fmt not in FORMATS:
         raise ConfigError("<command line>", "--format", f"{fmt!r} is not one of {list(FORMATS)}")
     if fmt == "tflite":
-        from .tflite import missing_extra
+        from ._tflite import missing_extra
 
         why = missing_extra()
         if why:
@@ -253,10 +253,10 @@ def _export_into(
 
     from spaces import CompressionPlan
 
-    from .compress import int8_weight_bits
-    from .hardware import measure_latency_ms
-    from .pipeline import build, cost_of
-    from .tasks import load_task
+    from ..compress import int8_weight_bits
+    from ..hardware import measure_latency_ms
+    from ..pipeline import build, cost_of
+    from ..tasks import load_task
 
     where = f"study {run.study_name}"
     if t.plan is None:
@@ -381,7 +381,7 @@ def _export_into(
     }
     if fmt == "tflite":
         del record["onnx"]
-    (tmp / "card.md").write_text(card.render(record, run, t, compressed.layer_bits))
+    (tmp / "card.md").write_text(_card.render(record, run, t, compressed.layer_bits))
     names = TFLITE_ARTIFACTS if fmt == "tflite" else ARTIFACTS
     record["artifacts"] = {name: sha256_file(tmp / name) for name in names}
     (tmp / "winner.yaml").write_text(
@@ -404,7 +404,7 @@ def _trained_weights(
     """Put the trained weights in `compressed.model` and say whose they are: the refine
     stage's if it ran, else the search's; trained here only when the search never did (an
     over-budget plan exported with --allow-infeasible)."""
-    from .pipeline import prepare, recovery_schedule, train
+    from ..pipeline import prepare, recovery_schedule, train
 
     refined = _find_weights((t.refined or {}).get("weights"), base)
     searched = _find_weights(t.weights, base)

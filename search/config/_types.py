@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._config_checks import check_int, check_out_path, check_storage, check_target, check_targets
-from .errors import ConfigError
+from ..errors import ConfigError
+from ._checks import check_int, check_out_path, check_storage, check_target, check_targets
 
 # Metrics the built-in pipeline measures, with the direction that is better.
 METRIC_DIRECTIONS = {

@@ -1,7 +1,9 @@
 """Experiment YAML -> typed, validated `Experiment`. YAML is read here and nowhere deeper.
 
-The experiment's types live in `_config_types`, its field checks in `_config_checks` and the
-parser in `_config_parse`; this module is where callers import them from.
+The experiment's types live in `_types`, its field checks in `_checks` and the parser in
+`_parse` (the parser over the types over the checks); this package is where callers import
+them from. A check that needs a hardware profile too (`search.validate`) lives above
+`search.hardware`, not here: the experiment sits below the cost model.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from ._config_parse import parse_experiment
-from ._config_types import (
+from .._resources import resolve
+from ..budgets import BUDGET_KEYS
+from ..errors import ConfigError
+from ._parse import parse_experiment
+from ._types import (
     BUDGET_MARGINS,
     METRIC_DIRECTIONS,
     RECOVERY_KINDS,
@@ -22,9 +27,6 @@ from ._config_types import (
     Schedule,
     UserTask,
 )
-from ._resources import resolve
-from .budgets import BUDGET_KEYS
-from .errors import ConfigError
 
 __all__ = [
     "BUDGET_KEYS",

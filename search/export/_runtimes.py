@@ -69,8 +69,8 @@ def onnx_into(
     torch_test: Mapping[str, Any],
 ) -> dict[str, Any]:
     """`model.onnx` in `tmp`; its test metrics in ONNX Runtime and their gap to PyTorch's."""
-    from .compress import export_onnx
-    from .pipeline import CALIBRATION_ROWS
+    from ..compress import export_onnx
+    from ..pipeline import CALIBRATION_ROWS
 
     export_onnx(
         model,
@@ -110,8 +110,8 @@ def tflite_into(
     torch_test: Mapping[str, Any],
 ) -> dict[str, Any]:
     """`model.tflite` + C array in `tmp`; its test metrics in TFLite Micro and its arena."""
-    from .pipeline import CALIBRATION_ROWS
-    from .tflite import LiteRtModel, TflmModel, convert, operators, write_c_array
+    from ..pipeline import CALIBRATION_ROWS
+    from ._tflite import LiteRtModel, TflmModel, convert, operators, write_c_array
 
     bits = dict(compressed.layer_bits)
     wider = sorted(k for k, b in bits.items() if b != 8)

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._resources import resolve
-from .errors import ConfigError
+from .._resources import resolve
+from ..errors import ConfigError
 
 
 def check_int(file: str, key: str, value: Any, *, low: int, high: int | None = None) -> int:

@@ -12,10 +12,10 @@ from typing import Any
 
 from spaces import is_student
 
-from ._format import number
-from .budgets import BUDGET_METRICS, budget_for_metric
-from .record import ACCURACY_DROP, COST_KEYS
-from .review import (
+from .._format import number
+from ..budgets import BUDGET_METRICS, budget_for_metric
+from ..record import ACCURACY_DROP, COST_KEYS
+from ..review import (
     RunData,
     TrialRecord,
     latency_error,

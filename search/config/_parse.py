@@ -8,7 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._config_checks import (
+from .._resources import resolve
+from ..budgets import BUDGET_KEYS
+from ..errors import ConfigError
+from ._checks import (
     check_choice,
     check_int,
     check_mapping,
@@ -20,7 +23,7 @@ from ._config_checks import (
     check_target,
     check_targets,
 )
-from ._config_types import (
+from ._types import (
     BUDGET_MARGINS,
     METRIC_DIRECTIONS,
     SAMPLERS,
@@ -29,9 +32,6 @@ from ._config_types import (
     Recovery,
     UserTask,
 )
-from ._resources import resolve
-from .budgets import BUDGET_KEYS
-from .errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

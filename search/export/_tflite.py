@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write
-from .errors import ConfigError
+from .._io import atomic_write
+from ..errors import ConfigError
 
 __all__ = [
     "Arena",
@@ -141,7 +141,7 @@ def convert(
         raise ValueError("int8 conversion needs calib_inputs (training rows)")
     import torch
 
-    from .compress._export import folded
+    from ..compress import folded
 
     plain = folded(model).eval()
     example = (torch.zeros((1, *input_shape)),)
@@ -416,7 +416,7 @@ class LiteRtModel(_Runner):
         """
         import numpy as np
 
-        from .hardware import time_callable
+        from ..hardware import time_callable
 
         x = np.zeros(tuple(int(d) for d in self.input["shape"]), self.input["dtype"])
         self.litert.set_tensor(self.input["index"], x)

@@ -3,7 +3,7 @@
 `apply_winner` checks the hashes, rebuilds the structure from the base model with the plan
 (`search.pipeline.build`, deterministic), loads `model.pt` and re-evaluates on test. The helpers
 here (hashes, versions, the stored experiment and profile, the size figures) are shared with
-`search.export`, which writes the file.
+`_export`, which writes the file.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from ._io import atomic_write_text, plain
-from .errors import ConfigError
-from .record import primary_metric
+from .._io import atomic_write_text, plain
+from ..errors import ConfigError
+from ..record import primary_metric
 
 __all__ = [
     "APPLY_TOLERANCE",
@@ -109,7 +109,7 @@ def package_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             if name == "compression-search":
-                from . import __version__
+                from .. import __version__
 
                 out[name] = f"{__version__} (source checkout)"
     return out
@@ -117,7 +117,7 @@ def package_versions() -> dict[str, str]:
 
 def stored_experiment(data: Mapping[str, Any], *, where: str, run_dir: Path | None) -> Any:
     """The search's Experiment, from the dict the study stored (`Experiment.to_dict()`)."""
-    from .config import parse_experiment
+    from ..config import parse_experiment
 
     if not isinstance(data, Mapping) or "name" not in data:
         raise ConfigError(where, "experiment", "the study holds no experiment record")
@@ -131,7 +131,7 @@ def stored_experiment(data: Mapping[str, Any], *, where: str, run_dir: Path | No
 
 
 def load_state(model: Any, path: Path, *, where: str, field_name: str) -> None:
-    from .tasks import load_state_dict_file
+    from ..tasks import load_state_dict_file
 
     state = load_state_dict_file(path, file=where, field_name=field_name)
     try:
@@ -155,7 +155,7 @@ def size_figures(cost: Any, model: Any) -> dict[str, int]:
 
 def stored_profile(data: Mapping[str, Any], *, where: str) -> Any:
     """The HardwareProfile a study stored; JSON turned its precision keys (8, 16) into strings."""
-    from .hardware import profile_from_dict
+    from ..hardware import profile_from_dict
 
     def ints(v: Any) -> Any:
         if isinstance(v, Mapping):
@@ -195,8 +195,8 @@ def apply_winner(
     """
     from spaces import CompressionPlan, PlanError
 
-    from .pipeline import build, cost_of
-    from .tasks import load_task
+    from ..pipeline import build, cost_of
+    from ..tasks import load_task
 
     path = Path(winner_yaml)
     where = str(path)
