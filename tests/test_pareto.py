@@ -237,7 +237,7 @@ def test_trials_states_and_feasibility(run) -> None:
     assert run.trial(7).state == "PRUNED"
     assert run.trial(6).constraints["latency_ms"] == pytest.approx(0.25)
     c = run.counts()
-    assert (c["trials"], c["feasible"], c["over_budget"], c["failed"], c["pruned"]) == (
+    assert (c["trials"], c["feasible"], c["over_budget"], c["failed"], c["stopped_early"]) == (
         8,
         4,
         1,

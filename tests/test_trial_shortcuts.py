@@ -126,7 +126,7 @@ def test_a_hopeless_plan_stops_at_the_checkpoint(
         assert t.values[0] == ua["checkpoint_accuracy"] == ua["accuracy"]
         assert "needs" in ua["early_stop_reason"] and "weights" not in ua
     run = load_run(result.storage_url, exp.name)
-    assert not run.front and run.counts()["pruned"] == len(stopped)
+    assert not run.front and run.counts()["stopped_early"] == len(stopped)
 
     # `recovery.early_stop: false` trains every plan to the end.
     exp = tiny(

@@ -31,8 +31,20 @@ BUDGET_MARGINS = ("none", "p90")
 
 @dataclass(frozen=True)
 class Objective:
+    """One objective of a study: a metric name and its direction (the experiment's, and the
+    review's reading of a stored study)."""
+
     metric: str
     direction: str  # "maximize" | "minimize"
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"objective {self.metric}: direction {self.direction!r}")
+
+    @property
+    def sign(self) -> float:
+        """+1 for minimise, -1 for maximise: `sign * value` is a loss."""
+        return 1.0 if self.direction == "minimize" else -1.0
 
 
 # What a plan asks of recovery: `quantize` keeps the trained network's structure (bits only),

@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from ..budgets import BUDGET_METRICS, LIMITED_BY, BudgetMetric, budget_for_metric
+from ..config import Objective
 from ._keys import TrialAttr, target_suffix
 
 __all__ = [
@@ -108,20 +109,12 @@ METRIC_KEYS = (
 )
 
 
-class _Objective(Protocol):
-    @property
-    def metric(self) -> str: ...
-
-    @property
-    def direction(self) -> str: ...
-
-
 class _Writable(Protocol):
     def set_user_attr(self, key: str, value: Any) -> None: ...
 
 
 # --- reading ------------------------------------------------------------------------------------
-def primary_metric(objectives: Iterable[_Objective] = (), stored: str | None = None) -> str:
+def primary_metric(objectives: Iterable[Objective] = (), stored: str | None = None) -> str:
     """The metric accuracy drops are measured on: `stored` (the study's `primary_metric`), else
     the first maximised objective, else `accuracy`."""
     if stored:
@@ -227,7 +220,7 @@ class TrialRecord:
     def from_trial(
         cls,
         t: Any,
-        objectives: Sequence[_Objective] = (),
+        objectives: Sequence[Objective] = (),
         refined: Mapping[str, Any] | None = None,
         *,
         target: str | None = None,
@@ -281,7 +274,7 @@ def _target_view(
     ua: dict[str, Any],
     constraints: Mapping[str, float],
     values: tuple[float, ...] | None,
-    objectives: Sequence[_Objective],
+    objectives: Sequence[Objective],
     target: str,
 ) -> tuple[dict[str, Any], dict[str, float], tuple[float, ...] | None]:
     """One target's reading of a multi-target trial: `m@T` attributes become `m`, the

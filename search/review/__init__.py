@@ -44,11 +44,11 @@ Definitions (the README quotes these):
 
 from spaces import flatten_plan, layer_rows
 
+from ..config import Objective
 from ..record import TrialRecord
 from ._figures import figures
 from ._geometry import (
     Limit,
-    Objective,
     dominates,
     hypervolume,
     knee_index,

@@ -12,9 +12,8 @@ from typing import Any
 from spaces import layer_rows
 
 from .._format import cell
-from ..config import METRIC_DIRECTIONS
+from ..config import METRIC_DIRECTIONS, Objective
 from ..record import TrialRecord
-from ._geometry import Objective
 from ._plan_facts import latency_band, latency_error, latency_text
 from ._run import RunData, overshoots
 from ._style import (

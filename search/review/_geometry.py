@@ -10,9 +10,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..config import Objective
+
 __all__ = [
     "Limit",
-    "Objective",
     "costlier_everywhere",
     "dominates",
     "hypervolume",
@@ -23,23 +24,6 @@ __all__ = [
     "pareto_indices",
     "shortfall",
 ]
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One objective of the study: a metric name and its direction."""
-
-    metric: str
-    direction: str  # "maximize" | "minimize"
-
-    def __post_init__(self) -> None:
-        if self.direction not in ("maximize", "minimize"):
-            raise ValueError(f"objective {self.metric}: direction {self.direction!r}")
-
-    @property
-    def sign(self) -> float:
-        """+1 for minimise, -1 for maximise: `sign * value` is a loss."""
-        return 1.0 if self.direction == "minimize" else -1.0
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:

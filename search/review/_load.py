@@ -11,6 +11,7 @@ from typing import Any
 
 from spaces import is_student
 
+from ..config import Objective
 from ..errors import ConfigError
 from ..record import (
     UNTRAINED,
@@ -25,7 +26,6 @@ from ..record import primary_metric as primary_of
 from ..storage import public_url
 from ._geometry import (
     Limit,
-    Objective,
     costlier_everywhere,
     dominates,
     hypervolume,

@@ -171,7 +171,7 @@ def _header(run: RunData) -> str:
         f"{html.escape(run.storage)}<br><b>{c['trainings']}</b> trainings from "
         f"{c['trials']} proposals: {c['trained']} trained to the end, "
         f"<b>{c['feasible']}</b> feasible, {c['over_budget']} over budget (not trained), "
-        f"{c['failed']} failed, {c['pruned']} stopped early, {c['duplicate']} repeats, "
+        f"{c['failed']} failed, {c['stopped_early']} stopped early, {c['duplicate']} repeats, "
         f"{c['running']} running · "
         f"<b>{c['front']}</b> on the front · hypervolume <b>{run.hypervolume:.4f}</b><br>"
         f"<b>picks</b> {html.escape(pick_text)}{_latency_meta(run)}</div>"

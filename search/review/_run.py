@@ -8,9 +8,10 @@ from typing import Any
 
 from .._format import number
 from .._io import jsonable
+from ..config import Objective
 from ..errors import ConfigError
 from ..record import ACCURACY_DROP, ACCURACY_METRICS, COUNTED, TrialRecord, TrialStatus
-from ._geometry import Limit, Objective
+from ._geometry import Limit
 
 __all__ = [
     "LATENCY_METRICS",
@@ -122,7 +123,7 @@ class RunData:
             "feasible": 0,
             "over_budget": 0,
             "failed": 0,
-            "pruned": 0,
+            "stopped_early": 0,
             "duplicate": 0,
             "running": 0,
             "front": len(self.front),
@@ -134,7 +135,7 @@ class RunData:
             c["feasible"] += t.feasible
             c["over_budget"] += t.status == TrialStatus.OVER_BUDGET
             c["failed"] += t.state == "FAIL" or t.status == TrialStatus.FAILED
-            c["pruned"] += t.state == "PRUNED" or t.status == TrialStatus.STOPPED_EARLY
+            c["stopped_early"] += t.state == "PRUNED" or t.status == TrialStatus.STOPPED_EARLY
             c["duplicate"] += t.status == TrialStatus.DUPLICATE
             c["running"] += t.state in ("RUNNING", "WAITING")
             c["trainings"] += t.state == "COMPLETE" and t.status in COUNTED
@@ -298,7 +299,7 @@ class RunData:
         lines = [
             f"{c['trainings']} trainings from {c['trials']} proposals: {c['feasible']} feasible, "
             f"{c['over_budget']} over budget (not trained), {c['failed']} failed, "
-            f"{c['pruned']} stopped early, repeats {c['duplicate']}; "
+            f"{c['stopped_early']} stopped early, repeats {c['duplicate']}; "
             f"{c['front']} on the front, hypervolume {self.hypervolume:.4f}"
         ]
         if not self.front:

@@ -105,7 +105,7 @@ def arena_tail(ops: Sequence[tuple[str, int]], buffers: int) -> int:
     )
 
 
-# The flatbuffer (names stripped, as `search.tflite` writes it), fitted on the 14 converted
+# The flatbuffer (names stripped, as `search.export._tflite` writes it), fitted on the 14 converted
 # models of the fit set above to within 160 bytes: per tensor and per operator table entries,
 # and a fixed part (model, subgraph, signature, operator codes, metadata).
 FB_TENSOR_BYTES = 78
