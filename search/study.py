@@ -26,7 +26,6 @@ from ._resources import resolve
 from .config import Experiment
 from .errors import ConfigError
 from .hardware import HardwareProfile, load_profile
-from .pipeline import prepare, recovery_schedule
 from .record import (
     COUNTED,
     StudyAttr,
@@ -35,12 +34,12 @@ from .record import (
     budget_lines,
     metric_of,
     status_of,
-    study_attr,
     study_attrs,
     trial_attr,
     trial_feasible,
     write_study_attrs,
 )
+from .refine import refine_front
 from .start import warm_start
 from .storage import check_storage_url, fail_orphaned_trials, first_line, public_url
 from .validate import check_space_runs_on
@@ -453,48 +452,6 @@ def tally(result: SearchResult) -> SearchResult:
     result.recovery_skipped = sum(bool(trial_attr(t, "recovery_skipped")) for t in trials)
     result.failed = len(result.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     return result
-
-
-def refine_front(study: optuna.Study, objective: Any, *, log: Callable[[str], None]) -> None:
-    """Re-train the top-K front plans with the full recovery budget and re-evaluate them.
-
-    Short recovery while searching, long at the end (as AMC and HAQ do). Results go to the
-    study attribute `refined` ({trial number: metrics}); the search-time figures stay on the
-    trials, and the report shows both. Plans already refined with these epochs are skipped.
-    Epochs: `refine_epochs`, or `refine_student_epochs` for students (from scratch), and never
-    fewer than the search's own.
-    """
-    from spaces import CompressionPlan
-
-    exp, primary = objective.exp, objective.primary
-    front = [t for t in study.best_trials if status_of(t) is TrialStatus.TRAINED]
-    front.sort(key=lambda t: -(metric_of(t, primary) or 0.0))
-    refined = dict(study_attr(study, StudyAttr.REFINED, {}))
-    for t in front[: exp.recovery.refine_top_k]:
-        plan = CompressionPlan.from_dict(trial_attr(t, TrialAttr.PLAN))
-        schedule = recovery_schedule(exp.recovery, plan, refine=True)
-        epochs, steps = schedule.epochs, schedule.steps
-        budget = {"epochs": epochs} if steps is None else {"epochs": epochs, "steps": steps}
-        done = refined.get(str(t.number), {})
-        if (done.get("epochs"), done.get("steps")) == (epochs, steps):
-            continue
-        compressed, _ = objective.build_and_cost(plan)
-        prepare(compressed, plan, objective.task)
-        model = objective.train(compressed, plan, seed=exp.seed + t.number, refine=True)
-        metrics = objective.task.evaluate(model, "val")  # the whole validation split
-        path = objective.save_weights(model, t.number, suffix="-refined")
-        refined[str(t.number)] = {
-            **metrics,
-            **budget,
-            "weights": str(path),
-            "accuracy_drop": objective.full_val_baseline()[primary] - metrics[primary],
-        }
-        spent = f"{epochs} epochs" if steps is None else f"{steps} steps"
-        log(
-            f"refined trial {t.number}: {primary} {metric_of(t, primary):.4f} -> "
-            f"{metrics[primary]:.4f} ({spent})"
-        )
-    write_study_attrs(study, {StudyAttr.REFINED: refined})
 
 
 def _record_study_attrs(

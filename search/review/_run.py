@@ -103,10 +103,6 @@ class RunData:
         return tuple(o.metric for o in self.objectives)
 
     @property
-    def feasible_trials(self) -> tuple[TrialRecord, ...]:
-        return tuple(t for t in self.trials if t.feasible)
-
-    @property
     def front_trials(self) -> tuple[TrialRecord, ...]:
         return tuple(self.trial(n) for n in self.front)
 
