@@ -9,6 +9,7 @@ figures (share within +-25 %, Spearman) are checked on hand-made rows.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import pytest
 from tests._tiny import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "gpu_check", REPO / "experiments" / "benchmarks" / "gpu_check.py"
-)
+BENCH_DIR = REPO / "experiments" / "benchmarks"
+if str(BENCH_DIR) not in sys.path:  # it imports its siblings, as a script run from there does
+    sys.path.append(str(BENCH_DIR))
+_spec = importlib.util.spec_from_file_location("gpu_check", BENCH_DIR / "gpu_check.py")
 assert _spec is not None and _spec.loader is not None
 gpu_check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_check)

@@ -38,18 +38,15 @@ from typing import Any
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from search.compress import compress, compressible_layers  # noqa: E402
-from search.hardware import (  # noqa: E402
+from search.compress import compress, compressible_layers
+from search.hardware import (
     REFERENCE_NETWORKS,
     estimate_cost,
     load_profile,
     reference_network,
 )
-from search.hardware.cost import full_integer  # noqa: E402
-from spaces import (  # noqa: E402
+from search.hardware.cost import full_integer
+from spaces import (
     ArchitectureConfig,
     CompressionPlan,
     LowRankConfig,

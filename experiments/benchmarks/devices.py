@@ -27,7 +27,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from search._io import atomic_write_text  # noqa: E402
-from search.hardware import HardwareProfile, load_profile, profile_from_dict  # noqa: E402
-from search.hardware.fit import (  # noqa: E402
+from search._io import atomic_write_text
+from search.hardware import HardwareProfile, load_profile, profile_from_dict
+from search.hardware.fit import (
     DEVICE_PRIORS,
     FIT_STARTS,
     MCU_CLOCK_MHZ,
@@ -49,6 +45,8 @@ from search.hardware.fit import (  # noqa: E402
     csv_rows,
     read_measurements,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 RESULTS = REPO / "experiments" / "results"
 MEASUREMENTS = REPO / "hardware_profiles" / "measurements"

@@ -47,7 +47,6 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 RESULTS = REPO / "experiments" / "results"
 
 TASK_PY = '''\
@@ -94,6 +93,9 @@ def resnet_experiment(folder: Path, trials: int, steps: int) -> Path:
     import torch
 
     torch.manual_seed(0)
+    # Not the repository: the user's own task module, just written, imported as a user would
+    # to save its base weights. The task loader imports it by name from the experiment's folder
+    # too, but only inside load_task, which needs the weights written here.
     sys.path.insert(0, str(folder))
     import gputask  # the module just written
 

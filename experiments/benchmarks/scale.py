@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -43,15 +44,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _stamp  # this folder is on sys.path when run as a script
 import yaml
 
+from search.parallel import audit_trials, threads_per_worker
+from search.record import failed_origin
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
-
-from search.parallel import audit_trials, threads_per_worker  # noqa: E402
-from search.record import failed_origin  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
 RECOVERY_EPOCHS = 3  # the quickstart's: a trial of a couple of seconds, not a DB round trip
@@ -127,6 +126,18 @@ def states(url: str, name: str) -> dict[int, str]:
 
 
 states.engines = {}  # type: ignore[attr-defined]
+
+
+def _postgres() -> Any:
+    """tests/_postgres.py, loaded from its file: the tests folder is the checkout's, not part of
+    the installed package, and is never put on sys.path."""
+    path = REPO / "tests" / "_postgres.py"
+    spec = importlib.util.spec_from_file_location("_postgres", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def children_cpu_s() -> float:
@@ -474,9 +485,7 @@ def main() -> None:
     server = None
     url = args.storage
     if url is None:
-        from tests._postgres import start_server
-
-        server = start_server()
+        server = _postgres().start_server()
         url = server.create_database("scale")
         log(f"PostgreSQL on 127.0.0.1:{server.port} (throw-away, {server.root})")
     work = Path(tempfile.mkdtemp(prefix="scale-bench-"))

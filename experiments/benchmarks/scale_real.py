@@ -46,8 +46,6 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
 
 RESULTS = REPO / "experiments" / "results"
 SHAPE = (3, 224, 224)
@@ -182,12 +180,11 @@ print("RESULT " + json.dumps(out))
 
 # The teacher options on a small case: online per step, or logits cached in a memory map.
 TEACHER = r"""
-import json, os, sys, tempfile, time
+import json, os, tempfile, time
 import numpy as np
 import torch
 torch.set_num_threads(1)
-sys.path.insert(0, os.getcwd())
-import realtask
+import realtask  # python -c: the current directory, the project, is first on sys.path
 
 ds = realtask.Shards("train", 256)
 teacher, student = realtask.resnet18().eval(), realtask.resnet18().train()
@@ -392,6 +389,9 @@ def main() -> None:
     project = Path(tempfile.mkdtemp(prefix="scale-real-"))
     (project / "realtask.py").write_text(TASK_PY)
     (project / "scale_real_space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    # Not the repository: the user's own task module, just written, imported as a user would
+    # to save its base weights. The task loader imports it by name from the experiment's folder
+    # too, but only inside load_task, which needs the weights written here.
     sys.path.insert(0, str(project))
     os.environ["SCALE_DATA"] = str(root)
     import realtask  # the task module just written

@@ -63,13 +63,10 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from search._io import jsonable  # noqa: E402
-from search.config import Experiment, parse_experiment  # noqa: E402
-from search.objective import TrialObjective  # noqa: E402
-from search.record import (  # noqa: E402
+from search._io import jsonable
+from search.config import Experiment, parse_experiment
+from search.objective import TrialObjective
+from search.record import (
     COST_KEYS,
     COUNTED,
     StudyAttr,
@@ -81,7 +78,9 @@ from search.record import (  # noqa: E402
     trial_attr,
     within_limits,
 )
-from spaces import CompressionPlan  # noqa: E402
+from spaces import CompressionPlan
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TASK, TARGET = "gratings", "mcu"
 BUDGETS = {"latency_ms": 20.0}  # the board's SRAM and flash budgets apply as they are

@@ -47,12 +47,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _stamp  # this folder is on sys.path when run as a script
+
+from search._io import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
-
-from search._io import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
 MAX_PARAMS = 60e6
