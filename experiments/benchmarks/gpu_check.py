@@ -310,10 +310,10 @@ def int8_layers(path: Path, at_8_bits: int) -> dict[str, int]:
 def fp16_onnx(model: Any, shape: tuple[int, ...], path: Path) -> Path:
     """A float16 ONNX file, written as `export --format onnx-fp16` writes one."""
     from search.compress import export_onnx
-    from search.export._runtimes import _to_float16
+    from search.export import to_float16
 
     export_onnx(model, path, input_shape=shape)
-    _to_float16(path)
+    to_float16(path)
     return path
 
 
@@ -392,7 +392,7 @@ def _quiet(_message: str) -> None:
 def rebuilt(winner_dir: Path) -> tuple[Any, Any]:
     """An exported plan rebuilt from its winner folder (plan, base model, model.pt) and its
     task: what the int8 export and the cost model need."""
-    from search.export._winner import load_state, stored_experiment
+    from search.export import load_state, stored_experiment
     from search.pipeline import build
     from search.tasks import load_task
     from spaces import CompressionPlan

@@ -62,8 +62,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _stamp import jsonable  # this folder is on sys.path when run as a script
 
-from search._io import jsonable
 from search.config import Experiment, parse_experiment
 from search.objective import TrialObjective
 from search.record import (

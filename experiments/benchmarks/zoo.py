@@ -49,8 +49,6 @@ from typing import Any
 
 import _stamp  # this folder is on sys.path when run as a script
 
-from search._io import atomic_write_text
-
 REPO = Path(__file__).resolve().parents[2]
 
 RESULTS = REPO / "experiments" / "results"
@@ -613,8 +611,8 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def write(out: Path, doc: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "zoo.json", json.dumps(doc, indent=1) + "\n")
-    atomic_write_text(out / "zoo.md", markdown(doc))
+    _stamp.write_text(out / "zoo.json", json.dumps(doc, indent=1) + "\n")
+    _stamp.write_text(out / "zoo.md", markdown(doc))
 
 
 def _progress(i: int, n: int, r: dict[str, Any]) -> str:
