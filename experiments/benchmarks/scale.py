@@ -46,6 +46,7 @@ from typing import Any
 
 import _stamp  # this folder is on sys.path when run as a script
 import yaml
+from _scale_report import TARGETS, markdown
 
 from search.parallel import audit_trials, threads_per_worker
 from search.record import failed_origin
@@ -56,7 +57,6 @@ RESULTS = REPO / "experiments" / "results"
 RECOVERY_EPOCHS = 3  # the quickstart's: a trial of a couple of seconds, not a DB round trip
 # (label, worker processes, torch threads per process; None = the CLI's cores // workers)
 CONFIGS = [("1w-2t", 1, None), ("1w-1t", 1, 1), ("2w-1t", 2, None)]
-TARGETS = {"speedup_2_workers": 1.7, "lost_trials": 0, "duplicate_trials": 0}
 
 SPACE = {
     "name": "scale",
@@ -379,79 +379,6 @@ def derive(result: dict[str, Any]) -> None:
             "models and a busy machine the second thread waits for a core instead of working."
         )
     result["notes"] = notes
-
-
-def markdown(result: dict[str, Any]) -> str:
-    tp, crash = result["throughput"], result["crash"]
-    names = {
-        "1w-2t": "1 process, 2 torch threads (the CLI's old default)",
-        "1w-1t": "1 process, 1 torch thread (the CLI's default)",
-        "2w-1t": "2 processes (--jobs 2), 1 torch thread each (the CLI's default)",
-    }
-    lines = [
-        "# Scale: workers on PostgreSQL, and kill-and-resume",
-        "",
-        f"At commit {result['machine'].get('commit', '?')}, {result['machine'].get('date', '?')}. "
-        f"Machine: {result['machine']['cores']} cores, shared with other work (load average "
-        f"{result['machine']['load_avg_before']} at the start, "
-        f"{result['machine']['load_avg_after']} at the end). Workload: the digits task, "
-        f"{result['workload']['trials_per_run']} trials per run, recovery "
-        f"{result['workload']['recovery_epochs']} epochs. Command: `{result['command']}`.",
-        "",
-        "| setting | trials/min (search) | trials/min (end to end) |",
-        "|---|---|---|",
-    ]
-    for label, name in names.items():
-        lines.append(
-            f"| {name} | {tp['trials_per_min'][label]} | "
-            f"{tp['trials_per_min_end_to_end'][label]} |"
-        )
-    lines += [
-        "",
-        f"**speedup_2_workers = {result['speedup_2_workers']}** (target >= "
-        f"{TARGETS['speedup_2_workers']}): 2 processes against the faster single-process "
-        f"setting ({tp['best_single_process']}). End to end "
-        f"{tp['speedup_2_workers_end_to_end']}; steady state (from the second worker's first "
-        f"trial) {tp['speedup_2_workers_steady']}; against 1 process with 2 threads "
-        f"{tp['speedup_vs_cli_default_single']}.",
-        "",
-        "| run (in order) | setting | complete | search s | wall s | CPU s | cores used | "
-        "trials/min | steady trials/min |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in tp["runs"]:
-        lines.append(
-            f"| {r['study']} | {r['config']} | {r['complete']} | {r['window_s']} | "
-            f"{r['wall_s']} | {r['cpu_s']} | {r['cores_used']} | "
-            f"{r['trials_per_min']} | {r['trials_per_min_steady']} |"
-        )
-    lines += [
-        "",
-        f"Kill and resume: a {crash['trials_requested']}-trial `run --jobs 2` search, "
-        f"SIGKILLed {crash['kills']} times inside running trials (after "
-        f"{crash['kill_after_complete']} completed), restarted at once each time.",
-        "",
-        "| lost_trials | duplicate_trials | complete | extra | killed mid-trial | retried | "
-        "stuck running | surviving workers |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {result['lost_trials']} | {result['duplicate_trials']} | {crash['complete']} | "
-        f"{crash['extra_complete']} | {len(crash['killed_running_trials'])} | "
-        f"{len(crash['killed_trials_retried'])} | {crash['stuck_running']} | "
-        f"{crash['orphan_workers']} |",
-        "",
-        "Extra: each worker finishes the trial it holds when the target is reached, so two "
-        "workers can end one over. Stuck running: killed trials whose 30 s grace period had "
-        "not passed when the search finished; the next run or worker fails and retries them. "
-        "Surviving workers: worker processes still alive 10 s after their parent was killed.",
-        "",
-    ]
-    if result.get("notes"):
-        lines += ["Notes:", "", *[f"- {n}" for n in result["notes"]], ""]
-    if result.get("real_sized"):  # written by scale_real.py
-        from scale_real import markdown as real_sized_markdown
-
-        lines += [real_sized_markdown(result["real_sized"])]
-    return "\n".join(lines)
 
 
 def main() -> None:
