@@ -1,18 +1,60 @@
 """scale.md, the page scale.py and scale_real.py both write: here, so neither imports the other.
 
-`markdown` renders the whole page from scale.json (scale.py's throughput and kill-and-resume
-sections, then scale_real.py's real-sized section when it has run); `real_sized_markdown`
-renders that section alone (the page scale_real.py writes before scale.py has run).
+`derive` adds the figures and notes computed from scale.py's measured runs; `markdown` renders
+the whole page from scale.json (scale.py's throughput and kill-and-resume sections, then
+scale_real.py's real-sized section when it has run); `real_sized_markdown` renders that section
+alone (the page scale_real.py writes before scale.py has run).
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 TARGETS = {"speedup_2_workers": 1.7, "lost_trials": 0, "duplicate_trials": 0}
 # scale_real.py's run settings: its section of the page quotes them.
 RECOVERY = {"steps": 2, "batch_size": 16, "early_stop": False}
 VAL_SUBSET = 64
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    """The median of `key` over `runs`, to 3 decimals."""
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def derive(result: dict[str, Any]) -> None:
+    """Figures computed from the measured runs: how much CPU each setting actually got. On a
+    shared machine a second worker can only help if a second core is free."""
+    tp = result["throughput"]
+    for r in tp["runs"]:
+        r["cores_used"] = round(r["cpu_s"] / r["wall_s"], 2)
+        r["trials_per_cpu_min"] = round(r["complete"] / r["cpu_s"] * 60, 2)
+    labels = list(tp["trials_per_min"])
+    by = {label: [r for r in tp["runs"] if r["config"] == label] for label in labels}
+    tp["cores_used"] = {label: median_of(rs, "cores_used") for label, rs in by.items()}
+    tp["trials_per_cpu_min"] = {
+        label: median_of(rs, "trials_per_cpu_min") for label, rs in by.items()
+    }
+    best, two = tp["best_single_process"], "2w-1t"
+    notes = [
+        f"CPU obtained (CPU seconds of the process tree / wall seconds): {tp['cores_used']}. "
+        f"The 2-worker runs got {tp['cores_used'][two]} cores against {tp['cores_used'][best]} "
+        f"for {best}: the speedup is bounded by that ratio "
+        f"({round(tp['cores_used'][two] / tp['cores_used'][best], 2)}) times the work per CPU "
+        f"second ({round(tp['trials_per_cpu_min'][two] / tp['trials_per_cpu_min'][best], 2)}: "
+        "the second process's start-up and the shared database).",
+        f"Load average {result['machine']['load_avg_before']} at the start on "
+        f"{result['machine']['cores']} cores: other work held part of the machine.",
+    ]
+    rate, per_cpu = tp["trials_per_min"], tp["trials_per_cpu_min"]
+    if rate["1w-2t"] < rate["1w-1t"]:
+        notes.append(
+            f"One process with 2 torch threads (the CLI's cores // jobs) ran "
+            f"{round(rate['1w-1t'] / rate['1w-2t'], 1)}x slower than with 1 thread and used "
+            f"{round(per_cpu['1w-1t'] / per_cpu['1w-2t'], 1)}x the CPU per trial: on small "
+            "models and a busy machine the second thread waits for a core instead of working."
+        )
+    result["notes"] = notes
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -36,7 +36,6 @@ import random
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from typing import Any
 
 import _stamp  # this folder is on sys.path when run as a script
 import yaml
-from _scale_report import TARGETS, markdown
+from _scale_report import TARGETS, derive, markdown, median_of
 
 from search.parallel import audit_trials, threads_per_worker
 from search.record import failed_origin
@@ -342,45 +341,6 @@ def kill_campaign(
     }
 
 
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.median(r[key] for r in runs), 3)
-
-
-def derive(result: dict[str, Any]) -> None:
-    """Figures computed from the measured runs: how much CPU each setting actually got. On a
-    shared machine a second worker can only help if a second core is free."""
-    tp = result["throughput"]
-    for r in tp["runs"]:
-        r["cores_used"] = round(r["cpu_s"] / r["wall_s"], 2)
-        r["trials_per_cpu_min"] = round(r["complete"] / r["cpu_s"] * 60, 2)
-    labels = list(tp["trials_per_min"])
-    by = {label: [r for r in tp["runs"] if r["config"] == label] for label in labels}
-    tp["cores_used"] = {label: _median(rs, "cores_used") for label, rs in by.items()}
-    tp["trials_per_cpu_min"] = {
-        label: _median(rs, "trials_per_cpu_min") for label, rs in by.items()
-    }
-    best, two = tp["best_single_process"], "2w-1t"
-    notes = [
-        f"CPU obtained (CPU seconds of the process tree / wall seconds): {tp['cores_used']}. "
-        f"The 2-worker runs got {tp['cores_used'][two]} cores against {tp['cores_used'][best]} "
-        f"for {best}: the speedup is bounded by that ratio "
-        f"({round(tp['cores_used'][two] / tp['cores_used'][best], 2)}) times the work per CPU "
-        f"second ({round(tp['trials_per_cpu_min'][two] / tp['trials_per_cpu_min'][best], 2)}: "
-        "the second process's start-up and the shared database).",
-        f"Load average {result['machine']['load_avg_before']} at the start on "
-        f"{result['machine']['cores']} cores: other work held part of the machine.",
-    ]
-    rate, per_cpu = tp["trials_per_min"], tp["trials_per_cpu_min"]
-    if rate["1w-2t"] < rate["1w-1t"]:
-        notes.append(
-            f"One process with 2 torch threads (the CLI's cores // jobs) ran "
-            f"{round(rate['1w-1t'] / rate['1w-2t'], 1)}x slower than with 1 thread and used "
-            f"{round(per_cpu['1w-1t'] / per_cpu['1w-2t'], 1)}x the CPU per trial: on small "
-            "models and a busy machine the second thread waits for a core instead of working."
-        )
-    result["notes"] = notes
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30, help="trials per throughput run")
@@ -460,8 +420,8 @@ def main() -> None:
                 f"load {run['load_avg_after']}"
             )
         by = {label: [r for r in runs if r["config"] == label] for label, _j, _t in CONFIGS}
-        tpm = {label: _median(rs, "trials_per_min") for label, rs in by.items()}
-        e2e = {label: _median(rs, "trials_per_min_end_to_end") for label, rs in by.items()}
+        tpm = {label: median_of(rs, "trials_per_min") for label, rs in by.items()}
+        e2e = {label: median_of(rs, "trials_per_min_end_to_end") for label, rs in by.items()}
         best_one = max(("1w-2t", "1w-1t"), key=lambda k: tpm[k])
         result["throughput"] = {
             "configs": {
@@ -471,12 +431,12 @@ def main() -> None:
             "runs": runs,
             "trials_per_min": tpm,
             "trials_per_min_end_to_end": e2e,
-            "trials_per_min_2_workers_steady": _median(by["2w-1t"], "trials_per_min_steady"),
+            "trials_per_min_2_workers_steady": median_of(by["2w-1t"], "trials_per_min_steady"),
             "best_single_process": best_one,
             "speedup_vs_cli_default_single": round(tpm["2w-1t"] / tpm["1w-2t"], 3),
             "speedup_2_workers_end_to_end": round(e2e["2w-1t"] / e2e[best_one], 3),
             "speedup_2_workers_steady": round(
-                _median(by["2w-1t"], "trials_per_min_steady") / tpm[best_one], 3
+                median_of(by["2w-1t"], "trials_per_min_steady") / tpm[best_one], 3
             ),
         }
         # Against the faster of the two single-process settings: the gain from a second
