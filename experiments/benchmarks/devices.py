@@ -34,8 +34,7 @@ from typing import Any
 import _stamp  # this folder is on sys.path when run as a script
 import numpy as np
 import yaml
-from _devices_report import markdown, update_readme
-from _devices_report import readme_section as readme_section  # kept as devices.readme_section
+from _devices_report import markdown, readme_section, update_readme
 
 from search.hardware import HardwareProfile, load_profile, profile_from_dict
 from search.hardware.fit import (
@@ -47,6 +46,9 @@ from search.hardware.fit import (
     csv_rows,
     read_measurements,
 )
+
+# What other code reads as devices.<name> (the tests).
+__all__ = ["TENSORRT", "main", "readme_section"]
 
 REPO = Path(__file__).resolve().parents[2]
 
