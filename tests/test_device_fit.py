@@ -80,12 +80,14 @@ def test_readme_hardware_table_is_the_results_file() -> None:
     every TensorRT profile's figures are in that file with the keys the issue names."""
     import importlib.util
     import json
+    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(
-        "devices_bench", repo / "experiments" / "benchmarks" / "devices.py"
-    )
+    bench = repo / "experiments" / "benchmarks"
+    if str(bench) not in sys.path:  # it imports its siblings, as a script run from there does
+        sys.path.append(str(bench))
+    spec = importlib.util.spec_from_file_location("devices_bench", bench / "devices.py")
     assert spec and spec.loader
     devices = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(devices)

@@ -8,7 +8,9 @@ figures (share within +-25 %, Spearman) are checked on hand-made rows.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,22 +19,26 @@ import pytest
 from tests._tiny import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "gpu_check", REPO / "experiments" / "benchmarks" / "gpu_check.py"
-)
+BENCH_DIR = REPO / "experiments" / "benchmarks"
+if str(BENCH_DIR) not in sys.path:  # it imports its siblings, as a script run from there does
+    sys.path.append(str(BENCH_DIR))
+_spec = importlib.util.spec_from_file_location("gpu_check", BENCH_DIR / "gpu_check.py")
 assert _spec is not None and _spec.loader is not None
 gpu_check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_check)
+# Its engine stage (profiles, rows, agreement) and the engines' timers, as gpu_check imports them.
+gpu_section = importlib.import_module("_gpu_engine_section")
+gpu_engines = importlib.import_module("_gpu_engines")
 
 
 def test_a_t4_is_costed_on_its_own_profile() -> None:
-    got, note = gpu_check.gpu_profile("Tesla T4")
+    got, note = gpu_section.gpu_profile("Tesla T4")
     assert (got.name, got.batch, note) == ("cloud_gpu", 1, None)
 
 
 @pytest.mark.parametrize("name", ["NVIDIA L40S", "none (--smoke)"])  # L40S is not an L4
 def test_an_unmapped_gpu_falls_back_to_cloud_gpu_and_says_so(name: str) -> None:
-    got, note = gpu_check.gpu_profile(name)
+    got, note = gpu_section.gpu_profile(name)
     assert got.name == "cloud_gpu" and got.batch == 1
     assert note is not None and "no profile is mapped" in note and "different GPUs" in note
 
@@ -40,16 +46,16 @@ def test_an_unmapped_gpu_falls_back_to_cloud_gpu_and_says_so(name: str) -> None:
 def test_a_mapped_profile_that_does_not_exist_is_named_in_the_fallback_note(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(gpu_check, "GPU_PROFILES", ((r"\bZ9\b", "no_such_gpu_profile"),))
-    got, note = gpu_check.gpu_profile("NVIDIA Z9 80GB")
+    monkeypatch.setattr(gpu_section, "GPU_PROFILES", ((r"\bZ9\b", "no_such_gpu_profile"),))
+    got, note = gpu_section.gpu_profile("NVIDIA Z9 80GB")
     assert got.name == "cloud_gpu"
     assert note is not None and "'no_such_gpu_profile'" in note and "lacks" in note
 
 
 def test_engine_bits_fp16_throughout_int8_only_for_8_bit_layers() -> None:
     bits = {"a": 8, "b": 4, "c": 32}
-    assert gpu_check.engine_bits(bits, "fp16") == ({"a": 16, "b": 16, "c": 16}, 16)
-    assert gpu_check.engine_bits(bits, "int8") == ({"a": 8, "b": 32, "c": 32}, 8)
+    assert gpu_section.engine_bits(bits, "fp16") == ({"a": 16, "b": 16, "c": 16}, 16)
+    assert gpu_section.engine_bits(bits, "int8") == ({"a": 8, "b": 32, "c": 32}, 8)
 
 
 def test_without_a_gpu_zoo_and_plan_rows_are_exported_costed_and_not_timed(
@@ -86,7 +92,7 @@ def test_without_a_gpu_zoo_and_plan_rows_are_exported_costed_and_not_timed(
     assert Path(fp16_plan["onnx"]).is_file() and fp16_plan["predicted_ms"] > 0, fp16_plan
     assert fp16_plan["input_shape"] == [1, 8, 8]
     for row in section["rows"]:
-        assert row["not_measured"] == gpu_check.NO_GPU
+        assert row["not_measured"] == gpu_section.NO_GPU
         assert not {"median_ms", "p10_ms", "p90_ms", "ratio", "engine"} & set(row), row
     assert section["agreement"]["all"] == {"rows": 0, "within_25pct": None, "spearman": None}
 
@@ -111,9 +117,9 @@ def test_agreement_counts_rows_within_25pct_and_ranks_them() -> None:
         _row("fp16", 2.4, 2.0),  # +20 %
         _row("int8", 3.9, 3.0),  # +30 %
         _row("int8", 1.0, 4.0, int8_layers={"in_onnx": 2, "at_8_bits": 9, "layers": 9}),
-        {"precision": "int8", "predicted_ms": 5.0, "not_measured": gpu_check.CUDA_INT8},
+        {"precision": "int8", "predicted_ms": 5.0, "not_measured": gpu_engines.CUDA_INT8},
     ]
-    a = gpu_check.agreement(rows)
+    a = gpu_section.agreement(rows)
     assert a["all"] == {"rows": 3, "within_25pct": round(2 / 3, 3), "spearman": 1.0}
     assert a["fp16"]["rows"] == 2 and a["fp16"]["spearman"] is None  # too few to rank
     assert a["int8"] == {"rows": 1, "within_25pct": 0.0, "spearman": None}
@@ -122,8 +128,8 @@ def test_agreement_counts_rows_within_25pct_and_ranks_them() -> None:
 
 def test_the_cuda_provider_never_times_an_int8_row() -> None:
     row = {"precision": "int8", "onnx": "m.onnx", "input_shape": [1, 8, 8]}
-    gpu_check.time_row(row, ["onnxruntime-cuda"], runs=1, warmup=0)
-    assert row["not_measured"] == gpu_check.CUDA_INT8 and "median_ms" not in row
+    gpu_engines.time_row(row, ["onnxruntime-cuda"], runs=1, warmup=0)
+    assert row["not_measured"] == gpu_engines.CUDA_INT8 and "median_ms" not in row
 
 
 def test_a_failing_engine_is_recorded_and_the_next_one_times_the_row(
@@ -135,10 +141,10 @@ def test_a_failing_engine_is_recorded_and_the_next_one_times_the_row(
     def fine(*_a: object, **_k: object) -> dict:
         return {"engine": "stub", "median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.2}
 
-    monkeypatch.setattr(gpu_check, "time_tensorrt", broken)
-    monkeypatch.setattr(gpu_check, "time_onnxruntime", fine)
+    monkeypatch.setattr(gpu_engines, "time_tensorrt", broken)
+    monkeypatch.setattr(gpu_engines, "time_onnxruntime", fine)
     row = {"precision": "fp16", "onnx": "m.onnx", "input_shape": [1, 8, 8], "predicted_ms": 1.0}
-    gpu_check.time_row(row, ["tensorrt", "onnxruntime-trt"], runs=1, warmup=0)
+    gpu_engines.time_row(row, ["tensorrt", "onnxruntime-trt"], runs=1, warmup=0)
     assert row["engine"] == "stub" and row["ratio"] == 0.5 and "not_measured" not in row
     assert row["engine_errors"] == {"tensorrt": "RuntimeError: no such op"}
 
@@ -149,16 +155,16 @@ def test_a_row_no_engine_timed_says_why_and_has_no_figure(
     def broken(*_a: object, **_k: object) -> dict:
         raise RuntimeError("no such op")
 
-    monkeypatch.setattr(gpu_check, "time_tensorrt", broken)
-    monkeypatch.setattr(gpu_check, "time_onnxruntime", broken)
+    monkeypatch.setattr(gpu_engines, "time_tensorrt", broken)
+    monkeypatch.setattr(gpu_engines, "time_onnxruntime", broken)
     row = {"precision": "fp16", "onnx": "m.onnx", "input_shape": [1, 8, 8], "predicted_ms": 1.0}
-    gpu_check.time_row(row, ["tensorrt", "onnxruntime-trt"], runs=1, warmup=0)
-    assert row["not_measured"] == gpu_check.ALL_FAILED
+    gpu_engines.time_row(row, ["tensorrt", "onnxruntime-trt"], runs=1, warmup=0)
+    assert row["not_measured"] == gpu_engines.ALL_FAILED
     assert set(row["engine_errors"]) == {"tensorrt", "onnxruntime-trt"}
     assert not {"ratio", "median_ms", "engine"} & set(row)
     empty = {"precision": "fp16", "onnx": "m.onnx", "input_shape": [1, 8, 8]}
-    gpu_check.time_row(empty, [], runs=1, warmup=0)
-    assert empty["not_measured"] == gpu_check.NO_ENGINE
+    gpu_engines.time_row(empty, [], runs=1, warmup=0)
+    assert empty["not_measured"] == gpu_engines.NO_ENGINE
 
 
 def test_the_page_of_an_engines_only_run_has_no_cpu_or_resnet_rows() -> None:
@@ -180,7 +186,7 @@ def test_the_page_of_an_engines_only_run_has_no_cpu_or_resnet_rows() -> None:
         "timing": "Batch 1",
         "skipped": {},
         "rows": [],
-        "agreement": gpu_check.agreement([]),
+        "agreement": gpu_section.agreement([]),
     }
     result = {
         "gpu": "Tesla T4",
@@ -203,7 +209,8 @@ def test_the_page_of_an_engines_only_run_has_no_cpu_or_resnet_rows() -> None:
     assert "## Inference engines: measured against predicted" in md
 
 
-def test_the_script_never_imports_tensorrt_at_module_level() -> None:
-    source = (REPO / "experiments" / "benchmarks" / "gpu_check.py").read_text()
+@pytest.mark.parametrize("name", ["gpu_check.py", "_gpu_engine_section.py", "_gpu_engines.py"])
+def test_the_script_never_imports_tensorrt_at_module_level(name: str) -> None:
+    source = (BENCH_DIR / name).read_text()
     top = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert not [line for line in top if "tensorrt" in line]

@@ -20,6 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "experiments" / "benchmarks" / "search_quality.py"
+if str(BENCH.parent) not in sys.path:  # it imports its siblings, as a script run from there does
+    sys.path.append(str(BENCH.parent))
 _spec = importlib.util.spec_from_file_location("search_quality_bench", BENCH)
 assert _spec is not None and _spec.loader is not None
 sq = importlib.util.module_from_spec(_spec)

@@ -4,7 +4,7 @@
 
 `memory_section()` (called by devices.py) converts each network below to a `.tflite` as
 `export --format tflite` does (full-integer int8 when every layer is at 8 bits, else float32;
-litert-torch + PT2E, `search.export._tflite.convert`), runs it in the TFLite Micro Python
+litert-torch + PT2E, `search.export.convert`), runs it in the TFLite Micro Python
 interpreter and reads the arena it allocated (`print_allocations()` after `invoke()`), then
 compares:
 
@@ -14,7 +14,7 @@ compares:
   (the profile's planner before) predicted;
 * flash: `flash_bytes` with the `.tflite` size plus the profile's `runtime_flash_kb`.
 
-Networks come in two sets. *In-sample*: the networks the constants of `search.hardware.cost._tflm`
+Networks come in two sets. *In-sample*: the networks the constants of `search/hardware/cost/_tflm`
 (flatbuffer table sizes, the arena tail's per-tensor and per-op bytes) were fitted on, the four
 MLPerf Tiny references, an ST MobileNetV2 from the zoo, plans of the built-in digits task built
 with `search.compress.compress` (pruned, low-rank, students) and a user network with residual
@@ -38,18 +38,15 @@ from typing import Any
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from search.compress import compress, compressible_layers  # noqa: E402
-from search.hardware import (  # noqa: E402
+from search.compress import compress, compressible_layers
+from search.hardware import (
     REFERENCE_NETWORKS,
     estimate_cost,
     load_profile,
     reference_network,
 )
-from search.hardware.cost import full_integer  # noqa: E402
-from spaces import (  # noqa: E402
+from search.hardware.cost import full_integer
+from spaces import (
     ArchitectureConfig,
     CompressionPlan,
     LowRankConfig,
@@ -67,7 +64,7 @@ REFERENCES = (
     "fc_autoencoder",
     "st_mobilenet_v2_035_128",
 )
-# What the fitted constants of search.hardware.cost._tflm were fitted on (see the comment there).
+# What the fitted constants of search/hardware/cost/_tflm were fitted on (see the comment there).
 FITTED_ON = (
     "its 12 int8 networks (the benchmark's first version, dd81c33) and the two _Branchy models "
     "of tests/test_tflite.py; the float32 digits plan came with the float32 memory model "
@@ -265,7 +262,7 @@ def measure(
 ) -> dict[str, Any]:
     """One row: TFLM's arena and the .tflite size beside the predictions."""
     from search.errors import ConfigError
-    from search.export._tflite import TflmModel, convert, operators
+    from search.export import TflmModel, convert, operators
 
     model, shape, bits = build()
     int8 = full_integer(bits.values(), 8)  # what export --format tflite writes
@@ -352,7 +349,7 @@ def memory_section(
     fitted on them); `in_sample` gives the same figures over the networks it was fitted on.
     `only` ("in-sample" or "held-out") measures one set alone.
     """
-    from search.export._tflite import missing_extra
+    from search.export import missing_extra
 
     why = missing_extra()
     if why:

@@ -25,24 +25,23 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import _stamp  # this folder is on sys.path when run as a script
+import optuna
+import search_quality
+import torch
 
-import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
-import optuna  # noqa: E402
-import search_quality  # noqa: E402
-import torch  # noqa: E402
-
-from search.config import parse_experiment  # noqa: E402
-from search.objective import EARLY_STOP_MARGIN, TrialObjective  # noqa: E402
-from search.pipeline import (  # noqa: E402
+from search.config import parse_experiment
+from search.objective import EARLY_STOP_MARGIN, TrialObjective
+from search.pipeline import (
     checkpoint_at,
     prepare,
     recovery_schedule,
     train,
 )
-from search.study import load_space, load_target  # noqa: E402
-from search.tasks import load_task  # noqa: E402
+from search.study import load_space, load_target
+from search.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Per task: the accuracy tolerance and recovery of the runs the rule serves (the quickstart's
 # for digits, the search-quality benchmark's for gratings).

@@ -38,16 +38,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from search.config import load_experiment
+from search.record import TrialStatus
+from search.review import RunData, load_run
+from search.study import run_search
+from search.tasks import load_task
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from search.config import load_experiment  # noqa: E402
-from search.record import TrialStatus  # noqa: E402
-from search.review import RunData, load_run  # noqa: E402
-from search.study import run_search  # noqa: E402
-from search.tasks import load_task  # noqa: E402
 
 TARGETS = ("mcu", "phone", "cloud_gpu")
 RESULTS = ROOT / "experiments" / "results"

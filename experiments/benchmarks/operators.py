@@ -21,26 +21,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _stamp  # this folder is on sys.path when run as a script
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
-
-from search.compress import Compressed, compressible_layers, export_onnx  # noqa: E402
-from search.config import load_experiment  # noqa: E402
-from search.hardware import load_profile  # noqa: E402
-from search.pipeline import CALIBRATION_ROWS, build, cost_of, train  # noqa: E402
-from search.tasks import classification_metrics, load_task, predict  # noqa: E402
-from spaces import (  # noqa: E402
+from search.compress import Compressed, compressible_layers, export_onnx
+from search.config import load_experiment
+from search.hardware import load_profile
+from search.pipeline import CALIBRATION_ROWS, build, cost_of, train
+from search.tasks import classification_metrics, load_task, predict
+from spaces import (
     ArchitectureConfig,
     CompressionPlan,
     LowRankConfig,
     PruneConfig,
     QuantizeConfig,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROFILE = "mcu"  # for MACs and the cost model's latency; sizes are counted at the plan's bits
 

@@ -26,31 +26,28 @@ import copy
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import _stamp  # this folder is on sys.path when run as a script
 import numpy as np
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
-
-from search.hardware import (  # noqa: E402
+from search.hardware import (
     calibrate_host,
     estimate_cost,
     export_fp32_onnx,
     measure_onnx,
     write_profile,
 )
-from search.hardware.fit import Sample, fit_profile  # noqa: E402
-from search.hardware.graph import summarize  # noqa: E402
+from search.hardware.fit import Sample, fit_profile
+from search.hardware.graph import summarize
+
+REPO = Path(__file__).resolve().parents[2]
 
 RESULTS = REPO / "experiments" / "results"
 

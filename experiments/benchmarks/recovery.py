@@ -40,19 +40,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
-
-import _mobilenet_task  # noqa: E402
-import _stamp  # noqa: E402
+import _mobilenet_task
+import _stamp
 
 # Everything a task runs is imported here, before the worker processes fork: a worker then runs
 # the code as it was when the benchmark started, whatever is edited while it runs.
-import search.objective  # noqa: E402, F401
-import search.pipeline  # noqa: E402, F401
-import search.study  # noqa: E402, F401
+import search.objective  # noqa: F401
+import search.pipeline  # noqa: F401
+import search.study  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 
 OLD_DEFAULT = {"lr": 0.005, "student_lr": 0.01, "warmup": 0.0, "freeze_bn": None}
 BASE_LRS = (1e-5, 1e-4, 1e-3, 3e-3, 1e-2)  # plans of the trained network

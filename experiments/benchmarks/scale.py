@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -35,7 +36,6 @@ import random
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,21 +43,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _stamp  # this folder is on sys.path when run as a script
 import yaml
+from _scale_report import TARGETS, derive, markdown, median_of
+
+from search.parallel import audit_trials, threads_per_worker
+from search.record import failed_origin
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import _stamp  # noqa: E402  (this folder is on sys.path when run as a script)
-
-from search.parallel import audit_trials, threads_per_worker  # noqa: E402
-from search.record import failed_origin  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results"
 RECOVERY_EPOCHS = 3  # the quickstart's: a trial of a couple of seconds, not a DB round trip
 # (label, worker processes, torch threads per process; None = the CLI's cores // workers)
 CONFIGS = [("1w-2t", 1, None), ("1w-1t", 1, 1), ("2w-1t", 2, None)]
-TARGETS = {"speedup_2_workers": 1.7, "lost_trials": 0, "duplicate_trials": 0}
 
 SPACE = {
     "name": "scale",
@@ -127,6 +125,18 @@ def states(url: str, name: str) -> dict[int, str]:
 
 
 states.engines = {}  # type: ignore[attr-defined]
+
+
+def _postgres() -> Any:
+    """tests/_postgres.py, loaded from its file: the tests folder is the checkout's, not part of
+    the installed package, and is never put on sys.path."""
+    path = REPO / "tests" / "_postgres.py"
+    spec = importlib.util.spec_from_file_location("_postgres", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def children_cpu_s() -> float:
@@ -331,118 +341,6 @@ def kill_campaign(
     }
 
 
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.median(r[key] for r in runs), 3)
-
-
-def derive(result: dict[str, Any]) -> None:
-    """Figures computed from the measured runs: how much CPU each setting actually got. On a
-    shared machine a second worker can only help if a second core is free."""
-    tp = result["throughput"]
-    for r in tp["runs"]:
-        r["cores_used"] = round(r["cpu_s"] / r["wall_s"], 2)
-        r["trials_per_cpu_min"] = round(r["complete"] / r["cpu_s"] * 60, 2)
-    labels = list(tp["trials_per_min"])
-    by = {label: [r for r in tp["runs"] if r["config"] == label] for label in labels}
-    tp["cores_used"] = {label: _median(rs, "cores_used") for label, rs in by.items()}
-    tp["trials_per_cpu_min"] = {
-        label: _median(rs, "trials_per_cpu_min") for label, rs in by.items()
-    }
-    best, two = tp["best_single_process"], "2w-1t"
-    notes = [
-        f"CPU obtained (CPU seconds of the process tree / wall seconds): {tp['cores_used']}. "
-        f"The 2-worker runs got {tp['cores_used'][two]} cores against {tp['cores_used'][best]} "
-        f"for {best}: the speedup is bounded by that ratio "
-        f"({round(tp['cores_used'][two] / tp['cores_used'][best], 2)}) times the work per CPU "
-        f"second ({round(tp['trials_per_cpu_min'][two] / tp['trials_per_cpu_min'][best], 2)}: "
-        "the second process's start-up and the shared database).",
-        f"Load average {result['machine']['load_avg_before']} at the start on "
-        f"{result['machine']['cores']} cores: other work held part of the machine.",
-    ]
-    rate, per_cpu = tp["trials_per_min"], tp["trials_per_cpu_min"]
-    if rate["1w-2t"] < rate["1w-1t"]:
-        notes.append(
-            f"One process with 2 torch threads (the CLI's cores // jobs) ran "
-            f"{round(rate['1w-1t'] / rate['1w-2t'], 1)}x slower than with 1 thread and used "
-            f"{round(per_cpu['1w-1t'] / per_cpu['1w-2t'], 1)}x the CPU per trial: on small "
-            "models and a busy machine the second thread waits for a core instead of working."
-        )
-    result["notes"] = notes
-
-
-def markdown(result: dict[str, Any]) -> str:
-    tp, crash = result["throughput"], result["crash"]
-    names = {
-        "1w-2t": "1 process, 2 torch threads (the CLI's old default)",
-        "1w-1t": "1 process, 1 torch thread (the CLI's default)",
-        "2w-1t": "2 processes (--jobs 2), 1 torch thread each (the CLI's default)",
-    }
-    lines = [
-        "# Scale: workers on PostgreSQL, and kill-and-resume",
-        "",
-        f"At commit {result['machine'].get('commit', '?')}, {result['machine'].get('date', '?')}. "
-        f"Machine: {result['machine']['cores']} cores, shared with other work (load average "
-        f"{result['machine']['load_avg_before']} at the start, "
-        f"{result['machine']['load_avg_after']} at the end). Workload: the digits task, "
-        f"{result['workload']['trials_per_run']} trials per run, recovery "
-        f"{result['workload']['recovery_epochs']} epochs. Command: `{result['command']}`.",
-        "",
-        "| setting | trials/min (search) | trials/min (end to end) |",
-        "|---|---|---|",
-    ]
-    for label, name in names.items():
-        lines.append(
-            f"| {name} | {tp['trials_per_min'][label]} | "
-            f"{tp['trials_per_min_end_to_end'][label]} |"
-        )
-    lines += [
-        "",
-        f"**speedup_2_workers = {result['speedup_2_workers']}** (target >= "
-        f"{TARGETS['speedup_2_workers']}): 2 processes against the faster single-process "
-        f"setting ({tp['best_single_process']}). End to end "
-        f"{tp['speedup_2_workers_end_to_end']}; steady state (from the second worker's first "
-        f"trial) {tp['speedup_2_workers_steady']}; against 1 process with 2 threads "
-        f"{tp['speedup_vs_cli_default_single']}.",
-        "",
-        "| run (in order) | setting | complete | search s | wall s | CPU s | cores used | "
-        "trials/min | steady trials/min |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in tp["runs"]:
-        lines.append(
-            f"| {r['study']} | {r['config']} | {r['complete']} | {r['window_s']} | "
-            f"{r['wall_s']} | {r['cpu_s']} | {r['cores_used']} | "
-            f"{r['trials_per_min']} | {r['trials_per_min_steady']} |"
-        )
-    lines += [
-        "",
-        f"Kill and resume: a {crash['trials_requested']}-trial `run --jobs 2` search, "
-        f"SIGKILLed {crash['kills']} times inside running trials (after "
-        f"{crash['kill_after_complete']} completed), restarted at once each time.",
-        "",
-        "| lost_trials | duplicate_trials | complete | extra | killed mid-trial | retried | "
-        "stuck running | surviving workers |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {result['lost_trials']} | {result['duplicate_trials']} | {crash['complete']} | "
-        f"{crash['extra_complete']} | {len(crash['killed_running_trials'])} | "
-        f"{len(crash['killed_trials_retried'])} | {crash['stuck_running']} | "
-        f"{crash['orphan_workers']} |",
-        "",
-        "Extra: each worker finishes the trial it holds when the target is reached, so two "
-        "workers can end one over. Stuck running: killed trials whose 30 s grace period had "
-        "not passed when the search finished; the next run or worker fails and retries them. "
-        "Surviving workers: worker processes still alive 10 s after their parent was killed.",
-        "",
-    ]
-    if result.get("notes"):
-        lines += ["Notes:", "", *[f"- {n}" for n in result["notes"]], ""]
-    if result.get("real_sized"):  # written by scale_real.py
-        from scale_real import markdown as real_sized_markdown
-
-        lines += [real_sized_markdown(result["real_sized"])]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30, help="trials per throughput run")
@@ -474,9 +372,7 @@ def main() -> None:
     server = None
     url = args.storage
     if url is None:
-        from tests._postgres import start_server
-
-        server = start_server()
+        server = _postgres().start_server()
         url = server.create_database("scale")
         log(f"PostgreSQL on 127.0.0.1:{server.port} (throw-away, {server.root})")
     work = Path(tempfile.mkdtemp(prefix="scale-bench-"))
@@ -524,8 +420,8 @@ def main() -> None:
                 f"load {run['load_avg_after']}"
             )
         by = {label: [r for r in runs if r["config"] == label] for label, _j, _t in CONFIGS}
-        tpm = {label: _median(rs, "trials_per_min") for label, rs in by.items()}
-        e2e = {label: _median(rs, "trials_per_min_end_to_end") for label, rs in by.items()}
+        tpm = {label: median_of(rs, "trials_per_min") for label, rs in by.items()}
+        e2e = {label: median_of(rs, "trials_per_min_end_to_end") for label, rs in by.items()}
         best_one = max(("1w-2t", "1w-1t"), key=lambda k: tpm[k])
         result["throughput"] = {
             "configs": {
@@ -535,12 +431,12 @@ def main() -> None:
             "runs": runs,
             "trials_per_min": tpm,
             "trials_per_min_end_to_end": e2e,
-            "trials_per_min_2_workers_steady": _median(by["2w-1t"], "trials_per_min_steady"),
+            "trials_per_min_2_workers_steady": median_of(by["2w-1t"], "trials_per_min_steady"),
             "best_single_process": best_one,
             "speedup_vs_cli_default_single": round(tpm["2w-1t"] / tpm["1w-2t"], 3),
             "speedup_2_workers_end_to_end": round(e2e["2w-1t"] / e2e[best_one], 3),
             "speedup_2_workers_steady": round(
-                _median(by["2w-1t"], "trials_per_min_steady") / tpm[best_one], 3
+                median_of(by["2w-1t"], "trials_per_min_steady") / tpm[best_one], 3
             ),
         }
         # Against the faster of the two single-process settings: the gain from a second

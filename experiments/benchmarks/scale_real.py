@@ -44,10 +44,9 @@ from typing import Any
 
 import numpy as np
 import yaml
+from _scale_report import RECOVERY, VAL_SUBSET, markdown, real_sized_markdown
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments" / "benchmarks"))
 
 RESULTS = REPO / "experiments" / "results"
 SHAPE = (3, 224, 224)
@@ -56,8 +55,6 @@ SHARD = 1000
 CLASSES = 10
 EVAL_IMAGES = 1000  # validation and test: one shard each
 MODELS = ("resnet18", "mobilenet_v2")
-RECOVERY = {"steps": 2, "batch_size": 16, "early_stop": False}
-VAL_SUBSET = 64
 
 SPACE = {
     "name": "scale-real",
@@ -182,12 +179,11 @@ print("RESULT " + json.dumps(out))
 
 # The teacher options on a small case: online per step, or logits cached in a memory map.
 TEACHER = r"""
-import json, os, sys, tempfile, time
+import json, os, tempfile, time
 import numpy as np
 import torch
 torch.set_num_threads(1)
-sys.path.insert(0, os.getcwd())
-import realtask
+import realtask  # python -c: the current directory, the project, is first on sys.path
 
 ds = realtask.Shards("train", 256)
 teacher, student = realtask.resnet18().eval(), realtask.resnet18().train()
@@ -300,57 +296,6 @@ def experiment(project: Path, model: str, images: int) -> Path:
     return path
 
 
-def markdown(real: dict[str, Any]) -> str:
-    from search.record import TrialStatus
-
-    lines = [
-        "## Real-sized data: torchvision networks at 3x224x224, streamed from disk",
-        "",
-        f"Command: `{real['command']}`. {real['when']}, commit {real['commit']}, load average "
-        f"{real['load_avg_before']} before, {real['load_avg_after']} after, "
-        f"{real['cores']} cores shared with other work. Dataset: synthetic uint8 `.npy` "
-        f"shards on disk ({real['dataset_gb']} GB for {real['images'][-1]} training images), "
-        "read one image per `__getitem__`. Search: 3 trials, per-layer pruning and 8-bit "
-        f"weights, online distillation, `recovery.steps: {RECOVERY['steps']}` (batch "
-        f"{RECOVERY['batch_size']}), `task.val_subset: {VAL_SUBSET}`, 1 torch thread.",
-        "",
-        "| network | training images | peak RSS MB: after the stream / at the end | largest "
-        "loader worker MB | full stream of the training split | cost of the network s (cold "
-        "/ cached) | slowest build + cost of a trial s | 3-trial search s | trials trained "
-        "(repeats of a plan not counted) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in real["runs"]:
-        # A repeated plan is answered from its first trial; an enqueued plan left unrun has
-        # no status: neither is a trial the search ran.
-        ran = [t for t in r["trials"] if t["status"] not in (None, TrialStatus.DUPLICATE)]
-        trained = sum(t["status"] == TrialStatus.TRAINED for t in ran)
-        rate = round(r["stream_rows"] / max(r["stream_s"], 1e-9))
-        build = max((t["build_s"] or 0) for t in r["trials"])
-        lines.append(
-            f"| {r['model']} | {r['images']} | "
-            f"{r['peak_rss_after_stream_mb']} / {r['peak_rss_mb']} | "
-            f"{r['peak_rss_workers_mb']} | {r['stream_rows']} rows, {r['stream_s']} s "
-            f"({rate}/s) | {r['cost_s']} / {r['cost_cached_s']} | {build} | {r['search_s']} | "
-            f"{trained}/{len(ran)} |"
-        )
-    lines += ["", *[f"- {n}" for n in real["notes"]], ""]
-    t = real.get("teacher")
-    if t:
-        lines += [
-            "Distillation teacher, measured on a small case (ResNet-18, 256 images, batch "
-            f"{t['batch']}, 1 thread): online {t['online_teacher_s_per_step']} s per step "
-            f"(a student step is {t['student_step_s']} s); cached on disk: "
-            f"{t['cache_build_s_per_image']} s per image to build the memory-mapped file, "
-            f"then {t['cache_read_s_per_step']} s per step to read a batch's logits. Building "
-            f"the cache for {real['images'][-1]} images costs {t['cache_build_s_total']} s, "
-            f"repaid after {t['break_even_steps']} recovery steps in all. Chosen: online "
-            "(see the notes).",
-            "",
-        ]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50_000)
@@ -392,6 +337,9 @@ def main() -> None:
     project = Path(tempfile.mkdtemp(prefix="scale-real-"))
     (project / "realtask.py").write_text(TASK_PY)
     (project / "scale_real_space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    # Not the repository: the user's own task module, just written, imported as a user would
+    # to save its base weights. The task loader imports it by name from the experiment's folder
+    # too, but only inside load_task, which needs the weights written here.
     sys.path.insert(0, str(project))
     os.environ["SCALE_DATA"] = str(root)
     import realtask  # the task module just written
@@ -461,11 +409,9 @@ def write(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     if "throughput" in result:
-        from scale import markdown as scale_markdown
-
-        text = scale_markdown(result)
+        text = markdown(result)
     else:
-        text = markdown(result["real_sized"])
+        text = real_sized_markdown(result["real_sized"])
     (out / "scale.md").write_text(text)
 
 

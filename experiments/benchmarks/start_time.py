@@ -24,18 +24,17 @@ import sys
 import time
 from pathlib import Path
 
+import search_quality  # this folder is on sys.path when run as a script
+import torch
+
+from search import start
+from search.config import parse_experiment
+from search.objective import TrialObjective
+from search.pipeline import build, prepare, train
+from search.study import load_space, load_target
+from search.tasks import load_task
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import search_quality  # noqa: E402  (this folder is on sys.path when run as a script)
-import torch  # noqa: E402
-
-from search import start  # noqa: E402
-from search.config import parse_experiment  # noqa: E402
-from search.objective import TrialObjective  # noqa: E402
-from search.pipeline import build, prepare, train  # noqa: E402
-from search.study import load_space, load_target  # noqa: E402
-from search.tasks import load_task  # noqa: E402
 
 BUDGETS, RECOVERY = search_quality.BUDGETS, search_quality.RECOVERY  # the task it times
 

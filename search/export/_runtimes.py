@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ONNX_TOLERANCE", "onnx_into", "tflite_into"]
+__all__ = ["ONNX_TOLERANCE", "onnx_into", "tflite_into", "to_float16"]
 
 ONNX_TOLERANCE = 0.01  # a runtime vs PyTorch test accuracy: within 1 point
 
@@ -43,7 +43,7 @@ class _OnnxModel:
         return torch.from_numpy(out)
 
 
-def _to_float16(path: Path) -> None:
+def to_float16(path: Path) -> None:
     """Rewrite an fp32 ONNX file as float16 (its input and output stay float32)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -81,7 +81,7 @@ def onnx_into(
         symmetric=symmetric_int8(profile),
     )
     if float16:
-        _to_float16(tmp / "model.onnx")
+        to_float16(tmp / "model.onnx")
     onnx_test = task.evaluate(_OnnxModel(tmp / "model.onnx"), "test")
     onnx_gap = abs(float(onnx_test[primary]) - float(torch_test[primary]))
     if onnx_gap > ONNX_TOLERANCE:
