@@ -30,10 +30,10 @@ from spaces import (
     SearchSpace,
 )
 
-from ._io import atomic_write
 from .compress import Compressed, build_student, compressible_layers, export_onnx
 from .config import Experiment, Objective
 from .errors import ConfigError
+from .files import atomic_write
 from .hardware import (
     CostReport,
     HardwareProfile,

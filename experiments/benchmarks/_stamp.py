@@ -1,15 +1,11 @@
-"""The stamp every results file carries: the command, git commit, date and load average; and
-the results files written whole (`write_text`), with values JSON can hold (`jsonable`)."""
+"""The stamp every results file carries: the command, git commit, date and load average."""
 
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,34 +37,3 @@ def line(stamp: dict[str, Any]) -> str:
         f"`{stamp['command']}` at commit {stamp['commit']}, {stamp['date']}; load average "
         f"{stamp['load_avg_before']} before, {stamp.get('load_avg_after', '?')} after."
     )
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` whole or not at all: a fresh file beside it, renamed over it, so a
-    stopped run or a reader never sees half a results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_text(text)
-        # mkstemp makes the file private; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def jsonable(x: Any, *, inf: Any = None) -> Any:
-    """`x` with NaN written as null and +-inf as `inf` (null unless told): neither is JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else inf
-    if isinstance(x, Mapping):
-        return {str(k): jsonable(v, inf=inf) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v, inf=inf) for v in x]
-    return x

@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _stamp  # this folder is on sys.path when run as a script
 import numpy as np
 import yaml
 from _devices_report import markdown, readme_section, update_readme
 
+from search.files import atomic_write_text
 from search.hardware import HardwareProfile, load_profile, profile_from_dict
 from search.hardware.fit import (
     DEVICE_PRIORS,
@@ -296,7 +296,7 @@ def write_host_error(section: dict[str, Any]) -> None:
 def _replace_profile(path: Path, text: str) -> None:
     """Write a profile YAML whole, and only if it still loads (a bad edit leaves the old file)."""
     profile_from_dict(yaml.safe_load(text), file=str(path))  # raises on a bad edit
-    _stamp.write_text(path, text)
+    atomic_write_text(path, text)
 
 
 def main() -> None:

@@ -88,7 +88,8 @@ from _search_quality_stats import (
     ratio,
     trainings_to_reach,
 )
-from _stamp import jsonable
+
+from search.files import jsonable
 
 # What other code reads as search_quality.<name>: early_stop.py and start_time.py the
 # settings, the tests the figures.

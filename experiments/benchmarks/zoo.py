@@ -57,6 +57,8 @@ from _zoo_networks import (
 )
 from _zoo_report import document, families, first_error, group_summary, markdown, targets_met
 
+from search.files import atomic_write_text
+
 # What other code reads as zoo.<name> (the tests).
 __all__ = ["channels_removed", "families", "group_summary", "main", "measure", "targets_met"]
 
@@ -122,8 +124,8 @@ def _last_row(stdout: str) -> dict[str, Any] | None:
 
 def write(out: Path, doc: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _stamp.write_text(out / "zoo.json", json.dumps(doc, indent=1) + "\n")
-    _stamp.write_text(out / "zoo.md", markdown(doc))
+    atomic_write_text(out / "zoo.json", json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(out / "zoo.md", markdown(doc))
 
 
 def _progress(i: int, n: int, r: dict[str, Any]) -> str:

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_dir, plain
 from ..errors import ConfigError
+from ..files import atomic_write_dir, plain
 from ..record import primary_metric
 from ..review import RunData, TrialRecord, load_run, load_run_dir
 from . import _card

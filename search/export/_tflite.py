@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write
 from ..errors import ConfigError
+from ..files import atomic_write
 
 __all__ = [
     "Arena",

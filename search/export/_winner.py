@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_text, plain
 from ..errors import ConfigError
+from ..files import atomic_write_text, plain
 from ..record import primary_metric
 
 __all__ = [

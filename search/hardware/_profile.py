@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_text
 from .._resources import resolve
 from ..budgets import BUDGET_KEYS  # one list of budget names for experiments and profiles
 from ..errors import ConfigError
+from ..files import atomic_write_text
 
 OP_KINDS = ("conv", "dwconv", "linear", "elementwise")
 PRECISIONS = (4, 8, 16, 32)

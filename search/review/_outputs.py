@@ -8,7 +8,7 @@ from typing import Any
 
 from spaces import flatten_plan
 
-from .._io import atomic_write
+from ..files import atomic_write
 from ._page import render_report, render_target_index
 from ._run import RunData
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._format import cell
-from .._io import atomic_write
+from ..files import atomic_write
 from ..record import TrialRecord
 from ._figures import figures
 from ._plan_facts import FEATURES, latency_band, latency_error

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._format import number
-from .._io import jsonable
 from ..config import Objective
 from ..errors import ConfigError
+from ..files import jsonable
 from ..record import ACCURACY_DROP, ACCURACY_METRICS, COUNTED, TrialRecord, TrialStatus
 from ._geometry import Limit
 

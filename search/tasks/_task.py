@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import IterableDataset, TensorDataset
 
-from .._io import atomic_write
 from ..config import Experiment, UserTask
 from ..errors import ConfigError
+from ..files import atomic_write
 from ._data import DataSplit
 from ._digits import DigitsCNN, digits_splits
 from ._gratings import GratingsCNN, gratings_splits
