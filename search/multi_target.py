@@ -109,7 +109,7 @@ class MultiTargetObjective(TrialObjective):
             views[name] = {
                 StudyAttr.PROFILE: p.to_dict(),
                 StudyAttr.BUDGETS: budgets,
-                StudyAttr.BUDGET_LINES: budget_lines(base, budgets, base, p.hard_limits()),
+                StudyAttr.BUDGET_LINES: budget_lines(base, p.checked_budgets(budgets), base),
                 StudyAttr.CONSTRAINTS: [*self.target_constraints[name], *drop],
                 StudyAttr.BASE_METRICS: {**acc, **base},
                 StudyAttr.BUDGET_MARGIN: {

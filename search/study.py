@@ -485,7 +485,7 @@ def _record_study_attrs(
         # A multi-target study's own costs are relative to the base model: no line.
         StudyAttr.BUDGET_LINES: {}
         if exp.targets
-        else budget_lines(base_costs, objective.budgets, base_costs, profile.hard_limits()),
+        else budget_lines(base_costs, profile.checked_budgets(objective.budgets), base_costs),
     }
     if exp.targets:  # one study, several devices: what each target's view reads
         attrs[StudyAttr.TARGETS] = list(objective.profiles)

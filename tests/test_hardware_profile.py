@@ -243,3 +243,15 @@ def test_runtime_and_latency_error_round_trip(tmp_path: Path) -> None:
     assert back == p and back.runtime == data["runtime"]
     assert profile_from_dict(GOOD).latency_error_p90 is None  # both fields are optional
     assert profile_from_dict(GOOD).runtime is None
+
+
+def test_checked_budgets_are_cut_to_the_boards_limits() -> None:
+    from search.hardware import load_profile
+
+    mcu = load_profile("mcu")
+    limits = mcu.hard_limits()
+    checked = mcu.checked_budgets({"latency_ms": 15.0, "memory_kb": 10_000.0})
+    # An experiment's budget above the board's SRAM is cut to it; the flash, which the
+    # experiment leaves open, is the board's; the latency stays as asked.
+    assert checked == {"latency_ms": 15.0, **limits}
+    assert list(checked) == ["latency_ms", "memory_kb", "flash_kb"]

@@ -176,11 +176,9 @@ def test_budget_lines_are_in_the_metrics_units() -> None:
 
     base = {"latency_ms": 9.0, "weight_bytes": 1000.0, "flash_bytes": 1400.0}
     budgets = {"latency_ms": 10.0, "flash_kb": 64.0, "memory_kb": 512.0}
+    checked = {**budgets, "memory_kb": 320.0}  # the board's SRAM cuts the memory budget
     lines = budget_lines(
-        ["latency_ms", "flash_bytes", "weight_bytes", "memory_bytes"],
-        budgets,
-        base,
-        hard_limits={"memory_kb": 320.0},
+        ["latency_ms", "flash_bytes", "weight_bytes", "memory_bytes"], checked, base
     )
     # Flash holds more than the weights here: no line on the weights' axis.
     assert lines == {"latency_ms": 10.0, "flash_bytes": 64 * 1024, "memory_bytes": 320 * 1024}

@@ -329,6 +329,16 @@ class HardwareProfile:
             out["flash_kb"] = float(self.memory["flash_kb"])  # type: ignore[arg-type]
         return out
 
+    def checked_budgets(self, budgets: Mapping[str, float]) -> dict[str, float]:
+        """The budgets plans are checked against, in BUDGET_KEYS order: each one cut to the
+        board's own limit, and a limit the experiment sets no budget for added."""
+        limits = self.hard_limits()
+        out: dict[str, float] = {}
+        for key in BUDGET_KEYS:
+            if key in budgets or key in limits:
+                out[key] = min(float(budgets.get(key, math.inf)), limits.get(key, math.inf))
+        return out
+
     def aligned(self, in_channels: int, out_channels: int, groups: int) -> bool:
         """Whether a conv's channels suit the fast kernels (multiples of `channel_block`).
 

@@ -40,29 +40,25 @@ def budget_lines(
     metrics: Iterable[str],
     budgets: Mapping[str, float],
     base_costs: Mapping[str, float],
-    hard_limits: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Each cost metric's budget in the metric's own units (the study attr `budget_lines`).
 
-    `budgets` are the experiment's budgets; `hard_limits` the board's own caps, which cut them
-    as they cut the plans' constraints (`hardware.constraint_values`). A budget on the figure
+    `budgets` are those the plans were checked against (`HardwareProfile.checked_budgets`: the
+    experiment's, cut to the board's own limits). A budget on the figure
     itself converts by its scale (`memory_kb` -> bytes). A figure a budget bounds from above
     (`LIMITED_BY`: the weights within the flash) gets that budget's line only where it is the
     same figure for the base model (the flash holds the weights and nothing else), so the line
     is exact rather than a loose bound.
     """
-    checked = dict(budgets)
-    for key, cap in (hard_limits or {}).items():
-        checked[key] = min(float(checked.get(key, cap)), float(cap))
     out: dict[str, float] = {}
     for metric in metrics:
         for key, m in BUDGET_METRICS.items():
-            if key not in checked:
+            if key not in budgets:
                 continue
             direct = m.metric == metric
             bounds = LIMITED_BY.get(metric) == key and _same(base_costs, metric, m.metric)
             if direct or bounds:
-                out[metric] = float(checked[key]) * m.scale
+                out[metric] = float(budgets[key]) * m.scale
     return out
 
 

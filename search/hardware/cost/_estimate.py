@@ -272,14 +272,13 @@ def constraint_values(
     figures: dict[str, float] = dict(cost.metrics())
     figures["latency_ms"] = cost.latency_ms * (1.0 + latency_margin)
     value = {key: figures[m.metric] / m.scale for key, m in BUDGET_METRICS.items()}
-    limits = profile.hard_limits() if profile is not None else {}
+    checked = (
+        profile.checked_budgets(budgets)
+        if profile is not None
+        else {key: float(budgets[key]) for key in BUDGET_KEYS if key in budgets}
+    )
     out: dict[str, float] = {}
-    for key in BUDGET_KEYS:
-        if key not in budgets and key not in limits:
-            continue
-        budget = float(budgets.get(key, math.inf))
-        if key in limits:
-            budget = min(budget, limits[key])
+    for key, budget in checked.items():
         if budget <= 0:
             raise ValueError(f"budget {key} must be > 0, got {budget}")
         out[key] = value[key] / budget - 1.0
