@@ -102,6 +102,7 @@ def _fitted_figures(p: HardwareProfile) -> dict[str, Any]:
         "model_overhead_us": p.model_overhead_us,
         "output_overhead_ns": p.output_overhead_ns,
         "saturation_outputs": p.saturation_outputs,
+        "flash_read_ns_per_byte": p.flash_read_ns_per_byte,
         "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
     }
 
@@ -256,12 +257,9 @@ def write_profile_figures(name: str, profile: HardwareProfile) -> None:
                 line = (
                     f"output_overhead_ns: {profile.output_overhead_ns:g}  # fitted by devices.py"
                 )
-            if block == "saturation_outputs":
-                line = re.sub(
-                    r"^saturation_outputs: [^ #]+",
-                    f"saturation_outputs: {profile.saturation_outputs:g}",
-                    line,
-                )
+            for key in ("saturation_outputs", "flash_read_ns_per_byte"):
+                if block == key:
+                    line = re.sub(rf"^{key}: [^ #]+", f"{key}: {getattr(profile, key):g}", line)
         else:
             m = re.match(r"^  ([a-z]+): ", line)
             if m and block == "efficiency":

@@ -29,8 +29,9 @@ _FIELDS_DOC = (
     "name, description, sources, peak_macs_per_s, native_precisions, fallback_precision, "
     "bandwidth_bytes_per_s, efficiency, layer_overhead_us, model_overhead_us, threads, batch, "
     "memory, weights_in, runtime_flash_kb, budgets, sparse_support, depthwise_in_place, "
-    "fused_add, fused_activation, channel_block, unaligned_efficiency, output_overhead_ns, "
-    "saturation_outputs, runtime, latency_error, memory_planner"
+    "fused_add, fused_activation, concat_in_place, fused_pointwise, channel_block, "
+    "unaligned_efficiency, output_overhead_ns, saturation_outputs, flash_read_ns_per_byte, "
+    "runtime, latency_error, memory_planner"
 )
 RUNTIME_KEYS = ("name", "version", "note")
 LATENCY_ERROR_KEYS = ("p90", "source", "rows")
@@ -105,6 +106,14 @@ class HardwareProfile:
     # HTP): those kernels cost nothing (`Kernel.fused_activation`). Off: each is a pass over
     # memory, as in ONNX Runtime and TFLite.
     fused_activation: bool = False
+    # The runtime writes each input of a concat straight into its slice of the output buffer
+    # (TensorRT's concatenation elimination): a concat is no pass over memory
+    # (`Kernel.concat`). Off: it copies its inputs, as ONNX Runtime and TFLite do.
+    concat_in_place: bool = False
+    # The runtime runs an activation in the pass of the element-wise op before it (TensorRT's
+    # Scale + Activation and pointwise fusions: DenseNet's batch norm + ReLU on a concat, which
+    # no conv absorbs, is one kernel) (`Kernel.follows_pointwise`). Off: two passes.
+    fused_pointwise: bool = False
     channel_block: int = 1
     unaligned_efficiency: Mapping[str, float] = field(
         default_factory=lambda: {"conv": 1.0, "dwconv": 1.0}
@@ -116,6 +125,10 @@ class HardwareProfile:
     # smaller layer (at batch 1, a late layer of a classifier) leaves SMs idle and takes as long
     # per MAC as if it had that many outputs (wave quantization); 0: no such rule.
     saturation_outputs: float = 0.0
+    # MCUs whose kernels read weights from flash with wait states the caches do not hide: time
+    # per weight byte read once per inference, on top of the MAC work (what makes a 1,000-class
+    # classifier head slow on an STM32H7); 0: no such cost.
+    flash_read_ns_per_byte: float = 0.0
     # The software the latencies are for ({name, version, note}): the same chip runs a network
     # 2-4x faster or slower under another runtime, so a profile is calibrated on one.
     runtime: Mapping[str, str] | None = None
@@ -248,7 +261,8 @@ class HardwareProfile:
                 for k in UNALIGNED_KINDS
             },
         )
-        for key in ("sparse_support", "depthwise_in_place", "fused_add", "fused_activation"):
+        flags = ("sparse_support", "depthwise_in_place", "fused_add", "fused_activation")
+        for key in (*flags, "concat_in_place", "fused_pointwise"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f, key, "must be true or false")
         if self.memory_planner not in MEMORY_PLANNERS:
@@ -266,6 +280,11 @@ class HardwareProfile:
             self,
             "saturation_outputs",
             _number(f, "saturation_outputs", self.saturation_outputs, lo=0.0),
+        )
+        object.__setattr__(
+            self,
+            "flash_read_ns_per_byte",
+            _number(f, "flash_read_ns_per_byte", self.flash_read_ns_per_byte, lo=0.0),
         )
         if self.runtime is not None:
             rt = _mapping(f, "runtime", self.runtime, RUNTIME_KEYS)

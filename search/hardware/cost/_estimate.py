@@ -122,6 +122,7 @@ def price_kernels(
             compute_s *= profile.occupancy_factor(k.out_elems * batch_scale)  # idle GPU SMs
             memory_s = moved / bw
             t = max(compute_s, memory_s) + profile.layer_overhead_us[k.kind] * 1e-6
+            t += wbytes * profile.flash_read_ns_per_byte * 1e-9  # weights read from flash
             # Requantizing and storing each output (an MCU's scalar epilogue) is not MAC work.
             t += k.out_elems * batch_scale * profile.output_overhead_ns * 1e-9
         elif folded(k, profile):
@@ -162,6 +163,10 @@ def folded(k: Kernel, profile: HardwareProfile) -> bool:
     if k.kind in COMPUTE_KINDS:
         return False
     if k.residual and profile.fused_add and _fusable(k, profile):
+        return True
+    if k.concat and profile.concat_in_place:
+        return True
+    if k.follows_pointwise and profile.fused_pointwise:
         return True
     return k.fused_activation and profile.fused_activation
 

@@ -44,10 +44,11 @@ class Sample:
 
 
 def kernel_terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np.ndarray, ...]]:
-    """Per op kind: compute seconds at efficiency 1, bytes moved, and an unaligned-conv mask."""
+    """Per op kind: compute seconds at efficiency 1, bytes moved, an unaligned-conv mask, output
+    elements and weight bytes."""
     act = sample.activation_bits / 8
-    rows: dict[str, tuple[list[float], list[float], list[int], list[float]]] = {
-        k: ([], [], [], []) for k in OP_KINDS
+    rows: dict[str, tuple[list[float], list[float], list[int], list[float], list[float]]] = {
+        k: ([], [], [], [], []) for k in OP_KINDS
     }
     s = sample.batch_scale
     for k in sample.kernels:
@@ -65,6 +66,7 @@ def kernel_terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np
             )
             rows[k.kind][2].append(0 if not off else (1 if k.groups <= 1 else 2))
             rows[k.kind][3].append(k.out_elems * s)
+            rows[k.kind][4].append(wbytes)
         elif folded(k, profile):
             continue  # run inside a conv: no pass of its own (as price_kernels prices it)
         else:
@@ -72,9 +74,10 @@ def kernel_terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np
             rows["elementwise"][1].append((k.in_elems + k.out_elems) * act * s)
             rows["elementwise"][2].append(0)
             rows["elementwise"][3].append(0.0)
+            rows["elementwise"][4].append(0.0)
     return {
-        k: (np.asarray(c), np.asarray(m), np.asarray(u, dtype=int), np.asarray(o))
-        for k, (c, m, u, o) in rows.items()
+        k: (np.asarray(c), np.asarray(m), np.asarray(u, dtype=int), np.asarray(o), np.asarray(w))
+        for k, (c, m, u, o, w) in rows.items()
     }
 
 
@@ -87,11 +90,13 @@ def predict_s(
     inv_unaligned: tuple[float, float] = (1.0, 1.0),
     output_s: float = 0.0,
     saturation: float = 0.0,
+    flash_s: float = 0.0,
 ) -> float:
     """The latency in seconds of one sample's `kernel_terms` under the given figures (what
-    `price_kernels` prices; `saturation` is `saturation_outputs`)."""
+    `price_kernels` prices; `saturation` is `saturation_outputs`, `flash_s` the seconds per
+    weight byte of `flash_read_ns_per_byte`)."""
     total = model_s
-    for kind, (c, b, unaligned, outs) in terms.items():
+    for kind, (c, b, unaligned, outs, wbytes) in terms.items():
         if not len(c):
             continue
         if kind == "elementwise":
@@ -103,6 +108,7 @@ def predict_s(
             scale = inv_eff[kind] * factor
             total += float(np.maximum(c * scale, b / bandwidth).sum())
             total += float(outs.sum()) * output_s
+            total += float(wbytes.sum()) * flash_s
         total += len(c) * over_s[kind]
     return total
 
@@ -173,7 +179,17 @@ def fit_profile(
         out_s = base.output_overhead_ns * 1e-9
         pred = np.asarray(
             [
-                predict_s(t, inv, over, model, bw, inv_un, out_s, base.saturation_outputs)
+                predict_s(
+                    t,
+                    inv,
+                    over,
+                    model,
+                    bw,
+                    inv_un,
+                    out_s,
+                    base.saturation_outputs,
+                    base.flash_read_ns_per_byte * 1e-9,
+                )
                 for t in terms
             ]
         )
@@ -231,6 +247,7 @@ def predicted_ms(sample: Sample, profile: HardwareProfile) -> float:
         ),
         profile.output_overhead_ns * 1e-9,
         profile.saturation_outputs,
+        profile.flash_read_ns_per_byte * 1e-9,
     )
     return pred * 1e3
 

@@ -34,6 +34,7 @@ from ._op_rules import (
     conv_macs,
     is_activation,
     is_add,
+    is_cat,
     is_epilogue_activation,
     is_folded_module,
     is_gate,
@@ -258,6 +259,14 @@ class _Walk:
         if residual:
             self.residual_nodes.add(n)
         fused = not residual and self.fused_activation(step)
+        follows = (
+            not residual
+            and not fused
+            and is_activation(n, self.modules)
+            and len(ins) == 1
+            and self.kind_of.get(ins[0]) == "elementwise"
+            and len(self.users[ins[0]]) == 1
+        )
         self.kernels.append(
             Kernel(
                 name=n.name,
@@ -267,6 +276,8 @@ class _Walk:
                 out_elems=step.out_elems,
                 residual=residual,
                 fused_activation=fused,
+                concat=is_cat(n),
+                follows_pointwise=follows,
                 out_channels=int(out_shape[1]) if len(out_shape) == 4 else 0,
             )
         )

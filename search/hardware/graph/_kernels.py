@@ -29,6 +29,13 @@ class Kernel:
     # Qualcomm QNN on the Hexagon HTP) run it in that conv's output stage. A squeeze-excite
     # channel scale is not one: its scale exists only once the whole conv output is pooled.
     fused_activation: bool = False
+    # A concatenation: a `concat_in_place` runtime (TensorRT) has its producers write into the
+    # output buffer, so it moves no bytes of its own.
+    concat: bool = False
+    # An activation whose only input is an element-wise kernel's output that nothing else
+    # reads (a batch norm no conv absorbs, then ReLU): a `fused_pointwise` runtime runs both
+    # in one pass.
+    follows_pointwise: bool = False
     in_channels: int = 0  # convs: for the channel-alignment rule
     groups: int = 1
 

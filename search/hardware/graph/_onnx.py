@@ -201,6 +201,7 @@ def onnx_kernels(path: str | Path, *, batch: int = 1) -> OnnxKernels:
     conv_out: set[str] = set()  # outputs of convs (and what fused into them)
     residual_out: set[str] = set()  # outputs of adds/activations a runtime may fold into a conv
     group_root: dict[str, tuple[str, int]] = {}  # element-wise output -> (its one input, kernel)
+    elementwise_out: set[str] = set()  # outputs of element-wise kernels
 
     def sole_consumer(tensor: str) -> bool:
         return len(consumers.get(tensor, [])) == 1 and tensor not in {o.name for o in graph.output}
@@ -328,6 +329,7 @@ def onnx_kernels(path: str | Path, *, batch: int = 1) -> OnnxKernels:
             moved = sum(numel(o) for o in n.output if o)
             kernels.append(Kernel(name, "elementwise", 0, moved, moved))
             continue
+        fused = op in _EPILOGUE and folds
         kernels.append(
             Kernel(
                 name=name,
@@ -336,10 +338,18 @@ def onnx_kernels(path: str | Path, *, batch: int = 1) -> OnnxKernels:
                 in_elems=sum(numel(i) for i in ins),
                 out_elems=sum(numel(o) for o in n.output if o),
                 residual=residual,
-                fused_activation=op in _EPILOGUE and folds,
+                fused_activation=fused,
+                concat=op == "Concat",
+                follows_pointwise=not residual
+                and not fused
+                and op in _FUSABLE
+                and len(ins) == 1
+                and ins[0] in elementwise_out
+                and sole_consumer(ins[0]),
                 out_channels=int(shapes[out][1]) if len(shapes.get(out, ())) == 4 else 0,
             )
         )
+        elementwise_out.update(o for o in n.output if o)
         if len(ins) == 1 and pointwise:
             for o in n.output:
                 group_root[o] = (ins[0], len(kernels) - 1)

@@ -176,6 +176,10 @@ def is_activation(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return n.op == "call_method" and n.target in FUSABLE_METHODS
 
 
+def is_cat(n: fx.Node) -> bool:
+    return n.op == "call_function" and n.target in (torch.cat, torch.concat, torch.concatenate)
+
+
 def is_split(n: fx.Node) -> bool:
     if n.op == "call_method":
         return n.target in ("chunk", "split", "unbind", "tensor_split", "split_with_sizes")
