@@ -30,7 +30,13 @@ from spaces import (
     SearchSpace,
 )
 
-from .compress import Compressed, build_student, compressible_layers, export_onnx
+from .compress import (
+    Compressed,
+    Structures,
+    build_student,
+    compressible_layers,
+    export_onnx,
+)
 from .config import Experiment, Objective
 from .errors import ConfigError
 from .files import atomic_write
@@ -150,6 +156,7 @@ class TrialObjective:
         self.config_error: ConfigError | None = None
         self.primary = primary_metric(exp.objectives)
         self._layers: dict[ArchitectureConfig, list[LayerInfo]] = {}
+        self._structures = Structures()  # builds before quantization, shared by the trials
         base_cost = estimate_cost(task.base_model, task.input_shape, profile)
         # The search evaluates on the task's fixed validation subset (all of it by default).
         self.baseline = Baseline(task.evaluate(task.base_model, "val", subset=True), base_cost)
@@ -241,7 +248,7 @@ class TrialObjective:
         Activation ranges are left unset (costing needs none); training sets them, and
         `calibrate_build` does when the untrained model must run quantized.
         """
-        compressed = build(plan, self.task, calibrate=False)
+        compressed = build(plan, self.task, calibrate=False, structures=self._structures)
         return compressed, cost_of(compressed, self.task, self.profile)
 
     def measured(self, compressed: Compressed, cost: CostReport) -> CostReport:

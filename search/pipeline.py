@@ -15,7 +15,7 @@ from torch import nn
 
 from spaces import CompressionPlan
 
-from .compress import Compressed, calibrate, compress, distillation_loss
+from .compress import Compressed, Structures, calibrate, compress, distillation_loss
 from .config import Recovery, Schedule
 from .hardware import CostReport, HardwareProfile, estimate_cost
 from .tasks import Task, fit, reestimate_batchnorm
@@ -26,11 +26,18 @@ BUILD_ROWS = 64  # build: graph tracing, Taylor importance, first ranges (cheap 
 BATCHNORM_ROWS = 512  # training rows that re-estimate a pruned network's BatchNorm statistics
 
 
-def build(plan: CompressionPlan, task: Task, *, calibrate: bool = True) -> Compressed:
+def build(
+    plan: CompressionPlan,
+    task: Task,
+    *,
+    calibrate: bool = True,
+    structures: Structures | None = None,
+) -> Compressed:
     """Apply the plan's operators to a copy of the base model (architecture -> ... -> quantize).
 
     `calibrate=False` skips the activation ranges: the cheap half of a trial only needs the
-    structure and bit widths to be costed (see `calibrate_build` for the rest).
+    structure and bit widths to be costed (see `calibrate_build` for the rest). `structures`
+    (one per task) keeps each structure built, for plans that differ only in bit widths.
     """
     x, y = task.rows(BUILD_ROWS)
     return compress(
@@ -41,6 +48,7 @@ def build(plan: CompressionPlan, task: Task, *, calibrate: bool = True) -> Compr
         calib_inputs=x,
         grad_batch=(x, y),
         calibrate=calibrate,
+        structures=structures,
     )
 
 

@@ -5,7 +5,8 @@ rest of the network's plans (the allocation checked on the real cost model, the 
 and the accuracy before training that picks between them), and the students; then each of the
 network's start plans is readied and trained once with the recovery search_quality.py gives
 every arm, timed the same way, in the same process, one torch thread. Issue 21's target: the
-whole start under 10 % of one training. Repeated `--repeats` times, side by side; medians reported.
+whole start under 10 % of one training. Repeated `--repeats` times, side by side, each from cold
+caches (a new objective, no cached graph summary or SVD); medians reported.
 
 Run from the repository root:
     python experiments/benchmarks/start_time.py
@@ -28,7 +29,9 @@ import search_quality  # this folder is on sys.path when run as a script
 import torch
 
 from search import start
+from search.compress import clear_svd_cache
 from search.config import parse_experiment
+from search.hardware.graph import clear_cache
 from search.objective import TrialObjective
 from search.pipeline import build, prepare, train
 from search.study import load_space, load_target
@@ -62,9 +65,12 @@ def main() -> None:
         str(Path(__file__).resolve()),
     )
     task = load_task(exp, log=print)
-    objective = TrialObjective(exp, task, load_space(exp), load_target(exp))
     rows = []
     for r in range(args.repeats):
+        # Each repeat is a new study's start: nothing built, costed or factorised before.
+        clear_cache()
+        clear_svd_cache()
+        objective = TrialObjective(exp, task, load_space(exp), load_target(exp))
         t0 = time.perf_counter()
         plans, sens = start.network_plans(objective, log=lambda _m: None)
         t1 = time.perf_counter()

@@ -7,17 +7,20 @@ is the recovery loss. Each operator is one private module with one config type, 
 """
 
 from ._architecture import build_student
-from ._compress import Compressed, compress
+from ._compress import Compressed, Structures, compress
 from ._distillation import distillation_loss
 from ._export import export_onnx, folded, int8_weight_bits
 from ._layers import compressible_layers, full_rank
+from ._lowrank import clear_svd_cache
 from ._quantization import calibrate, fake_quant_weight
 from ._registry import register_handler
 
 __all__ = [
     "Compressed",
+    "Structures",
     "build_student",
     "calibrate",
+    "clear_svd_cache",
     "compress",
     "compressible_layers",
     "distillation_loss",

@@ -11,6 +11,8 @@ the weight seen as an (in*kh) x (out*kw) matrix); a 1x1 conv has no spatial exte
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -29,10 +31,35 @@ from ._layers import (
 )
 from ._registry import Context, register_handler
 
+SVD_CACHE_BYTES = 128 * 2**20
+_svds: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+
+
+def _svd(w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The SVD of `w2d` in float64, kept by content: a study factorises the same trained
+    weights at several ranks and in many plans, and recomputing gives the same numbers."""
+    w = w2d.detach().double()
+    data = w.contiguous().cpu().numpy().tobytes()
+    key = (tuple(w.shape), hashlib.blake2b(data, digest_size=16).digest())
+    hit = _svds.get(key)
+    if hit is not None:
+        _svds.move_to_end(key)
+        return hit
+    out = torch.linalg.svd(w, full_matrices=False)
+    _svds[key] = (out[0], out[1], out[2])
+    while sum(sum(t.numel() * 8 for t in v) for v in _svds.values()) > SVD_CACHE_BYTES:
+        _svds.popitem(last=False)
+    return _svds[key]
+
+
+def clear_svd_cache() -> None:
+    """Forget every SVD kept (a benchmark that times a cold start)."""
+    _svds.clear()
+
 
 def _split(w2d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """w2d ~= a @ b with a: (m, rank), b: (rank, n); singular values split evenly."""
-    u, s, vh = torch.linalg.svd(w2d.double(), full_matrices=False)
+    u, s, vh = _svd(w2d)
     root = s[:rank].sqrt()
     return (u[:, :rank] * root).to(w2d.dtype), (root[:, None] * vh[:rank]).to(w2d.dtype)
 
