@@ -22,21 +22,44 @@ from collections import OrderedDict
 from typing import Any
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ._fx_summary import summarize_fx
 from ._hooks import summarize_hooks
 from ._kernels import GraphSummary
-from ._op_rules import bias_numel
+from ._op_rules import bias_numel, is_folded_module
 
 # Cache per model structure: the search costs many plans whose models share a structure.
 _CACHE: OrderedDict[Any, GraphSummary] = OrderedDict()
 _CACHE_SIZE = 128
 
 
+def _bookkeeping(m: nn.Module) -> bool:
+    """Fake quant and observers, and parametrization containers holding only those: folded into
+    the int kernels, they change no kernel and no buffer, so plans that differ only in bit
+    widths share one summary."""
+    if is_folded_module(m):
+        return True
+    if not isinstance(m, (parametrize.ParametrizationList, nn.ModuleDict)):
+        return False
+    kids = list(m.modules())[1:]
+    return bool(kids) and all(_bookkeeping(k) for k in kids)
+
+
+def _type_name(m: nn.Module) -> str:
+    """The class name, that of the layer before `parametrize` wrapped it where every
+    parametrization is bookkeeping."""
+    if parametrize.is_parametrized(m) and _bookkeeping(m.parametrizations):
+        return type(m).__bases__[0].__name__
+    return type(m).__name__
+
+
 def _structure_key(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
     parts: list[Any] = [type(model).__module__, type(model).__qualname__, tuple(input_shape)]
     for name, m in model.named_modules():
-        row: tuple[Any, ...] = (name, type(m).__name__)
+        if _bookkeeping(m):
+            continue
+        row: tuple[Any, ...] = (name, _type_name(m))
         if isinstance(m, nn.modules.conv._ConvNd):
             row += (
                 m.in_channels,
