@@ -3,6 +3,8 @@ the trained weights. A build from the caches is the build from scratch, to the l
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from search.compress import Structures, _lowrank, compress, compressible_layers
@@ -87,3 +89,24 @@ def test_each_svd_is_computed_once() -> None:
     )
     _lowrank._split(w + 1e-3, 4)  # other weights: another entry
     assert len(_lowrank._svds) == 2
+
+
+def test_plans_that_differ_only_in_bit_widths_share_one_graph_summary() -> None:
+    """The summary is read once per structure, and it is the one each plan would get alone."""
+    from search.hardware.graph import _summarize, clear_cache, summarize
+
+    base, x, y = _setup("resconcat")
+    shape = (1, *ResConcatNet.input_shape)
+    models = [_build(_plan(base, bits), base, x, y).model for bits in (8, 4, 32)]
+    alone = []
+    for m in models:
+        clear_cache()
+        alone.append(summarize(m, shape))
+    clear_cache()
+    shared = [summarize(m, shape) for m in models]
+    assert len(_summarize._CACHE) == 1
+    assert shared == alone
+    plan = _plan(base, 8)
+    sparse = replace(plan, prune=replace(plan.prune, sparsity=0.5))  # masks are not bookkeeping
+    summarize(_build(sparse, base, x, y).model, shape)
+    assert len(_summarize._CACHE) == 2
