@@ -49,7 +49,8 @@ def _bookkeeping(m: nn.Module) -> bool:
 def _type_name(m: nn.Module) -> str:
     """The class name, that of the layer before `parametrize` wrapped it where every
     parametrization is bookkeeping."""
-    if parametrize.is_parametrized(m) and _bookkeeping(m.parametrizations):
+    held = getattr(m, "parametrizations", None)
+    if parametrize.is_parametrized(m) and isinstance(held, nn.Module) and _bookkeeping(held):
         return type(m).__bases__[0].__name__
     return type(m).__name__
 
