@@ -4,6 +4,7 @@ the device fit (`predicted_ms`) price them alike, from either view of the graph.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,4 +115,50 @@ def test_the_fit_frees_the_flash_cost_only_where_the_base_has_one() -> None:
     without, kept = worst_error(0.0)
     assert kept == 0.0
     assert fitted > 2.0
+    assert with_term < without
+
+
+def test_a_delegate_pays_for_the_input_it_is_handed(tmp_path: Path) -> None:
+    """`input_ns_per_byte`: an int8 network is handed 1 byte an input element, any other a
+    float32 tensor (4 bytes, even computed in fp16); the search and the fit price it alike, and
+    both views of the graph count the same input."""
+    base = load_profile("phone_npu").with_updates(input_ns_per_byte=0.0)
+    slow = base.with_updates(input_ns_per_byte=0.5)
+    net = _classifier(10)
+    elems = 3 * 12 * 12
+    kernels = summarize(net, (1, *SHAPE)).kernels
+    onnx_view = onnx_kernels(export_fp32_onnx(net, SHAPE, tmp_path / "c.onnx"))
+    assert onnx_view.input_elems == elems
+    for act, width in ((8, 1), (16, 4), (32, 4)):
+        bits = {"0": act, "4": act}
+        plain = estimate_cost(net, SHAPE, base, layer_bits=bits, activation_bits=act)
+        cost = estimate_cost(net, SHAPE, slow, layer_bits=bits, activation_bits=act)
+        assert cost.latency_ms - plain.latency_ms == pytest.approx(elems * width * 0.5e-6)
+        sample = Sample("c", kernels, 1.0, bits, act, input_elems=elems)
+        assert predicted_ms(sample, slow) == pytest.approx(cost.latency_ms, rel=1e-9)
+
+
+def test_the_fit_frees_the_input_cost_only_where_the_base_has_one() -> None:
+    """Networks measured as int8 and as float on a delegate that pays 0.5 ns per input byte: from
+    a start of 0.1 ns the fit raises the term and fits better than a base without it, which
+    the fit leaves at 0."""
+    truth = load_profile("phone_npu").with_updates(input_ns_per_byte=0.5)
+    samples = []
+    for side, classes in ((8, 10), (16, 10), (32, 100)):
+        shape = (3, side, side)
+        kernels = summarize(_classifier(classes), (1, *shape)).kernels
+        for act in (8, 16):
+            bits = {"0": act, "4": act}
+            s = Sample(f"c{side} {act}", kernels, 1.0, bits, act, input_elems=3 * side * side)
+            samples.append(replace(s, measured_ms=predicted_ms(s, truth)))
+
+    def worst_error(start: float) -> tuple[float, float]:
+        fit = fit_device(samples, truth.with_updates(input_ns_per_byte=start))
+        worst = max(abs(fit.predict_ms(s) / s.measured_ms - 1) for s in samples)
+        return worst, fit.profile.input_ns_per_byte
+
+    with_term, fitted = worst_error(0.1)
+    without, kept = worst_error(0.0)
+    assert kept == 0.0
+    assert fitted > 0.1
     assert with_term < without

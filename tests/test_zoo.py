@@ -112,6 +112,21 @@ TORCHVISION_CLASSIFIERS = {
     "mnasnet0_5": (0.104e9, 2_218_512),
     "mnasnet1_0": (0.314e9, 4_383_312),
     "efficientnet_b3": (1.827e9, 12_233_232),
+    # Phone NPU rows (Qualcomm AI Hub): GoogLeNet without its auxiliary heads
+    "googlenet": (1.498e9, 6_624_904),
+    "regnet_x_3_2gf": (3.177e9, 15_296_552),
+    "regnet_y_800mf": (0.834e9, 6_432_512),
+    "resnext101_32x8d": (16.414e9, 88_791_336),
+    "wide_resnet50_2": (11.398e9, 68_883_240),
+    "convnext_tiny": (4.456e9, 28_589_128),
+}
+# AI Hub runs every classifier at 224x224, where torchvision publishes no count for these: their
+# parameters (Inception-V3 less its auxiliary head: 1x1 768->128 and 5x5 128->768 convs with
+# BN, 98,304 + 256 + 2,457,600 + 1,536, and fc 768->1000, 769,000: 3,326,696).
+AT_224 = {
+    "inception_v3_224": 27_161_264 - 3_326_696,
+    "efficientnet_b4_224": 19_341_616,
+    "efficientnet_v2_s_224": 21_458_488,
 }
 # The fast suite takes those under a second each here; the VGGs (seconds to initialise 133 M
 # random parameters), DenseNets and ResNet-101/152 are slow.
@@ -126,6 +141,7 @@ QUICK_CLASSIFIERS = {
     "mnasnet0_5",
     "mnasnet1_0",
     "efficientnet_b3",
+    "regnet_y_800mf",
 }
 
 
@@ -150,6 +166,20 @@ def test_torchvision_classifiers_match_published_counts(name: str) -> None:
     # Within the published figure's rounding (half its last digit, 0.5 M MACs).
     assert sum(k.macs for k in summary.kernels) == pytest.approx(want_macs, rel=0, abs=0.5e6)
     assert sum(p.numel() for p in model.parameters()) == want_params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(AT_224))
+def test_classifiers_at_ai_hubs_input_size(name: str) -> None:
+    """The published parameters, and every conv traced: the summary's multiply-adds are those
+    the meta-device count gives at 224x224 (plus the classifier's fc)."""
+    model = reference_network(name)
+    assert REFERENCE_NETWORKS[name].input_shape == (3, 224, 224)
+    assert sum(p.numel() for p in model.parameters()) == AT_224[name]
+    summary = summarize(model, (1, 3, 224, 224))
+    assert summary.traced
+    conv_macs = sum(k.macs for k in summary.kernels if k.kind in ("conv", "dwconv"))
+    assert conv_macs == _conv_count_on_meta(model, (3, 224, 224))[0]
 
 
 def test_resnet101_v1_moves_the_stride_to_the_1x1() -> None:
@@ -260,6 +290,8 @@ DENSE_PUBLISHED = {
         42_004_074 - 2_365_205 - 2 * (256 + 1),
         False,
     ),
+    # AI Hub's FCN: torchvision's 21 VOC classes at 520x520, the auxiliary head unused.
+    "fcn_resnet50_voc": ((3, 520, 520), 152.717e9 - _AUX_MACS, 35_322_218 - 2_365_205, False),
 }
 
 
@@ -270,6 +302,7 @@ DENSE_AT_ENTRY_SIZE = {
     "fcos_resnet50_fpn": 215e9,
     "retinanet_resnext50_32x4d_fpn_800": 201e9,
     "fcn_resnet50": 277e9,
+    "fcn_resnet50_voc": 143e9,
     "fcn_r50_d8": 395e9,
     "deeplabv3_resnet50": 327e9,
     "ssdlite320_mobilenet_v2": 0.746e9,

@@ -103,6 +103,7 @@ def _fitted_figures(p: HardwareProfile) -> dict[str, Any]:
         "output_overhead_ns": p.output_overhead_ns,
         "saturation_outputs": p.saturation_outputs,
         "flash_read_ns_per_byte": p.flash_read_ns_per_byte,
+        "input_ns_per_byte": p.input_ns_per_byte,
         "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
     }
 
@@ -257,7 +258,7 @@ def write_profile_figures(name: str, profile: HardwareProfile) -> None:
                 line = (
                     f"output_overhead_ns: {profile.output_overhead_ns:g}  # fitted by devices.py"
                 )
-            for key in ("saturation_outputs", "flash_read_ns_per_byte"):
+            for key in ("saturation_outputs", "flash_read_ns_per_byte", "input_ns_per_byte"):
                 if block == key:
                     line = re.sub(rf"^{key}: [^ #]+", f"{key}: {getattr(profile, key):g}", line)
         else:

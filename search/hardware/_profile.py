@@ -31,6 +31,7 @@ _FIELDS_DOC = (
     "memory, weights_in, runtime_flash_kb, budgets, sparse_support, depthwise_in_place, "
     "fused_add, fused_activation, concat_in_place, fused_pointwise, channel_block, "
     "unaligned_efficiency, output_overhead_ns, saturation_outputs, flash_read_ns_per_byte, "
+    "input_ns_per_byte, "
     "runtime, latency_error, memory_planner"
 )
 RUNTIME_KEYS = ("name", "version", "note")
@@ -129,6 +130,10 @@ class HardwareProfile:
     # per weight byte read once per inference, on top of the MAC work (what makes a 1,000-class
     # classifier head slow on an STM32H7); 0: no such cost.
     flash_read_ns_per_byte: float = 0.0
+    # Accelerators behind a delegate (a phone NPU): time per byte of the network's input handed
+    # over each inference (the copy into the accelerator's buffer, and a float model's
+    # conversion). `input_bytes` says how wide an input element is; 0: no such cost.
+    input_ns_per_byte: float = 0.0
     # The software the latencies are for ({name, version, note}): the same chip runs a network
     # 2-4x faster or slower under another runtime, so a profile is calibrated on one.
     runtime: Mapping[str, str] | None = None
@@ -285,6 +290,11 @@ class HardwareProfile:
             self,
             "flash_read_ns_per_byte",
             _number(f, "flash_read_ns_per_byte", self.flash_read_ns_per_byte, lo=0.0),
+        )
+        object.__setattr__(
+            self,
+            "input_ns_per_byte",
+            _number(f, "input_ns_per_byte", self.input_ns_per_byte, lo=0.0),
         )
         if self.runtime is not None:
             rt = _mapping(f, "runtime", self.runtime, RUNTIME_KEYS)

@@ -12,6 +12,7 @@ from ._estimate import (
     cost_summary,
     estimate_cost,
     folded,
+    input_bytes,
     layer_weight_bytes,
 )
 from ._tflm import full_integer, greedy_plan
@@ -25,5 +26,6 @@ __all__ = [
     "folded",
     "full_integer",
     "greedy_plan",
+    "input_bytes",
     "layer_weight_bytes",
 ]

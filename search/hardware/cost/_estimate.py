@@ -89,6 +89,13 @@ def layer_weight_bytes(kernel: Kernel, bits: int, density: float) -> int:
     return math.ceil(stored_bits / 8) + scales + kernel.bias_numel * _BIAS_BYTES
 
 
+def input_bytes(input_elems: int, activation_bits: int) -> int:
+    """Bytes of the input a network is handed per inference: an integer network takes 8-bit
+    input (1 byte an element), any other a float32 tensor (4), even where the device computes
+    in fp16 (Qualcomm AI Hub's TFLite exports: uint8 I/O for w8a8, float32 for float)."""
+    return input_elems * (1 if activation_bits <= 8 else 4)
+
+
 def price_kernels(
     kernels: Sequence[Kernel],
     profile: HardwareProfile,
@@ -247,6 +254,7 @@ def estimate_cost(
     memory = peak + tail + (weight_bytes if profile.weights_in == "ram" else 0)
     flash = stored + int(profile.runtime_flash_kb * 1024)
     latency = sum(r.latency_ms for r in rows) + profile.model_overhead_us * 1e-3
+    latency += input_bytes(summary.input_elems, activation_bits) * profile.input_ns_per_byte * 1e-6
     return CostReport(
         params=summary.params,
         macs=sum(k.macs for k in summary.kernels),

@@ -84,6 +84,8 @@ FIT_STARTS: dict[str, dict[str, Any]] = {
         "efficiency": {"conv": 0.3, "dwconv": 0.1, "linear": 0.2, "elementwise": 0.3},
         "layer_overhead_us": {"conv": 3, "dwconv": 3, "linear": 3, "elementwise": 2},
         "model_overhead_us": 100.0,
+        # The input copied through the CPU into the NPU's shared buffer: ~4 GB/s.
+        "input_ns_per_byte": 0.25,
     },
     **{name: _tensorrt_start(sms) for name, sms in GPU_SMS.items()},
 }

@@ -30,6 +30,7 @@ DEVICE_PRIORS = {
     "output_overhead": 0.3,
     "saturation": 0.3,
     "flash_read": 0.3,
+    "input_transfer": 0.3,
     "metric_offset": 0.3,  # on an offset as a share of its metric's median row
 }
 
@@ -70,8 +71,8 @@ def fit_device(
     by a prior (`DEVICE_PRIORS`): the depthwise and linear efficiencies as ratios to it, the
     element-wise efficiency, one multiplier on every layer overhead, the per-inference
     overhead, the bandwidth (held nearly fixed), and the per-output overhead, a GPU's
-    `saturation_outputs` and an MCU's `flash_read_ns_per_byte` (each only where the base has
-    one). A device measured on three or
+    `saturation_outputs`, an MCU's `flash_read_ns_per_byte` and a delegate's
+    `input_ns_per_byte` (each only where the base has one). A device measured on three or
     four networks cannot support per-kind overheads, and the base profile's ratios (depthwise
     slower per MAC than dense) are the physics it falls back on. Least squares on log
     latency, so every network weighs the same whatever its size. Samples whose metric is not
@@ -90,9 +91,9 @@ def fit_device(
     inv_un = (1.0 / base.unaligned_efficiency["conv"], 1.0 / base.unaligned_efficiency["dwconv"])
     # x: log conv scale, log dw ratio, log linear ratio, log elementwise scale,
     #    log overhead multiplier, log model overhead (us), log bandwidth multiplier,
-    #    log output-overhead multiplier, log saturation multiplier, log flash-read multiplier
-    #    (these three move only where the base has one), then one offset per metric other than
-    #    the reference
+    #    log output-overhead multiplier, log saturation multiplier, log flash-read multiplier,
+    #    log input-transfer multiplier (these four move only where the base has one), then one
+    #    offset per metric other than the reference
     if reference is None:
         reference = reference_metric(samples)
     others = sorted({metric_of(s) for s in samples} - {reference})
@@ -105,7 +106,7 @@ def fit_device(
     unit_ms = np.asarray([float(np.median(v)) for v in rows_ms])
     lowest = [min(v) / u for v, u in zip(rows_ms, unit_ms)]
     x0 = np.asarray(
-        [0.0, 0.0, 0.0, 0.0, 0.0, math.log(base.model_overhead_us + 1.0), 0.0, 0.0, 0.0, 0.0]
+        [0.0, 0.0, 0.0, 0.0, 0.0, math.log(base.model_overhead_us + 1.0), 0.0, 0.0, 0.0, 0.0, 0.0]
         + [0.0] * len(others)
     )
     weights = np.asarray(
@@ -120,16 +121,19 @@ def fit_device(
             w["output_overhead"],
             w["saturation"],
             w["flash_read"],
+            w["input_transfer"],
         ]
         + [w["metric_offset"]] * len(others)
     )
     out0 = base.output_overhead_ns * 1e-9
     sat0 = base.saturation_outputs
     flash0 = base.flash_read_ns_per_byte * 1e-9
+    input0 = base.input_ns_per_byte * 1e-9
+    in_bytes = [s.input_bytes for s in samples]
 
     def unpack(
         x: np.ndarray,
-    ) -> tuple[dict[str, float], dict[str, float], float, float, float, float, float]:
+    ) -> tuple[dict[str, float], dict[str, float], float, float, float, float, float, float]:
         g = math.exp(x[0])
         inv = {
             "conv": inv0["conv"] * g,
@@ -150,25 +154,30 @@ def fit_device(
             out0 * math.exp(x[7]),
             sat0 * math.exp(x[8]),
             flash0 * math.exp(x[9]),
+            input0 * math.exp(x[10]),
         )
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        inv, over, model, bw, out_s, sat, flash = unpack(x)
+        inv, over, model, bw, out_s, sat, flash, per_in = unpack(x)
         pred = np.asarray(
-            [predict_s(t, inv, over, model, bw, inv_un, out_s, sat, flash) for t in terms]
+            [
+                predict_s(t, inv, over, model, bw, inv_un, out_s, sat, flash, b * per_in)
+                for t, b in zip(terms, in_bytes)
+            ]
         )
-        offsets = np.append(x[10:] * unit_ms, 0.0)[which] * 1e-3  # -1: the reference, none
+        offsets = np.append(x[11:] * unit_ms, 0.0)[which] * 1e-3  # -1: the reference, none
         r = np.log(np.maximum(pred + offsets, 1e-12) / measured)
         return np.concatenate([r, weights * (x - x0)])
 
     lo = np.asarray(
-        [-12.0, -5.0, -5.0, -5.0, -8.0, 0.0, -5.0, -5.0, -5.0, -5.0] + [-0.9 * v for v in lowest]
+        [-12.0, -5.0, -5.0, -5.0, -8.0, 0.0, -5.0, -5.0, -5.0, -5.0, -5.0]
+        + [-0.9 * v for v in lowest]
     )
     hi = np.asarray(
-        [12.0, 5.0, 5.0, 5.0, 8.0, math.log(1e7), 5.0, 5.0, 5.0, 5.0] + [10.0] * len(others)
+        [12.0, 5.0, 5.0, 5.0, 8.0, math.log(1e7), 5.0, 5.0, 5.0, 5.0, 5.0] + [10.0] * len(others)
     )
     result = least_squares(residuals, np.clip(x0, lo, hi), bounds=(lo, hi))
-    inv, over, model, bw, out_s, sat, flash = unpack(result.x)
+    inv, over, model, bw, out_s, sat, flash, per_in = unpack(result.x)
     data = base.to_dict()
     data.update(
         efficiency={k: float(f"{min(1.0, 1.0 / inv[k]):.4g}") for k in OP_KINDS},
@@ -178,8 +187,9 @@ def fit_device(
         output_overhead_ns=float(f"{out_s * 1e9:.4g}"),
         saturation_outputs=float(f"{sat:.4g}"),
         flash_read_ns_per_byte=float(f"{flash * 1e9:.4g}"),
+        input_ns_per_byte=float(f"{per_in * 1e9:.4g}"),
     )
-    offsets = {m: round(float(v), 4) for m, v in zip(others, result.x[10:] * unit_ms)}
+    offsets = {m: round(float(v), 4) for m, v in zip(others, result.x[11:] * unit_ms)}
     return DeviceFit(profile_from_dict(data, file=base.file), offsets)
 
 

@@ -33,6 +33,7 @@ def zoo_sample(network: str, precision: int, latency_ms: float, *, batch: int = 
         activation_bits=precision,
         network=network,
         backbone=entry.backbone,
+        input_elems=summary.input_elems,
     )
 
 
@@ -167,4 +168,5 @@ def _onnx_sample(file: str, i: int, onnx_file: Path, ms: float, batch: int) -> S
         layer_bits=ok.layer_bits,
         activation_bits=ok.activation_bits,
         network=onnx_file.stem,
+        input_elems=ok.input_elems,
     )

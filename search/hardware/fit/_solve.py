@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._profile import OP_KINDS, HardwareProfile, profile_from_dict
-from ..cost import folded, layer_weight_bytes
+from ..cost import folded, input_bytes, layer_weight_bytes
 from ..graph import COMPUTE_KINDS, Kernel
 
 
@@ -34,6 +34,7 @@ class Sample:
     network: str = ""  # the measured network (default: the name)
     # Networks with one backbone leave together in leave-one-network-out (ReferenceNetwork).
     backbone: str = ""
+    input_elems: int = 0  # elements of the input tensor (the batch included)
     # The measurements-CSV row it was read from (provenance: board, runtime, source, ...).
     row: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -41,6 +42,11 @@ class Sample:
     def group(self) -> str:
         """What leave-one-network-out leaves out together."""
         return self.backbone or self.network or self.name
+
+    @property
+    def input_bytes(self) -> float:
+        """Bytes of its input handed over per inference (`input_ns_per_byte`)."""
+        return input_bytes(self.input_elems, self.activation_bits) * self.batch_scale
 
 
 def kernel_terms(sample: Sample, profile: HardwareProfile) -> dict[str, tuple[np.ndarray, ...]]:
@@ -91,11 +97,13 @@ def predict_s(
     output_s: float = 0.0,
     saturation: float = 0.0,
     flash_s: float = 0.0,
+    input_s: float = 0.0,
 ) -> float:
     """The latency in seconds of one sample's `kernel_terms` under the given figures (what
-    `price_kernels` prices; `saturation` is `saturation_outputs`, `flash_s` the seconds per
-    weight byte of `flash_read_ns_per_byte`)."""
-    total = model_s
+    `price_kernels` and `estimate_cost` price; `saturation` is `saturation_outputs`, `flash_s`
+    the seconds per weight byte of `flash_read_ns_per_byte`, `input_s` the seconds of handing
+    over the sample's input at `input_ns_per_byte`)."""
+    total = model_s + input_s
     for kind, (c, b, unaligned, outs, wbytes) in terms.items():
         if not len(c):
             continue
@@ -189,8 +197,9 @@ def fit_profile(
                     out_s,
                     base.saturation_outputs,
                     base.flash_read_ns_per_byte * 1e-9,
+                    s.input_bytes * base.input_ns_per_byte * 1e-9,
                 )
-                for t in terms
+                for t, s in zip(terms, samples)
             ]
         )
         r = np.log(np.maximum(pred, 1e-12) / measured)
@@ -235,21 +244,24 @@ def fit_profile(
 
 def predicted_ms(sample: Sample, profile: HardwareProfile) -> float:
     """What `profile` predicts for one sample, in milliseconds (the cost model's roofline)."""
-    pred = predict_s(
-        kernel_terms(sample, profile),
-        {k: 1.0 / profile.efficiency[k] for k in OP_KINDS},
-        {k: profile.layer_overhead_us[k] * 1e-6 for k in OP_KINDS},
-        profile.model_overhead_us * 1e-6,
-        profile.bandwidth_bytes_per_s,
-        (
-            1.0 / profile.unaligned_efficiency["conv"],
-            1.0 / profile.unaligned_efficiency["dwconv"],
-        ),
-        profile.output_overhead_ns * 1e-9,
-        profile.saturation_outputs,
-        profile.flash_read_ns_per_byte * 1e-9,
+    return (
+        predict_s(
+            kernel_terms(sample, profile),
+            {k: 1.0 / profile.efficiency[k] for k in OP_KINDS},
+            {k: profile.layer_overhead_us[k] * 1e-6 for k in OP_KINDS},
+            profile.model_overhead_us * 1e-6,
+            profile.bandwidth_bytes_per_s,
+            (
+                1.0 / profile.unaligned_efficiency["conv"],
+                1.0 / profile.unaligned_efficiency["dwconv"],
+            ),
+            profile.output_overhead_ns * 1e-9,
+            profile.saturation_outputs,
+            profile.flash_read_ns_per_byte * 1e-9,
+            sample.input_bytes * profile.input_ns_per_byte * 1e-9,
+        )
+        * 1e3
     )
-    return pred * 1e3
 
 
 def prediction_errors(samples: Sequence[Sample], profile: HardwareProfile) -> list[float]:

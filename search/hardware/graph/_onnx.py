@@ -65,6 +65,7 @@ class OnnxKernels:
     layer_bits: dict[str, int]
     activation_bits: int
     batch: int
+    input_elems: int = 0  # elements of the graph's inputs (initializers aside)
 
 
 def _dims(vi: Any) -> tuple[int, ...] | None:
@@ -353,4 +354,6 @@ def onnx_kernels(path: str | Path, *, batch: int = 1) -> OnnxKernels:
         if len(ins) == 1 and pointwise:
             for o in n.output:
                 group_root[o] = (ins[0], len(kernels) - 1)
-    return OnnxKernels(tuple(kernels), layer_bits, activation_bits, batch)
+    inputs = [i.name for i in graph.input if i.name not in inits]
+    input_elems = sum(math.prod(shapes.get(n, ())) for n in inputs if n in shapes)
+    return OnnxKernels(tuple(kernels), layer_bits, activation_bits, batch, input_elems)

@@ -393,6 +393,90 @@ REFERENCE_NETWORKS: dict[str, ReferenceNetwork] = dict(
             "depthwise",
             "torchvision EfficientNet-B3, 300x300x3: 1.83 G MACs, 12.2 M params",
         ),
+        # Phone NPU rows (Qualcomm AI Hub, ai-hub-models perf.yaml): torchvision's classifiers as
+        # AI Hub profiles them, at 224x224 (its ImagenetClassifier input spec) whatever the
+        # network's native size; GoogLeNet and Inception without auxiliary heads.
+        _entry(
+            "googlenet",
+            (3, 224, 224),
+            partial(
+                torchvision_model,
+                "googlenet",
+                aux_logits=False,
+                transform_input=False,
+                init_weights=False,
+            ),
+            "dense-cnn",
+            "torchvision GoogLeNet, 224x224x3: 1.50 G MACs, 6.62 M params",
+        ),
+        _entry(
+            "inception_v3_224",
+            (3, 224, 224),
+            partial(torchvision_model, "inception_v3", aux_logits=False, init_weights=False),
+            "dense-cnn",
+            "torchvision Inception-V3 at 224x224x3 (AI Hub's input), 23.8 M params",
+            backbone="inception_v3",
+        ),
+        _entry(
+            "regnet_x_3_2gf",
+            (3, 224, 224),
+            partial(torchvision_model, "regnet_x_3_2gf"),
+            "dense-cnn",
+            "torchvision RegNetX-3.2GF (grouped 3x3 convs), 224x224x3: 3.18 G MACs, 15.3 M params",
+        ),
+        _entry(
+            "regnet_y_800mf",
+            (3, 224, 224),
+            partial(torchvision_model, "regnet_y_800mf"),
+            "dense-cnn",
+            "torchvision RegNetY-800MF (grouped convs, squeeze-excite), 224x224x3: 0.83 G MACs, "
+            "6.43 M params",
+        ),
+        _entry(
+            "resnext101_32x8d",
+            (3, 224, 224),
+            partial(torchvision_model, "resnext101_32x8d"),
+            "dense-cnn",
+            "torchvision ResNeXt-101 32x8d, 224x224x3: 16.4 G MACs, 88.8 M params",
+        ),
+        _entry(
+            "wide_resnet50_2",
+            (3, 224, 224),
+            partial(torchvision_model, "wide_resnet50_2"),
+            "dense-cnn",
+            "torchvision Wide ResNet-50-2, 224x224x3: 11.4 G MACs, 68.9 M params",
+        ),
+        _entry(
+            "convnext_tiny",
+            (3, 224, 224),
+            partial(torchvision_model, "convnext_tiny"),
+            "depthwise",
+            "torchvision ConvNeXt-Tiny (7x7 depthwise, LayerNorm, GELU), 224x224x3: 4.46 G MACs, "
+            "28.6 M params",
+        ),
+        _entry(
+            "efficientnet_b4_224",
+            (3, 224, 224),
+            partial(torchvision_model, "efficientnet_b4"),
+            "depthwise",
+            "torchvision EfficientNet-B4 at 224x224x3 (AI Hub's input; native 380), 19.3 M params",
+        ),
+        _entry(
+            "efficientnet_v2_s_224",
+            (3, 224, 224),
+            partial(torchvision_model, "efficientnet_v2_s"),
+            "depthwise",
+            "torchvision EfficientNetV2-S at 224x224x3 (AI Hub's input; native 384), "
+            "21.5 M params",
+        ),
+        _entry(
+            "fcn_resnet50_voc",
+            (3, 520, 520),
+            partial(segmentation, "fcn_resnet50", 21),
+            "dense-cnn",
+            "torchvision FCN ResNet-50 (dilated, output stride 8), 21 VOC classes, 520x520x3 as "
+            "AI Hub profiles it, no auxiliary head: 143 G conv MACs, 33.0 M params",
+        ),
         # GPU rows, dense prediction at the published input sizes: what the TensorRT engine runs
         # (backbone, neck and heads to raw tensors; no image transform, resizing, anchor
         # generation, box decoding or NMS). torchvision's detection figures are at 800x800, its
