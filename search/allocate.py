@@ -30,7 +30,7 @@ from torch import nn
 
 from spaces import CompressionPlan, LayerInfo, LowRankConfig, PruneConfig, QuantizeConfig
 
-from .compress import fake_quant_weight
+from .compress import explicit_attention, fake_quant_weight
 from .hardware import constraint_values
 
 SENSITIVITY_ROWS = 256  # fixed validation rows the Fisher is estimated on
@@ -208,7 +208,7 @@ def measure(objective: Any, *, log: Callable[[str], None] = lambda _m: None) -> 
     # Activations at the narrowest width the device runs: edge runtimes run them there, and
     # calibrated 8-bit activations cost a trained network little (experiments/results/recovery.md).
     activation_bits = min(acts.values()) if quantized else 32
-    model = copy.deepcopy(o.task.base_model).to(o.task.device)
+    model = explicit_attention(copy.deepcopy(o.task.base_model), inplace=True).to(o.task.device)
     x, y = o.task.val.subset(o.task.val_subset).take(SENSITIVITY_ROWS)
     grads = fisher(model, x.to(o.task.device), torch.as_tensor(y).to(o.task.device))
     modules = dict(model.named_modules())

@@ -103,15 +103,18 @@ class LowRankConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Structured channel pruning (per layer or global) and unstructured sparsity."""
+    """Structured channel pruning (per layer or global), whole attention heads, and
+    unstructured sparsity."""
 
     ratios: LayerValues = ()  # fraction of output channels removed, per layer
     global_ratio: float | None = None  # when set, one ratio ranked across all layers
     importance: str = "l1"
     sparsity: float = 0.0  # unstructured: fraction of remaining weights zeroed
+    heads: LayerValues = ()  # fraction of each attention block's heads removed, per block
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", _per_layer("prune.ratios", self.ratios, 0.0, 0.95))
+        object.__setattr__(self, "heads", _per_layer("prune.heads", self.heads, 0.0, 0.95))
         _choice("prune.importance", self.importance, IMPORTANCES)
         if self.global_ratio is not None and not 0.0 <= float(self.global_ratio) <= 0.95:
             raise PlanError("prune.global_ratio", f"{self.global_ratio} is outside [0, 0.95]")
@@ -259,6 +262,9 @@ class CompressionPlan:
         elif any(r > 0 for _, r in p.ratios):
             mean = sum(r for _, r in p.ratios) / len(p.ratios)
             parts.append(f"prune~{mean:.0%} {p.importance}")
+        if any(r > 0 for _, r in p.heads):
+            mean = sum(r for _, r in p.heads) / len(p.heads)
+            parts.append(f"heads~{mean:.0%}")
         if p.sparsity:
             parts.append(f"sparse {p.sparsity:.0%}")
         bits = sorted(

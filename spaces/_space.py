@@ -53,6 +53,7 @@ class LayerInfo:
     kernel: tuple[int, int] = (1, 1)
     prunable: bool = True  # False for the classifier and layers the pruner must keep
     factorizable: bool = True  # low-rank would cut its MACs
+    attention: str = ""  # the attention block whose heads it projects (heads pruned whole)
 
 
 class Trial(Protocol):  # the part of optuna.Trial the space uses
@@ -116,6 +117,7 @@ _SCHEMA: dict[str, dict[str, tuple[Any, ...] | str]] = {
         "ratio": "fraction",
         "importance": IMPORTANCES,
         "sparsity": "fraction",
+        "heads": "fraction",
     },
     "quantize": {"weight_bits": WEIGHT_BITS, "activation_bits": ACTIVATION_BITS},
     "distill": {"alpha": "fraction", "temperature": "number"},
@@ -410,16 +412,26 @@ class SearchSpace:
             importance = self.dim("prune", "importance", "l1").suggest(trial, "prune.importance")
             sparsity = float(self.dim("prune", "sparsity", 0.0).suggest(trial, "prune.sparsity"))
             ratio = self.dim("prune", "ratio", 0.0)
+            blocks = sorted({x.attention for x in layers if x.attention})
+            heads = per_layer(
+                "heads",
+                self.dim("prune", "heads", 0.0),
+                [LayerInfo(b, "attention", 0, 0) for b in blocks],
+            )
             if mode == "global":
                 prune = PruneConfig(
                     global_ratio=float(ratio.suggest(trial, "prune.global")),
                     importance=importance,
                     sparsity=sparsity,
+                    heads=tuple(heads.items()),
                 )
             else:
                 ratios = per_layer("prune", ratio, [x for x in layers if x.prunable])
                 prune = PruneConfig(
-                    ratios=tuple(ratios.items()), importance=importance, sparsity=sparsity
+                    ratios=tuple(ratios.items()),
+                    importance=importance,
+                    sparsity=sparsity,
+                    heads=tuple(heads.items()),
                 )
 
         quantize = QuantizeConfig()

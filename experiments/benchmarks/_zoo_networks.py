@@ -27,7 +27,7 @@ BACKBONE = ".backbone"
 MIN_SIZE = {"ssd300_vgg16.backbone": 300}  # its extra layers need 300 px (3x3 kernels at 1x1)
 NUM_CLASSES = {"classification": 1000, "segmentation": 21, "detection": 91}
 QUICK = ("shufflenet_v2_x0_5", "squeezenet1_1", "mobilenet_v3_small", "lraspp_mobilenet_v3_large")
-PRUNE_RATIO, RANK_RATIO, BITS = 0.3, 0.5, 8
+PRUNE_RATIO, RANK_RATIO, HEAD_RATIO, BITS = 0.3, 0.5, 0.25, 8
 
 
 # -- which networks --------------------------------------------------------------------------
@@ -161,28 +161,37 @@ def channels_removed(before: dict[str, int], after: dict[str, int]) -> dict[str,
     }
 
 
+def _heads(m: Any) -> int | None:
+    for attr in ("num_heads", "n_heads"):
+        v = getattr(m, attr, None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
 def attention_heads(model: Any) -> int:
-    """Heads of every attention module (`num_heads`, or MaxViT's `n_heads`)."""
-    total = 0
-    for m in model.modules():
-        for attr in ("num_heads", "n_heads"):
-            v = getattr(m, attr, None)
-            if isinstance(v, int):
-                total += v
-                break
-    return total
+    """Heads of every attention module (`num_heads`, or MaxViT's `n_heads`), counted once: a
+    block that records its attention's head count (ViT's EncoderBlock) is not counted again."""
+    return sum(
+        h
+        for m in model.modules()
+        if (h := _heads(m)) is not None
+        and not any(_heads(c) is not None for c in m.modules() if c is not m)
+    )
 
 
 def joint_plan(model: Any) -> Any:
     """The issue's joint plan for `model`: low-rank 0.5 where it cuts MACs, 30 % global L1
-    channel pruning, int8 weights and activations."""
+    channel pruning, a quarter of each attention block's heads, int8 weights and activations."""
     from search.compress import compressible_layers
     from spaces import CompressionPlan, LowRankConfig, PruneConfig, QuantizeConfig
 
-    ranks = {x.name: RANK_RATIO for x in compressible_layers(model) if x.factorizable}
+    layers = compressible_layers(model)
+    ranks = {x.name: RANK_RATIO for x in layers if x.factorizable}
+    heads = {x.attention: HEAD_RATIO for x in layers if x.attention}
     return CompressionPlan(
         lowrank=LowRankConfig(ranks=ranks),
-        prune=PruneConfig(global_ratio=PRUNE_RATIO, importance="l1"),
+        prune=PruneConfig(global_ratio=PRUNE_RATIO, importance="l1", heads=heads),
         quantize=QuantizeConfig(default_weight_bits=BITS, activation_bits=BITS),
     )
 

@@ -7,6 +7,7 @@ is the recovery loss. Each operator is one private module with one config type, 
 """
 
 from ._architecture import build_student
+from ._attention import explicit_attention
 from ._compress import Compressed, Structures, compress
 from ._distillation import distillation_loss
 from ._export import export_onnx, folded, int8_weight_bits
@@ -24,6 +25,7 @@ __all__ = [
     "compress",
     "compressible_layers",
     "distillation_loss",
+    "explicit_attention",
     "export_onnx",
     "fake_quant_weight",
     "folded",

@@ -12,6 +12,7 @@ from torch import nn
 from spaces import CompressionPlan
 
 from . import _architecture, _lowrank, _pruning, _quantization  # noqa: F401 - register handlers
+from ._attention import explicit_attention
 from ._layers import layer_modules
 from ._pruning import WeightMask
 from ._registry import Context, handler_for
@@ -136,7 +137,7 @@ def compress(
         torch.manual_seed(0)
         hit = structures.get(key) if structures is not None else None
         if hit is None:
-            model = copy.deepcopy(base_model).eval()
+            model = explicit_attention(copy.deepcopy(base_model), inplace=True).eval()
             for cfg in structural:
                 model = handler_for(cfg)(model, cfg, ctx).eval()
             if structures is not None:

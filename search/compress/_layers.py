@@ -9,6 +9,8 @@ from torch import nn
 
 from spaces import LayerInfo
 
+from ._attention import Attention, explicit_attention
+
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 # Containers whose forward reads their children's weights directly (not through a call), so a
 # child cannot be replaced by two layers, and attention projections keep their width.
@@ -68,8 +70,9 @@ def owner_of(model: nn.Module, name: str, kinds: tuple[type, ...]) -> str | None
     return None
 
 
-def in_attention(model: nn.Module, name: str) -> bool:
-    return owner_of(model, name, (nn.MultiheadAttention,)) is not None
+def in_attention(model: nn.Module, name: str) -> str | None:
+    """The attention block `name` projects for, if any."""
+    return owner_of(model, name, (nn.MultiheadAttention, Attention))
 
 
 def reads_weight_directly(model: nn.Module, name: str) -> bool:
@@ -128,13 +131,16 @@ def compressible_layers(model: nn.Module) -> list[LayerInfo]:
     """The Conv2d / Linear layers of `model`, as the search space sees them.
 
     `prunable` is False for the logits layer, for depthwise convolutions (their channels follow
-    the layer that feeds them) and for projections inside attention blocks. `factorizable` is True
-    when keeping half the rank would cut the layer's MACs (see `lowrank_macs`).
+    the layer that feeds them) and for projections inside attention blocks (`attention` names
+    the block: its heads are pruned whole). `factorizable` is True when keeping half the rank
+    would cut the layer's MACs (see `lowrank_macs`). Names are those of the model as `compress`
+    sees it: with its nn.MultiheadAttention made explicit (`explicit_attention`).
 
     Example:
         >>> [x.name for x in compressible_layers(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)))]
         ['0', '1']
     """
+    model = explicit_attention(model)
     logits = output_layer(model)
     fixed = fixed_width(model)
     out = []
@@ -146,16 +152,13 @@ def compressible_layers(model: nn.Module) -> list[LayerInfo]:
             kind = "dwconv" if depthwise else "conv"
             cin, cout = m.in_channels, m.out_channels
             kernel = (int(m.kernel_size[0]), int(m.kernel_size[1]))
-        prunable = (
-            name != logits
-            and kind != "dwconv"
-            and name not in fixed
-            and not in_attention(model, name)
-        )
+        block = in_attention(model, name)
+        prunable = name != logits and kind != "dwconv" and name not in fixed and block is None
         factorizable = (
             not reads_weight_directly(model, name)
             and getattr(m, "groups", 1) == 1
             and lowrank_gain(m, max(1, round(0.5 * full_rank(m, "svd"))), "svd") > 0
         )
-        out.append(LayerInfo(name, kind, cin, cout, kernel, prunable, factorizable))
+        explicit = block if block and isinstance(model.get_submodule(block), Attention) else ""
+        out.append(LayerInfo(name, kind, cin, cout, kernel, prunable, factorizable, explicit))
     return out

@@ -33,6 +33,7 @@ from torch.nn.utils import parametrize
 
 from spaces import PruneConfig
 
+from ._attention import prune_heads
 from ._layers import layer_modules, output_layer
 from ._pruning_compat import _guarded_shapes
 from ._pruning_groups import _blocker, _candidate_groups, _ignored, _out_members
@@ -228,12 +229,15 @@ def _widths(model: nn.Module) -> dict[str, int]:
 
 @register_handler(PruneConfig)
 def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> nn.Module:
-    """Structured pruning (per-layer or global), then unstructured sparsity on what is left.
+    """Whole attention heads, structured pruning (per-layer or global), then unstructured
+    sparsity on what is left.
 
     If torch-pruning fails on the model, each group is tried alone; the groups that fail are
     left whole (and reported), the others are pruned. If no channel at all was removed, the
     skipped layers say so under `MODEL_NOTE`: the model keeps its width under the plan's name.
     """
+    if any(r > 0 for _, r in cfg.heads):
+        prune_heads(model, dict(cfg.heads), ctx)
     if not (cfg.global_ratio is not None or any(r > 0 for _, r in cfg.ratios) or cfg.sparsity):
         return model
     logits = output_layer(model)  # one fx trace: pruning keeps every module's name
