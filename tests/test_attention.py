@@ -43,6 +43,10 @@ def test_explicit_attention_gives_multihead_attentions_outputs(batch_first: bool
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
             assert got_w is not None and want_w is not None
             torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+        one = torch.randn(7, 16)  # a single sequence, no batch dimension
+        torch.testing.assert_close(
+            net(one, one, one)[0], mha(one, one, one)[0], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_a_vision_transformer_runs_the_same_with_explicit_attention() -> None:

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_tracing
 
 from ._registry import Context
 
@@ -28,7 +29,7 @@ _FUSED_READERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 class Attention(nn.Module):
-    """nn.MultiheadAttention's forward (batched inputs) with its projections as four layers.
+    """nn.MultiheadAttention's forward with its projections as four layers.
 
     `num_heads` heads of `head_dim` each: q, k and v project `embed_dim` to
     num_heads * head_dim, out projects it back. Returns (output, attention weights or None) as
@@ -73,7 +74,13 @@ class Attention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.batch_first:
+        # (L, E) inputs are one sequence; torch.fx traces the batched path (shapes are symbolic).
+        unbatched = not is_fx_tracing() and query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         q, k, v = self._split(self.q(query)), self._split(self.k(key)), self._split(self.v(value))
         scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale
@@ -96,11 +103,13 @@ class Attention(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         weights = F.dropout(weights, self.dropout, self.training)
         out = self.out(torch.matmul(weights, v).transpose(1, 2).flatten(2))
-        if not self.batch_first:
+        if unbatched:
+            out, weights = out.squeeze(0), weights.squeeze(0)
+        elif not self.batch_first:
             out = out.transpose(0, 1)
         if not need_weights:
             return out, None
-        return out, weights.mean(1) if average_attn_weights else weights
+        return out, weights.mean(-3) if average_attn_weights else weights
 
 
 def _from_mha(m: nn.MultiheadAttention) -> Attention | None:
