@@ -20,7 +20,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_tracing
 
 from ._registry import Context
 
@@ -75,7 +74,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # (L, E) inputs are one sequence; torch.fx traces the batched path (shapes are symbolic).
-        unbatched = not is_fx_tracing() and query.dim() == 2
+        unbatched = not isinstance(query, torch.fx.Proxy) and query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
