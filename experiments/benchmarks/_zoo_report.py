@@ -8,7 +8,7 @@ import statistics
 from typing import Any
 
 import _stamp
-from _zoo_networks import PRUNE_RATIO, RANK_RATIO
+from _zoo_networks import HEAD_RATIO, PRUNE_RATIO, RANK_RATIO
 
 TARGETS = {"built_fraction": 1.0, "pruned_fraction": 0.95, "max_plan_seconds": 10.0}
 STAGES = ("model", "base_cost", "plan", "cost", "forward")
@@ -114,7 +114,8 @@ def markdown(doc: dict[str, Any]) -> str:
         _stamp.line(doc["stamp"]) + f" {doc['stamp']['seconds']:.0f} s in all.",
         "",
         f"Plan: low-rank (SVD) at rank ratio {RANK_RATIO} on every factorizable layer, global "
-        f"L1 structured pruning {PRUNE_RATIO:.0%}, int8 weights and activations "
+        f"L1 structured pruning {PRUNE_RATIO:.0%}, {HEAD_RATIO:.0%} of each attention block's "
+        "heads, int8 weights and activations "
         f"(`compress`); costed on `{setup['profile']}` at {setup['size']} x {setup['size']} "
         f"(SSD300's backbone at 300), random weights. Each network in its own process, "
         f"{setup['timeout_s']:g} s at most; torch threads: {setup['threads'] or 'default'}. "

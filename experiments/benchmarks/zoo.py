@@ -11,7 +11,8 @@ is killed after `--timeout` seconds:
 2. costs it as it is (fp32) on the `--profile` profile (`search.hardware.estimate_cost`);
 3. builds one joint plan by hand and applies it (`search.compress.compress`): low-rank (SVD)
    at rank ratio 0.5 on every layer `compressible_layers` marks factorizable, global L1
-   structured pruning of 30 % of the channels, and int8 weights and activations;
+   structured pruning of 30 % of the channels, a quarter of each attention block's heads,
+   and int8 weights and activations;
 4. costs the result at its bits on the same profile;
 5. runs it forward once and compares the output's shape with the base model's (a dict output:
    its 'out' tensor, else every tensor in it).
