@@ -412,7 +412,7 @@ class SearchSpace:
             importance = self.dim("prune", "importance", "l1").suggest(trial, "prune.importance")
             sparsity = float(self.dim("prune", "sparsity", 0.0).suggest(trial, "prune.sparsity"))
             ratio = self.dim("prune", "ratio", 0.0)
-            blocks = sorted({x.attention for x in layers if x.attention})
+            blocks = dict.fromkeys(x.attention for x in layers if x.attention)
             heads = per_layer(
                 "heads",
                 self.dim("prune", "heads", 0.0),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.hardware import estimate_cost, load_profile
+from search.hardware import HardwareProfile, estimate_cost, load_profile
 from search.hardware.fit import Sample, fit_device, predicted_ms
 from search.hardware.graph import onnx_kernels, summarize
 from search.hardware.timing import export_fp32_onnx
@@ -94,6 +94,15 @@ def test_weights_read_from_flash_cost_their_bytes() -> None:
     assert predicted_ms(sample, slow) == pytest.approx(cost.latency_ms, rel=1e-9)
 
 
+def _worst_error(
+    samples: list[Sample], truth: HardwareProfile, term: str, start: float
+) -> tuple[float, float]:
+    """The worst relative error of a fit started with `term` at `start`, and the fitted term."""
+    fit = fit_device(samples, truth.with_updates(**{term: start}))
+    worst = max(abs(fit.predict_ms(s) / s.measured_ms - 1) for s in samples)
+    return worst, getattr(fit.profile, term)
+
+
 def test_the_fit_frees_the_flash_cost_only_where_the_base_has_one() -> None:
     """Heads of 10 to 2,000 classes measured on a device that pays 10 ns per weight byte: from a
     start of 2 ns the fit raises the term and fits better than a base without it, which the
@@ -106,13 +115,8 @@ def test_the_fit_frees_the_flash_cost_only_where_the_base_has_one() -> None:
         s = Sample(f"c{classes}", kernels, 1.0, layer_bits=bits, activation_bits=8)
         samples.append(Sample(s.name, kernels, predicted_ms(s, truth), bits, 8))
 
-    def worst_error(start: float) -> tuple[float, float]:
-        fit = fit_device(samples, truth.with_updates(flash_read_ns_per_byte=start))
-        worst = max(abs(fit.predict_ms(s) / s.measured_ms - 1) for s in samples)
-        return worst, fit.profile.flash_read_ns_per_byte
-
-    with_term, fitted = worst_error(2.0)
-    without, kept = worst_error(0.0)
+    with_term, fitted = _worst_error(samples, truth, "flash_read_ns_per_byte", 2.0)
+    without, kept = _worst_error(samples, truth, "flash_read_ns_per_byte", 0.0)
     assert kept == 0.0
     assert fitted > 2.0
     assert with_term < without
@@ -152,13 +156,8 @@ def test_the_fit_frees_the_input_cost_only_where_the_base_has_one() -> None:
             s = Sample(f"c{side} {act}", kernels, 1.0, bits, act, input_elems=3 * side * side)
             samples.append(replace(s, measured_ms=predicted_ms(s, truth)))
 
-    def worst_error(start: float) -> tuple[float, float]:
-        fit = fit_device(samples, truth.with_updates(input_ns_per_byte=start))
-        worst = max(abs(fit.predict_ms(s) / s.measured_ms - 1) for s in samples)
-        return worst, fit.profile.input_ns_per_byte
-
-    with_term, fitted = worst_error(0.1)
-    without, kept = worst_error(0.0)
+    with_term, fitted = _worst_error(samples, truth, "input_ns_per_byte", 0.1)
+    without, kept = _worst_error(samples, truth, "input_ns_per_byte", 0.0)
     assert kept == 0.0
     assert fitted > 0.1
     assert with_term < without

@@ -276,26 +276,13 @@ class HardwareProfile:
                 "memory_planner",
                 f"{self.memory_planner!r} is not one of {list(MEMORY_PLANNERS)}",
             )
-        object.__setattr__(
-            self,
+        for key in (
             "output_overhead_ns",
-            _number(f, "output_overhead_ns", self.output_overhead_ns, lo=0.0),
-        )
-        object.__setattr__(
-            self,
             "saturation_outputs",
-            _number(f, "saturation_outputs", self.saturation_outputs, lo=0.0),
-        )
-        object.__setattr__(
-            self,
             "flash_read_ns_per_byte",
-            _number(f, "flash_read_ns_per_byte", self.flash_read_ns_per_byte, lo=0.0),
-        )
-        object.__setattr__(
-            self,
             "input_ns_per_byte",
-            _number(f, "input_ns_per_byte", self.input_ns_per_byte, lo=0.0),
-        )
+        ):
+            object.__setattr__(self, key, _number(f, key, getattr(self, key), lo=0.0))
         if self.runtime is not None:
             rt = _mapping(f, "runtime", self.runtime, RUNTIME_KEYS)
             for key in RUNTIME_KEYS:
