@@ -171,8 +171,8 @@ def test_torchvision_classifiers_match_published_counts(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AT_224))
 def test_classifiers_at_ai_hubs_input_size(name: str) -> None:
-    """The published parameters, and every conv traced: the summary's multiply-adds are those
-    the meta-device count gives at 224x224 (plus the classifier's fc)."""
+    """The published parameters, and every conv traced: the summary's conv multiply-adds are those
+    the meta-device count gives at 224x224."""
     model = reference_network(name)
     assert REFERENCE_NETWORKS[name].input_shape == (3, 224, 224)
     assert sum(p.numel() for p in model.parameters()) == AT_224[name]
