@@ -3,6 +3,7 @@ matmuls (same outputs), whole heads removed by a plan, and their cost."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import optuna
@@ -155,3 +156,66 @@ def test_the_space_offers_heads_only_where_there_is_attention() -> None:
         f"encoder.layers.encoder_layer_{i}.self_attention" for i in (0, 1)
     ]
     assert "heads~" in plan.describe()
+
+
+def _swin(v2: bool) -> nn.Module:
+    """Two Swin blocks at 8 x 8 tokens in windows of 4 x 4: the second one shifts."""
+    from torchvision.models import swin_transformer as swin
+
+    torch.manual_seed(0)
+    extra = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2}
+    return swin.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2], num_heads=[4], window_size=[4, 4],
+        num_classes=5, **(extra if v2 else {}),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_attention_runs_the_same_as_layers(v2: bool) -> None:
+    """Shifted and unshifted windows, and a size that needs padding (36 px: 9 x 9 tokens)."""
+    net = _swin(v2)
+    explicit = explicit_attention(net)
+    blocks = attention_blocks(explicit)
+    assert [type(b).__name__ for _, b in blocks] == ["WindowAttention"] * 2
+    assert not attention_blocks(net)
+    with torch.no_grad():
+        for size in (32, 36):
+            x = torch.randn(2, 3, size, size)
+            torch.testing.assert_close(explicit(x), net(x), rtol=1e-5, atol=1e-5)
+    qkv = {x.name for x in compressible_layers(net) if x.attention}
+    assert {f"{b}.{p}" for b, _ in blocks for p in ("qkv", "proj")} <= qkv
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_pruning_swin_heads_silences_them_and_saves_their_cost(v2: bool) -> None:
+    full = explicit_attention(_swin(v2))
+    blocks = [n for n, _ in attention_blocks(full)]
+    plan = CompressionPlan(prune=PruneConfig(heads=tuple((b, 0.5) for b in blocks)))
+    x = torch.randn(2, 3, 32, 32)
+    pruned = compress(
+        plan, _swin(v2), input_shape=(3, 32, 32), num_classes=5, calib_inputs=x,
+        grad_batch=(x, torch.zeros(2, dtype=torch.long)),
+    ).model  # fmt: skip
+    tokens = torch.randn(2, 8, 8, 16)
+    for name in blocks:
+        a, b = full.get_submodule(name), pruned.get_submodule(name)
+        assert (a.num_heads, b.num_heads, b.head_dim) == (4, 2, 4)
+        assert b.qkv.weight.shape == (24, 16) and b.proj.weight.shape == (16, 8)
+        # The kept heads, found by their query rows, give the full block's output with the
+        # other heads' share of the output projection zeroed.
+        kept = [h for h in range(4) if any(torch.equal(a.qkv.weight[h * 4], r) for r in b.qkv.weight)]
+        assert len(kept) == 2
+        silenced = copy.deepcopy(a)
+        with torch.no_grad():
+            for h in set(range(4)) - set(kept):
+                silenced.proj.weight[:, h * 4 : (h + 1) * 4] = 0
+            torch.testing.assert_close(b(tokens), silenced(tokens), rtol=1e-5, atol=1e-6)
+    macs = {
+        name: sum(k.macs for k in summarize(model, (1, 3, 32, 32)).kernels)
+        for name, model in (("full", full), ("pruned", pruned))
+    }
+    # Per block, 64 tokens of 16 channels lose 2 heads of 4 features: qkv 64 x 16 x 3 x 8,
+    # proj 64 x 8 x 16, and the scores and weighted values of 4 windows of 16 tokens,
+    # 2 x 4 x 16 x 16 x 8; V2's bias MLP loses 2 outputs of 512 inputs at 7 x 7 positions.
+    saved = 64 * 16 * 3 * 8 + 64 * 8 * 16 + 2 * 4 * 16 * 16 * 8 + (49 * 512 * 2 if v2 else 0)
+    assert macs["full"] - macs["pruned"] == 2 * saved

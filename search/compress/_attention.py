@@ -8,6 +8,7 @@ plain nn.Linear layers and whose scores are explicit matmuls (which the cost mod
 every exporter writes). `prune_heads` then removes whole heads: the same rows of q, k and v
 and columns of out, so every head that stays is intact.
 
+torchvision's shifted-window attention (Swin) becomes a `WindowAttention` the same way.
 A multi-head attention inside nn.TransformerEncoderLayer / DecoderLayer stays as it is: those
 layers read its fused weight on their fast path.
 """
@@ -21,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._heads import head_rows, heads_removed, keep_columns, keep_rows, projection_chain
 from ._registry import Context
+from ._window_attention import TORCHVISION_WINDOW_ATTENTION, WindowAttention
 
 # Containers whose forward reads their attention's fused weight (their fast path).
 _FUSED_READERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -61,6 +64,24 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(N, L, heads * d) -> (N, heads, L, d)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def head_importance(self) -> torch.Tensor:
+        """L1 norm of each head's rows of q, k and v (their last layer when factorized) and
+        its columns of out (its first layer)."""
+        h, d = self.num_heads, self.head_dim
+        w = projection_chain(self.out)[0].weight.detach().abs()
+        score = w.reshape(w.shape[0], h, d).sum((0, 2))
+        for proj in (self.q, self.k, self.v):
+            score += projection_chain(proj)[-1].weight.detach().abs().reshape(h, d, -1).sum((1, 2))
+        return score
+
+    def keep_heads(self, keep: torch.Tensor) -> None:
+        """Keep only the heads `keep` (sorted indices), in place."""
+        rows = head_rows(keep, self.head_dim)
+        for proj in (self.q, self.k, self.v):
+            keep_rows(projection_chain(proj)[-1], rows)
+        keep_columns(projection_chain(self.out)[0], rows)
+        self.num_heads = len(keep)
 
     def forward(
         self,
@@ -145,29 +166,32 @@ def _from_mha(m: nn.MultiheadAttention) -> Attention | None:
 
 
 def _replaceable(model: nn.Module) -> list[str]:
-    """Names of the nn.MultiheadAttention modules no fused-weight reader owns."""
+    """Names of the nn.MultiheadAttention modules no fused-weight reader owns, and of
+    torchvision's shifted-window attention modules."""
     if isinstance(model, _FUSED_READERS):
         return []
     readers = [n for n, m in model.named_modules() if n and isinstance(m, _FUSED_READERS)]
     return [
         n
         for n, m in model.named_modules()
-        if isinstance(m, nn.MultiheadAttention) and not any(n.startswith(f"{r}.") for r in readers)
+        if type(m) in TORCHVISION_WINDOW_ATTENTION
+        or isinstance(m, nn.MultiheadAttention)
+        and not any(n.startswith(f"{r}.") for r in readers)
     ]
 
 
 def explicit_attention(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """`model` with every replaceable nn.MultiheadAttention as an `Attention`: a copy (`model`
-    itself when it has none), or `model` changed in place."""
+    """`model` with every replaceable nn.MultiheadAttention as an `Attention` and every
+    torchvision shifted-window attention as a `WindowAttention`: a copy (`model` itself when it
+    has none), or `model` changed in place."""
     names = _replaceable(model)
     if not names:
         return model
     if not inplace:
         model = copy.deepcopy(model)
     for name in names:
-        mha = model.get_submodule(name)
-        assert isinstance(mha, nn.MultiheadAttention)
-        explicit = _from_mha(mha)
+        m = model.get_submodule(name)
+        explicit = _from_mha(m) if isinstance(m, nn.MultiheadAttention) else WindowAttention(m)
         if explicit is None:
             continue
         parent, _, attr = name.rpartition(".")
@@ -175,53 +199,17 @@ def explicit_attention(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     return model
 
 
-def attention_blocks(model: nn.Module) -> list[tuple[str, Attention]]:
-    """(name, module) of every `Attention`, in registration order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, Attention)]
+ATTENTION = (Attention, WindowAttention)
 
 
-def _linears(layer: nn.Module) -> list[nn.Linear]:
-    """A projection as a chain of Linear layers (one, or a factorized pair)."""
-    if isinstance(layer, nn.Linear):
-        return [layer]
-    return [m for m in layer.modules() if isinstance(m, nn.Linear)]
-
-
-def _head_importance(block: Attention) -> torch.Tensor:
-    """L1 norm of each head's rows of q, k and v (their last layer when factorized) and its
-    columns of out (its first layer)."""
-    h, d = block.num_heads, block.head_dim
-    score = torch.zeros(h, device=_linears(block.out)[0].weight.device)
-    for proj in (block.q, block.k, block.v):
-        w = _linears(proj)[-1].weight.detach()
-        score += w.abs().reshape(h, d, -1).sum((1, 2))
-    w = _linears(block.out)[0].weight.detach()
-    score += w.abs().reshape(w.shape[0], h, d).sum((0, 2))
-    return score
-
-
-def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:
-    with torch.no_grad():
-        layer.weight = nn.Parameter(layer.weight[rows].clone())
-        if layer.bias is not None:
-            layer.bias = nn.Parameter(layer.bias[rows].clone())
-    layer.out_features = len(rows)
-
-
-def _keep_columns(layer: nn.Linear, cols: torch.Tensor) -> None:
-    with torch.no_grad():
-        layer.weight = nn.Parameter(layer.weight[:, cols].clone())
-    layer.in_features = len(cols)
-
-
-def heads_removed(heads: int, ratio: float) -> int:
-    """How many of `heads` a ratio removes: the whole heads in ratio * heads, always one kept."""
-    return min(heads - 1, int(ratio * heads + 1e-9))
+def attention_blocks(model: nn.Module) -> list[tuple[str, Attention | WindowAttention]]:
+    """(name, module) of every `Attention` and `WindowAttention`, in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ATTENTION)]
 
 
 def prune_heads(model: nn.Module, ratios: dict[str, float], ctx: Context) -> None:
-    """Remove the least important whole heads of each `Attention` named in `ratios` (block ->
-    fraction of its heads), in place. A ratio too small to remove one head is reported."""
+    """Remove the least important whole heads of each attention block named in `ratios`
+    (block -> fraction of its heads), in place. A ratio too small to remove one head is reported."""
     for name, block in attention_blocks(model):
         ratio = ratios.get(ctx.key(name), 0.0)
         if ratio <= 0:
@@ -230,11 +218,5 @@ def prune_heads(model: nn.Module, ratios: dict[str, float], ctx: Context) -> Non
         if drop == 0:
             ctx.skip(name, f"heads: {ratio:g} of {block.num_heads} heads is less than one head")
             continue
-        keep = torch.argsort(_head_importance(block), descending=True)[: block.num_heads - drop]
-        keep = torch.sort(keep).values
-        d = block.head_dim
-        rows = (keep[:, None] * d + torch.arange(d, device=keep.device)).flatten()
-        for proj in (block.q, block.k, block.v):
-            _keep_rows(_linears(proj)[-1], rows)
-        _keep_columns(_linears(block.out)[0], rows)
-        block.num_heads -= drop
+        order = torch.argsort(block.head_importance(), descending=True)
+        block.keep_heads(torch.sort(order[: block.num_heads - drop]).values)

@@ -9,7 +9,7 @@ from torch import nn
 
 from spaces import LayerInfo
 
-from ._attention import Attention, explicit_attention
+from ._attention import ATTENTION, explicit_attention
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 # Containers whose forward reads their children's weights directly (not through a call), so a
@@ -72,7 +72,7 @@ def owner_of(model: nn.Module, name: str, kinds: tuple[type, ...]) -> str | None
 
 def in_attention(model: nn.Module, name: str) -> str | None:
     """The attention block `name` projects for, if any."""
-    return owner_of(model, name, (nn.MultiheadAttention, Attention))
+    return owner_of(model, name, (nn.MultiheadAttention, *ATTENTION))
 
 
 def reads_weight_directly(model: nn.Module, name: str) -> bool:
@@ -159,6 +159,6 @@ def compressible_layers(model: nn.Module) -> list[LayerInfo]:
             and getattr(m, "groups", 1) == 1
             and lowrank_gain(m, max(1, round(0.5 * full_rank(m, "svd"))), "svd") > 0
         )
-        explicit = block if block and isinstance(model.get_submodule(block), Attention) else ""
+        explicit = block if block and isinstance(model.get_submodule(block), ATTENTION) else ""
         out.append(LayerInfo(name, kind, cin, cout, kernel, prunable, factorizable, explicit))
     return out

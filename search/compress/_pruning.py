@@ -35,7 +35,7 @@ from spaces import PruneConfig
 
 from ._attention import prune_heads
 from ._layers import layer_modules, output_layer
-from ._pruning_compat import _guarded_shapes
+from ._pruning_compat import _guarded_shapes, stale_mappings
 from ._pruning_groups import _blocker, _candidate_groups, _ignored, _out_members
 from ._registry import Context, register_handler
 
@@ -154,12 +154,34 @@ def _structured(
 
     if cfg.importance == "taylor":
         _taylor_gradients(model, ctx.grad_batch)
-    for group in pruner.step(interactive=True):
-        if cfg.global_ratio is not None:
-            group = _capped(pruner, group)
-        group.prune()
+    groups = list(pruner.step(interactive=True))
+    if cfg.global_ratio is not None:
+        groups = [_capped(pruner, group) for group in groups]
+    _prune_together(dg, groups)
     model.zero_grad(set_to_none=True)
     return model
+
+
+def _prune_together(dg: tp.DependencyGraph, groups: list) -> None:
+    """Apply every group's pruning at once: each layer dimension is cut once, by the union of
+    the indices the groups give it.
+
+    Every group's indices are those of the unpruned model (they were all formed before any
+    pruning), so the result is what pruning them one by one gives, without torch-pruning's
+    recomputing every concat's index mapping between two groups (DenseNet: hundreds of times).
+    """
+    merged: dict[tuple, tuple[Any, set[int]]] = {}
+    for group in groups:
+        for dep, idxs in group:
+            # A layer's in and out pruning functions are one where they cut the same dim (BN).
+            key = (dep.target, getattr(dep.handler, "__func__", dep.handler))
+            merged.setdefault(key, (dep, set()))[1].update(int(i) for i in idxs)
+    together = tp.dependency.Group()
+    together._DG = dg
+    for dep, idxs in merged.values():
+        together.add_dep(dep, sorted(idxs))
+    together.prune(record_history=False)
+    stale_mappings(dg)
 
 
 def _capped(pruner: tp.pruner.BasePruner, group):

@@ -11,6 +11,11 @@ for an uninitialised value and maps Swin's channels-last torch.cat(..., -1) as a
 concat, whose sizes it cannot infer (TypeError: int + NoneType). `_guarded_shapes` swaps in
 the three functions below meanwhile; `_pruning_groups._why_unsafe` then judges what they leave
 unmapped.
+
+It also recomputes every concat / split / reshape mapping of the graph each time it forms a
+group, which through DenseNet's hundreds of concatenations was most of a plan's time. The
+mappings follow from the layers' widths alone, so `_update_index_mapping` recomputes them only
+after pruning changed a width (`stale_mappings`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ _TP_SHAPE_INFER: Any = tp.dependency.shape_infer
 _TP_RESHAPE_MAPPING = _TP_INDEX_MAPPING.update_reshape_index_mapping
 _TP_CONCAT_MAPPING = _TP_INDEX_MAPPING.update_concat_index_mapping
 _TP_INIT_SHAPES = _TP_SHAPE_INFER.init_shape_information
+_TP_UPDATE_MAPPINGS = _TP_INDEX_MAPPING.update_index_mapping
 _PATCH_LOCK = threading.RLock()
 
 
@@ -116,9 +122,22 @@ def _concat_index_mapping(graph: Any, node: Any) -> None:
             _TP_CONCAT_MAPPING(graph, node)
 
 
+def _update_index_mapping(graph: Any) -> None:
+    """torch-pruning's update of every index mapping, skipped while they are current: widths
+    change only when groups are pruned, and `stale_mappings` says so."""
+    if not getattr(graph, "_mappings_current", False):
+        _TP_UPDATE_MAPPINGS(graph)
+        graph._mappings_current = True
+
+
+def stale_mappings(graph: Any) -> None:
+    """Widths of `graph`'s layers changed: recompute its index mappings when next needed."""
+    graph._mappings_current = False
+
+
 @contextlib.contextmanager
 def _guarded_shapes() -> Iterator[None]:
-    """Use the three functions above in torch-pruning for the duration (one thread at a time).
+    """Use the four functions above in torch-pruning for the duration (one thread at a time).
 
     Its UserWarnings (unwrapped parameters, recursion depth) are silenced meanwhile: what they
     imply reaches the skipped layers.
@@ -129,10 +148,12 @@ def _guarded_shapes() -> Iterator[None]:
             _TP_INDEX_MAPPING.update_reshape_index_mapping,
             _TP_INDEX_MAPPING.update_concat_index_mapping,
             _TP_SHAPE_INFER.init_shape_information,
+            _TP_INDEX_MAPPING.update_index_mapping,
         )
         _TP_INDEX_MAPPING.update_reshape_index_mapping = _reshape_index_mapping
         _TP_INDEX_MAPPING.update_concat_index_mapping = _concat_index_mapping
         _TP_SHAPE_INFER.init_shape_information = _init_shape_information
+        _TP_INDEX_MAPPING.update_index_mapping = _update_index_mapping
         try:
             yield
         finally:
@@ -140,4 +161,5 @@ def _guarded_shapes() -> Iterator[None]:
                 _TP_INDEX_MAPPING.update_reshape_index_mapping,
                 _TP_INDEX_MAPPING.update_concat_index_mapping,
                 _TP_SHAPE_INFER.init_shape_information,
+                _TP_INDEX_MAPPING.update_index_mapping,
             ) = saved

@@ -16,7 +16,7 @@ from typing import Any
 import torch_pruning as tp
 from torch import nn
 
-from ._attention import Attention
+from ._attention import ATTENTION
 from ._layers import LAYER_TYPES, fixed_width
 from ._pruning_compat import _op_dim, _op_sizes, _reshape_sizes
 
@@ -255,7 +255,7 @@ def _ignored(
         ignored[model.get_submodule(n)] = f"{n}, whose width is fixed"
         direct[model.get_submodule(n)] = why
     for n, m in model.named_modules():
-        if isinstance(m, (nn.MultiheadAttention, Attention)):
+        if isinstance(m, (nn.MultiheadAttention, *ATTENTION)):
             # Attention widths are tied to the head count: heads go whole (`prune_heads`).
             for sub in m.modules():
                 ignored[sub] = f"the attention block {n}"
