@@ -89,6 +89,12 @@ def test_each_svd_is_computed_once() -> None:
     )
     _lowrank._split(w + 1e-3, 4)  # other weights: another entry
     assert len(_lowrank._svds) == 2
+    # Kept to rank 11 = ceil(16 * 27 / 43), above which no rank cuts MACs; a larger rank (a
+    # full-rank check) is computed in full and not kept.
+    assert [len(v[1]) for v in _lowrank._svds.values()] == [11, 11]
+    a, b = _lowrank._split(w, 16)
+    torch.testing.assert_close(a @ b, w, rtol=1e-5, atol=1e-5)
+    assert len(_lowrank._svds) == 2
 
 
 def test_plans_that_differ_only_in_bit_widths_share_one_graph_summary() -> None:

@@ -35,7 +35,7 @@ from spaces import PruneConfig
 
 from ._attention import prune_heads
 from ._layers import layer_modules, output_layer
-from ._pruning_compat import _guarded_shapes, stale_mappings
+from ._pruning_compat import _guarded_shapes, prebuilt_graph, stale_mappings
 from ._pruning_groups import _blocker, _candidate_groups, _ignored, _out_members
 from ._registry import Context, register_handler
 
@@ -114,14 +114,15 @@ def _structured(
     )
     importance = _IMPORTANCE[cfg.importance]()
     if cfg.global_ratio is not None:
-        pruner = tp.pruner.BasePruner(
-            model,
-            example,
-            importance,
-            global_pruning=True,
-            pruning_ratio=cfg.global_ratio,
-            **common,
-        )
+        with prebuilt_graph(dg):
+            pruner = tp.pruner.BasePruner(
+                model,
+                example,
+                importance,
+                global_pruning=True,
+                pruning_ratio=cfg.global_ratio,
+                **common,
+            )
     else:
         ratios: dict[nn.Module, float] = {}
         for group in groups:
@@ -130,9 +131,10 @@ def _structured(
             ratio = sum(values) / len(values) if values else 0.0
             if ratio > 0:
                 ratios[group[0].dep.target.module] = min(ratio, MAX_RATIO)
-        pruner = tp.pruner.BasePruner(
-            model, example, importance, pruning_ratio=0.0, pruning_ratio_dict=ratios, **common
-        )
+        with prebuilt_graph(dg):
+            pruner = tp.pruner.BasePruner(
+                model, example, importance, pruning_ratio=0.0, pruning_ratio_dict=ratios, **common
+            )
     in_groups = {m for group in groups for m in _out_members(dg, group)}
     for name, m in layer_modules(model):
         if m in in_groups or not requested.get(name):
@@ -157,7 +159,7 @@ def _structured(
     groups = list(pruner.step(interactive=True))
     if cfg.global_ratio is not None:
         groups = [_capped(pruner, group) for group in groups]
-    _prune_together(dg, groups)
+    _prune_together(pruner.DG, groups)
     model.zero_grad(set_to_none=True)
     return model
 

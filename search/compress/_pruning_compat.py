@@ -15,7 +15,8 @@ unmapped.
 It also recomputes every concat / split / reshape mapping of the graph each time it forms a
 group, which through DenseNet's hundreds of concatenations was most of a plan's time. The
 mappings follow from the layers' widths alone, so `_update_index_mapping` recomputes them only
-after pruning changed a width (`stale_mappings`).
+after pruning changed a width (`stale_mappings`). And its pruner builds a dependency graph of
+its own, a second trace of the model: `prebuilt_graph` hands it the one already built.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import sys
 import threading
+import types
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +39,7 @@ _TP_RESHAPE_MAPPING = _TP_INDEX_MAPPING.update_reshape_index_mapping
 _TP_CONCAT_MAPPING = _TP_INDEX_MAPPING.update_concat_index_mapping
 _TP_INIT_SHAPES = _TP_SHAPE_INFER.init_shape_information
 _TP_UPDATE_MAPPINGS = _TP_INDEX_MAPPING.update_index_mapping
+_TP_BASE_PRUNER: Any = sys.modules["torch_pruning.pruner.algorithms.base_pruner"]
 _PATCH_LOCK = threading.RLock()
 
 
@@ -163,3 +167,21 @@ def _guarded_shapes() -> Iterator[None]:
                 _TP_SHAPE_INFER.init_shape_information,
                 _TP_INDEX_MAPPING.update_index_mapping,
             ) = saved
+
+
+@contextlib.contextmanager
+def prebuilt_graph(dg: tp.DependencyGraph) -> Iterator[None]:
+    """A torch-pruning pruner made meanwhile takes `dg` (built on the same model and inputs, as
+    it would build it) instead of tracing the model again."""
+
+    class _Built:
+        def build_dependency(self, *args: Any, **kwargs: Any) -> tp.DependencyGraph:
+            return dg
+
+    with _PATCH_LOCK:
+        saved = _TP_BASE_PRUNER.dependency
+        _TP_BASE_PRUNER.dependency = types.SimpleNamespace(DependencyGraph=_Built)
+        try:
+            yield
+        finally:
+            _TP_BASE_PRUNER.dependency = saved
