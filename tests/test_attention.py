@@ -203,7 +203,8 @@ def test_pruning_swin_heads_silences_them_and_saves_their_cost(v2: bool) -> None
         assert b.qkv.weight.shape == (24, 16) and b.proj.weight.shape == (16, 8)
         # The kept heads, found by their query rows, give the full block's output with the
         # other heads' share of the output projection zeroed.
-        kept = [h for h in range(4) if any(torch.equal(a.qkv.weight[h * 4], r) for r in b.qkv.weight)]
+        rows = b.qkv.weight
+        kept = [h for h in range(4) if any(torch.equal(a.qkv.weight[h * 4], r) for r in rows)]
         assert len(kept) == 2
         silenced = copy.deepcopy(a)
         with torch.no_grad():

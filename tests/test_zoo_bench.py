@@ -43,6 +43,7 @@ ROW_KEYS = {
     "channels_removed",
     "attention_heads_removed",
     "skipped",
+    "first_plan_seconds",
     "build_seconds",
     "cost_seconds",
     "plan_seconds",
@@ -79,6 +80,7 @@ def test_a_subset_run_writes_rows_summary_and_records_a_failing_model(tmp_path: 
         "built_fraction": 1.0,
         "pruned_fraction": 0.95,
         "max_plan_seconds": 10.0,
+        "median_plan_seconds": 3.0,
     }
 
     good, bad = doc["models"]
@@ -89,6 +91,9 @@ def test_a_subset_run_writes_rows_summary_and_records_a_failing_model(tmp_path: 
     assert good["params_before"] == good["published_params"] == 1_366_792
     assert good["latency_ms_before"] > 0 and good["latency_ms_after"] > 0
     assert good["plan_seconds"] == round(good["build_seconds"] + good["cost_seconds"], 3)
+    assert good["first_plan_seconds"] == round(
+        good["first_build_seconds"] + good["first_cost_seconds"], 3
+    )
     assert good["attention_heads_removed"] == 0
     assert isinstance(good["skipped"], dict) and good["channels_removed"] >= 0
 
@@ -100,7 +105,7 @@ def test_a_subset_run_writes_rows_summary_and_records_a_failing_model(tmp_path: 
     s = doc["summary"]  # only shufflenet counts: a classifier with a published count <= 60 M
     assert s["models"] == 1 and s["built_fraction"] == 1.0
     assert s["max_plan_seconds"] == s["median_plan_seconds"] == good["plan_seconds"]
-    assert set(s["targets_met"]) == {"built_fraction", "pruned_fraction", "max_plan_seconds"}
+    assert set(s["targets_met"]) == set(zoo.TARGETS)
     assert doc["other_groups"]["other_classifiers"]["built_fraction"] == 0.0
     assert doc["families"]["shufflenet"]["built"] == ["shufflenet_v2_x0_5"]
     assert "no_such_model" in doc["families"]["no"]["failed"]
@@ -141,8 +146,11 @@ def test_summary_figures_and_targets_on_hand_made_rows() -> None:
         "built_fraction": False,
         "pruned_fraction": False,
         "max_plan_seconds": False,
+        "median_plan_seconds": False,
     }
-    fast = zoo.group_summary([_row("a", True, 10, 2.0), _row("d", True, 5, 9.5)])
+    fast = zoo.group_summary(
+        [_row(n, True, 10, t) for n, t in (("a", 2.0), ("d", 2.5), ("e", 9.5))]
+    )
     assert all(zoo.targets_met(fast).values())
     assert zoo.families(rows)["f"]["failed"] == {"c": "plan: ValueError: x"}
 

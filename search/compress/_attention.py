@@ -209,7 +209,8 @@ def attention_blocks(model: nn.Module) -> list[tuple[str, Attention | WindowAtte
 
 def prune_heads(model: nn.Module, ratios: dict[str, float], ctx: Context) -> None:
     """Remove the least important whole heads of each attention block named in `ratios`
-    (block -> fraction of its heads), in place. A ratio too small to remove one head is reported."""
+    (block -> fraction of its heads), in place. A ratio too small to remove one head is
+    reported."""
     for name, block in attention_blocks(model):
         ratio = ratios.get(ctx.key(name), 0.0)
         if ratio <= 0:

@@ -70,9 +70,32 @@ def owner_of(model: nn.Module, name: str, kinds: tuple[type, ...]) -> str | None
     return None
 
 
+def _heads(m: nn.Module) -> int | None:
+    v = getattr(m, "num_heads", getattr(m, "n_heads", None))
+    return v if isinstance(v, int) else None
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every attention block: nn.MultiheadAttention, ours (`ATTENTION`), and any other module
+    that counts heads (`num_heads` / `n_heads`, e.g. MaxViT's) where none of its children
+    does (ViT's encoder block counts the heads of the attention it holds)."""
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.MultiheadAttention, *ATTENTION))
+        or _heads(m) is not None
+        and not any(_heads(c) is not None for c in m.modules() if c is not m)
+    }
+
+
 def in_attention(model: nn.Module, name: str) -> str | None:
-    """The attention block `name` projects for, if any."""
-    return owner_of(model, name, (nn.MultiheadAttention, *ATTENTION))
+    """The attention block `name` projects for, if any (`attention_modules`)."""
+    blocks = attention_modules(model)
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:i]) in blocks:
+            return ".".join(parts[:i])
+    return None
 
 
 def reads_weight_directly(model: nn.Module, name: str) -> bool:

@@ -60,7 +60,9 @@ def _svd(w2d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torc
     if hit is not None:
         _svds.move_to_end(key)
         return hit
-    u, s, vh = torch.linalg.svd(w, full_matrices=False) if w.numel() <= GRAM_ABOVE else _gram_svd(w)
+    u, s, vh = (
+        torch.linalg.svd(w, full_matrices=False) if w.numel() <= GRAM_ABOVE else _gram_svd(w)
+    )
     if rank > keep:
         return u, s, vh
     _svds[key] = (u[:, :keep].clone(), s[:keep].clone(), vh[:keep].clone())

@@ -16,8 +16,7 @@ from typing import Any
 import torch_pruning as tp
 from torch import nn
 
-from ._attention import ATTENTION
-from ._layers import LAYER_TYPES, fixed_width
+from ._layers import LAYER_TYPES, attention_modules, fixed_width
 from ._pruning_compat import _op_dim, _op_sizes, _reshape_sizes
 
 _WEIGHTED = (
@@ -254,12 +253,12 @@ def _ignored(
     for n, why in fixed_width(model).items():
         ignored[model.get_submodule(n)] = f"{n}, whose width is fixed"
         direct[model.get_submodule(n)] = why
-    for n, m in model.named_modules():
-        if isinstance(m, (nn.MultiheadAttention, *ATTENTION)):
-            # Attention widths are tied to the head count: heads go whole (`prune_heads`).
-            for sub in m.modules():
-                ignored[sub] = f"the attention block {n}"
-                direct[sub] = f"part of the attention block {n}"
+    for n, m in attention_modules(model).items():
+        # Attention widths are tied to the head count: heads go whole (`prune_heads`), and a
+        # block reshapes by its input's width, which the dependency graph cannot see.
+        for sub in m.modules():
+            ignored[sub] = f"the attention block {n}"
+            direct[sub] = f"part of the attention block {n}"
     for n, why in extra.items():
         ignored[model.get_submodule(n)] = f"{n}, which the pruner cannot handle"
         direct[model.get_submodule(n)] = why.removeprefix("prune: ")

@@ -105,7 +105,8 @@ class WindowAttention(nn.Module):
     """torchvision's ShiftedWindowAttention(V2) with its projections called as layers.
 
     `num_heads` heads of `head_dim` each: qkv projects C to 3 * num_heads * head_dim, proj
-    projects num_heads * head_dim back to C. Takes over the parameters of `m`, a torchvision module.
+    projects num_heads * head_dim back to C. Takes over the parameters of `m`, a torchvision
+    module.
     """
 
     def __init__(self, m: nn.Module) -> None:
