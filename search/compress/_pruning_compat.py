@@ -15,7 +15,9 @@ unmapped.
 It also recomputes every concat / split / reshape mapping of the graph each time it forms a
 group, which through DenseNet's hundreds of concatenations was most of a plan's time. The
 mappings follow from the layers' widths alone, so `_update_index_mapping` recomputes them only
-after pruning changed a width (`stale_mappings`). And its pruner builds a dependency graph of
+after pruning changed a width (`stale_mappings`), and forms each group once until then (the
+pruner forms every group again after `_candidate_groups` did; through Swin's residual stream
+one group holds hundreds of layers). And its pruner builds a dependency graph of
 its own, a second trace of the model: `prebuilt_graph` hands it the one already built.
 """
 
@@ -39,6 +41,7 @@ _TP_RESHAPE_MAPPING = _TP_INDEX_MAPPING.update_reshape_index_mapping
 _TP_CONCAT_MAPPING = _TP_INDEX_MAPPING.update_concat_index_mapping
 _TP_INIT_SHAPES = _TP_SHAPE_INFER.init_shape_information
 _TP_UPDATE_MAPPINGS = _TP_INDEX_MAPPING.update_index_mapping
+_TP_GET_GROUP = tp.DependencyGraph.get_pruning_group
 _TP_BASE_PRUNER: Any = sys.modules["torch_pruning.pruner.algorithms.base_pruner"]
 _PATCH_LOCK = threading.RLock()
 
@@ -135,13 +138,24 @@ def _update_index_mapping(graph: Any) -> None:
 
 
 def stale_mappings(graph: Any) -> None:
-    """Widths of `graph`'s layers changed: recompute its index mappings when next needed."""
+    """Widths of `graph`'s layers changed: recompute its index mappings and groups when next
+    needed."""
     graph._mappings_current = False
+    graph._groups = {}
+
+
+def _get_pruning_group(graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> Any:
+    """torch-pruning's group of `module`'s `idxs`, formed once while no width changes."""
+    key = (module, pruning_fn, (idxs,) if isinstance(idxs, int) else tuple(idxs))
+    groups = graph.__dict__.setdefault("_groups", {})
+    if key not in groups:
+        groups[key] = _TP_GET_GROUP(graph, module, pruning_fn, idxs)
+    return groups[key]
 
 
 @contextlib.contextmanager
 def _guarded_shapes() -> Iterator[None]:
-    """Use the four functions above in torch-pruning for the duration (one thread at a time).
+    """Use the five functions above in torch-pruning for the duration (one thread at a time).
 
     Its UserWarnings (unwrapped parameters, recursion depth) are silenced meanwhile: what they
     imply reaches the skipped layers.
@@ -153,11 +167,13 @@ def _guarded_shapes() -> Iterator[None]:
             _TP_INDEX_MAPPING.update_concat_index_mapping,
             _TP_SHAPE_INFER.init_shape_information,
             _TP_INDEX_MAPPING.update_index_mapping,
+            tp.DependencyGraph.get_pruning_group,
         )
         _TP_INDEX_MAPPING.update_reshape_index_mapping = _reshape_index_mapping
         _TP_INDEX_MAPPING.update_concat_index_mapping = _concat_index_mapping
         _TP_SHAPE_INFER.init_shape_information = _init_shape_information
         _TP_INDEX_MAPPING.update_index_mapping = _update_index_mapping
+        tp.DependencyGraph.get_pruning_group = _get_pruning_group
         try:
             yield
         finally:
@@ -166,6 +182,7 @@ def _guarded_shapes() -> Iterator[None]:
                 _TP_INDEX_MAPPING.update_concat_index_mapping,
                 _TP_SHAPE_INFER.init_shape_information,
                 _TP_INDEX_MAPPING.update_index_mapping,
+                tp.DependencyGraph.get_pruning_group,
             ) = saved
 
 
