@@ -15,6 +15,7 @@ the cost model sees the two projections as layers and counts the score matmuls.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,15 @@ class WindowAttention(nn.Module):
     module.
     """
 
-    def __init__(self, m: nn.Module) -> None:
+    qkv: nn.Module
+    proj: nn.Module
+    cpb_mlp: nn.Module
+    logit_scale: nn.Parameter
+    relative_position_bias_table: nn.Parameter
+    relative_position_index: torch.Tensor
+    relative_coords_table: torch.Tensor
+
+    def __init__(self, m: Any) -> None:
         super().__init__()
         self.window_size, self.shift_size = list(m.window_size), list(m.shift_size)
         self.num_heads: int = m.num_heads
