@@ -162,23 +162,12 @@ def channels_removed(before: dict[str, int], after: dict[str, int]) -> dict[str,
     }
 
 
-def _heads(m: Any) -> int | None:
-    for attr in ("num_heads", "n_heads"):
-        v = getattr(m, attr, None)
-        if isinstance(v, int):
-            return v
-    return None
-
-
 def attention_heads(model: Any) -> int:
-    """Heads of every attention module (`num_heads`, or MaxViT's `n_heads`), counted once: a
-    block that records its attention's head count (ViT's EncoderBlock) is not counted again."""
-    return sum(
-        h
-        for m in model.modules()
-        if (h := _heads(m)) is not None
-        and not any(_heads(c) is not None for c in m.modules() if c is not m)
-    )
+    """Heads of every attention block (`attention_modules`: a block that holds another one, as
+    ViT's encoder block holds its attention, is not counted again)."""
+    from search.compress._layers import attention_modules, head_count
+
+    return sum(head_count(m) or 0 for m in attention_modules(model).values())
 
 
 def joint_plan(model: Any, prune_ratio: float = PRUNE_RATIO) -> Any:

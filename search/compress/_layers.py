@@ -70,7 +70,8 @@ def owner_of(model: nn.Module, name: str, kinds: tuple[type, ...]) -> str | None
     return None
 
 
-def _heads(m: nn.Module) -> int | None:
+def head_count(m: nn.Module) -> int | None:
+    """A module's `num_heads` (or MaxViT's `n_heads`); None if it counts none."""
     v = getattr(m, "num_heads", getattr(m, "n_heads", None))
     return v if isinstance(v, int) else None
 
@@ -83,8 +84,8 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
         n: m
         for n, m in model.named_modules()
         if isinstance(m, (nn.MultiheadAttention, *ATTENTION))
-        or _heads(m) is not None
-        and not any(_heads(c) is not None for c in m.modules() if c is not m)
+        or head_count(m) is not None
+        and not any(head_count(c) is not None for c in m.modules() if c is not m)
     }
 
 

@@ -113,28 +113,24 @@ def _structured(
         root_module_types=[nn.Conv2d, nn.Linear],
     )
     importance = _IMPORTANCE[cfg.importance]()
-    if cfg.global_ratio is not None:
-        with prebuilt_graph(dg):
-            pruner = tp.pruner.BasePruner(
-                model,
-                example,
-                importance,
-                global_pruning=True,
-                pruning_ratio=cfg.global_ratio,
-                **common,
-            )
-    else:
-        ratios: dict[nn.Module, float] = {}
+    ratios: dict[nn.Module, float] = {}
+    if cfg.global_ratio is None:
         for group in groups:
             members = [m for m in _out_members(dg, group) if not _is_depthwise(m)]
             values = [requested.get(names[m], 0.0) for m in members]
             ratio = sum(values) / len(values) if values else 0.0
             if ratio > 0:
                 ratios[group[0].dep.target.module] = min(ratio, MAX_RATIO)
-        with prebuilt_graph(dg):
-            pruner = tp.pruner.BasePruner(
-                model, example, importance, pruning_ratio=0.0, pruning_ratio_dict=ratios, **common
-            )
+    with prebuilt_graph(dg):
+        pruner = tp.pruner.BasePruner(
+            model,
+            example,
+            importance,
+            global_pruning=cfg.global_ratio is not None,
+            pruning_ratio=cfg.global_ratio or 0.0,
+            pruning_ratio_dict=ratios,
+            **common,
+        )
     in_groups = {m for group in groups for m in _out_members(dg, group)}
     for name, m in layer_modules(model):
         if m in in_groups or not requested.get(name):
