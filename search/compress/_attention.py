@@ -24,7 +24,7 @@ from torch import nn
 
 from ._heads import head_rows, heads_removed, keep_columns, keep_rows, projection_chain
 from ._registry import Context
-from ._window_attention import TORCHVISION_WINDOW_ATTENTION, WindowAttention
+from ._window_attention import WindowAttention, torchvision_window_attention
 
 # Containers whose forward reads their attention's fused weight (their fast path).
 _FUSED_READERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
@@ -171,10 +171,11 @@ def _replaceable(model: nn.Module) -> list[str]:
     if isinstance(model, _FUSED_READERS):
         return []
     readers = [n for n, m in model.named_modules() if n and isinstance(m, _FUSED_READERS)]
+    swin = torchvision_window_attention()
     return [
         n
         for n, m in model.named_modules()
-        if type(m) in TORCHVISION_WINDOW_ATTENTION
+        if type(m) in swin
         or isinstance(m, nn.MultiheadAttention)
         and not any(n.startswith(f"{r}.") for r in readers)
     ]

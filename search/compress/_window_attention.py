@@ -15,17 +15,24 @@ the cost model sees the two projections as layers and counts the score matmuls.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torchvision.models import swin_transformer as swin
 
 from ._heads import head_rows, keep_columns, keep_rows, projection_chain
 
-# What `WindowAttention` replaces (each as it is: a subclass may compute something else).
-TORCHVISION_WINDOW_ATTENTION = (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2)
+
+def torchvision_window_attention() -> tuple[type, ...]:
+    """What `WindowAttention` replaces (each as it is: a subclass may compute something else).
+    A model can only hold these once torchvision's Swin module is imported, so importing it
+    here would only cost every command a few seconds."""
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    return () if swin is None else (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2)
+
+
 # (B, H, W, padded H, padded W, window height, window width, shift down, shift right)
 Layout = tuple[int, int, int, int, int, int, int, int, int]
 
