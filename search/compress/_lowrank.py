@@ -10,9 +10,9 @@ the weight seen as an (in*kh) x (out*kw) matrix); a 1x1 conv has no spatial exte
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -181,26 +181,33 @@ def lowrank(model: nn.Module, cfg: LowRankConfig, ctx: Context) -> nn.Module:
             continue
         todo.append((name, factorize(layer, rank, mode)))
 
-    def replace(model: nn.Module, items: list[tuple[str, nn.Sequential]]) -> nn.Module:
-        for name, pair in items:
-            set_module(model, name, copy.deepcopy(pair))
-        return model
+    def replace(items: Sequence[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+        """Swap `items` into the model; the layers they replaced."""
+        old = [(name, model.get_submodule(name)) for name, _ in items]
+        for name, module in items:
+            set_module(model, name, module)
+        return old
 
     def commit(items: list[tuple[str, nn.Sequential]]) -> nn.Module:
         for name, _ in items:
             origin = ctx.origin.pop(name, name)
             ctx.origin[f"{name}.0"] = ctx.origin[f"{name}.1"] = origin
-        return replace(model, items)
+        return model
 
     if not todo:
         return model
-    if _runs(replace(copy.deepcopy(model), todo), ctx):
+    # Tried in place and put back if the model no longer runs (no copy of the model).
+    old = replace(todo)
+    if _runs(model, ctx):
         return commit(todo)
+    replace(old)
     # Some container does not call the layer as a module: find which, one at a time.
     ok = []
     for item in todo:
-        if _runs(replace(copy.deepcopy(model), [item]), ctx):
+        old = replace([item])
+        if _runs(model, ctx):
             ok.append(item)
         else:
+            replace(old)
             ctx.skip(item[0], "lowrank: the model no longer runs with this layer split")
     return commit(ok)
