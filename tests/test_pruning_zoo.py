@@ -208,6 +208,41 @@ def _small_vit() -> nn.Module:
     ).eval()  # fmt: skip
 
 
+class _TinyFPN(nn.Module):
+    """A detection backbone as torchvision builds RetinaNet's: a feature pyramid whose P5 is
+    returned and also read by P6, which P7 reads in turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1))
+        self.c2 = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1))
+        p6p7 = torchvision.ops.feature_pyramid_network.LastLevelP6P7(16, 16)
+        self.fpn = torchvision.ops.FeaturePyramidNetwork([16, 32], 16, extra_blocks=p6p7)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = self.c1(x)
+        return self.fpn({"a": a, "b": self.c2(a)})
+
+
+def test_a_returned_feature_another_layer_reads_keeps_its_width(monkeypatch) -> None:
+    """torch-pruning's graph marks no output where a layer also reads the returned tensor; the
+    pyramid's outputs must still keep their width, found up front (not by the slow fallback
+    that prunes each group alone once the pruned model's outputs came out wrong)."""
+    import search.compress._pruning as pruning
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the per-group fallback ran")
+
+    monkeypatch.setattr(pruning, "_prune_around_failures", no_fallback)
+    torch.manual_seed(0)
+    base = _TinyFPN().eval()
+    out = _compress(PLAN, base, 32)
+    _check(base, out, 32)
+    for layer in ("fpn.layer_blocks.1.0", "fpn.extra_blocks.p6"):
+        assert out.skipped[layer] == "prune: its channels are a model output", layer
+    assert out.model.c1[0].out_channels < 16 and out.model.c2[0].out_channels < 32
+
+
 def test_vision_transformer_prunes_its_mlps_and_says_why_the_rest_stays() -> None:
     base = _small_vit()
     out = _compress(PLAN, base, 32)

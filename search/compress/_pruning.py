@@ -35,7 +35,7 @@ from spaces import PruneConfig
 
 from ._attention import prune_heads
 from ._layers import layer_modules, output_layer
-from ._pruning_compat import _guarded_shapes, prebuilt_graph, stale_mappings
+from ._pruning_compat import OutputGraph, _guarded_shapes, prebuilt_graph, stale_mappings
 from ._pruning_groups import _blocker, _candidate_groups, _ignored, _out_members
 from ._registry import Context, register_handler
 
@@ -105,7 +105,7 @@ def _structured(
         n: (cfg.global_ratio if cfg.global_ratio is not None else cfg.ratio(ctx.key(n)))
         for n, _ in layer_modules(model)
     }
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    dg = OutputGraph().build_dependency(model, example_inputs=example, verbose=False)
     groups, unsafe, weights = _candidate_groups(model, dg, ignored)
     common = dict(
         ignored_layers=[*ignored, *unsafe],  # unsafe groups stay out of the ranking
@@ -232,9 +232,7 @@ def _group_roots(model: nn.Module, ctx: Context, logits: str | None) -> list[str
     of side effects only there)."""
     twin = copy.deepcopy(model)
     ignored, _ = _ignored(twin, {}, logits)
-    dg = tp.DependencyGraph().build_dependency(
-        twin, example_inputs=ctx.example_inputs(), verbose=False
-    )
+    dg = OutputGraph().build_dependency(twin, example_inputs=ctx.example_inputs(), verbose=False)
     names = {m: n for n, m in twin.named_modules()}
     groups, _, _ = _candidate_groups(twin, dg, ignored)
     return [names[g[0].dep.target.module] for g in groups]

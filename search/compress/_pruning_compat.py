@@ -19,6 +19,10 @@ after pruning changed a width (`stale_mappings`), and forms each group once unti
 pruner forms every group again after `_candidate_groups` did; through Swin's residual stream
 one group holds hundreds of layers). And its pruner builds a dependency graph of
 its own, a second trace of the model: `prebuilt_graph` hands it the one already built.
+
+Its graph gives a model output an output node only when no layer also reads it: FPN's P5 is
+returned and feeds P6, so it looked prunable and the pruned model's outputs changed width.
+`OutputGraph` records what the model returns (`output_roots`) for `_why_unsafe`.
 """
 
 from __future__ import annotations
@@ -151,6 +155,19 @@ def _get_pruning_group(graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> A
     if key not in groups:
         groups[key] = _TP_GET_GROUP(graph, module, pruning_fn, idxs)
     return groups[key]
+
+
+class OutputGraph(tp.DependencyGraph):
+    """torch-pruning's dependency graph that remembers the autograd nodes of the model's
+    outputs, including those a layer also reads."""
+
+    def build_dependency(self, *args: Any, **kwargs: Any) -> OutputGraph:
+        self.output_roots: set[Any] = set()
+        return super().build_dependency(*args, **kwargs)
+
+    def _trace_computational_graph(self, module2node, output, *args: Any, **kwargs: Any):  # noqa: ANN001, ANN202 - torch-pruning's signature
+        self.output_roots.add(output.grad_fn)
+        return super()._trace_computational_graph(module2node, output, *args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -188,8 +188,10 @@ def _why_unsafe(
                 verdicts[node] = _node_verdict(dg, node, direct)
             if verdicts[node] is not None:
                 return verdicts[node]
+        cuts_output = dg.is_out_channel_pruning_fn(dep.handler)
         if dep.target.type == tp.ops.OPTYPE.OUTPUT or (
-            not dep.target.outputs and dg.is_out_channel_pruning_fn(dep.handler)
+            cuts_output
+            and (not dep.target.outputs or dep.target.grad_fn in getattr(dg, "output_roots", ()))
         ):
             return "its channels are a model output"
     return None
