@@ -89,9 +89,8 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def in_attention(model: nn.Module, name: str) -> str | None:
-    """The attention block `name` projects for, if any (`attention_modules`)."""
-    blocks = attention_modules(model)
+def in_attention(blocks: dict[str, nn.Module], name: str) -> str | None:
+    """The attention block of `blocks` (`attention_modules`) that `name` projects for, if any."""
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
         if ".".join(parts[:i]) in blocks:
@@ -167,6 +166,7 @@ def compressible_layers(model: nn.Module) -> list[LayerInfo]:
     model = explicit_attention(model)
     logits = output_layer(model)
     fixed = fixed_width(model)
+    blocks = attention_modules(model)
     out = []
     for name, m in layer_modules(model):
         if isinstance(m, nn.Linear):
@@ -176,7 +176,7 @@ def compressible_layers(model: nn.Module) -> list[LayerInfo]:
             kind = "dwconv" if depthwise else "conv"
             cin, cout = m.in_channels, m.out_channels
             kernel = (int(m.kernel_size[0]), int(m.kernel_size[1]))
-        block = in_attention(model, name)
+        block = in_attention(blocks, name)
         prunable = name != logits and kind != "dwconv" and name not in fixed and block is None
         factorizable = (
             not reads_weight_directly(model, name)

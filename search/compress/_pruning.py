@@ -97,7 +97,8 @@ def _structured(
     extra: dict[str, str],
     skips: dict[str, str],
     logits: str | None,
-) -> nn.Module:
+) -> tuple[nn.Module, list[tuple[int, ...]]]:
+    """`model` pruned in place, and the shapes of its outputs before."""
     names = {m: n for n, m in model.named_modules()}
     ignored, direct = _ignored(model, extra, logits)
     example = ctx.example_inputs()
@@ -157,7 +158,7 @@ def _structured(
         groups = [_capped(pruner, group) for group in groups]
     _prune_together(pruner.DG, groups)
     model.zero_grad(set_to_none=True)
-    return model
+    return model, dg.output_shapes
 
 
 def _prune_together(dg: tp.DependencyGraph, groups: list) -> None:
@@ -218,10 +219,9 @@ def _attempt(
     """Prune a copy of `model`; raise if the result does not run with the same output shapes
     (every tensor of a dict or list output, e.g. a segmentation model's {"out", "aux"})."""
     skips: dict[str, str] = {}
-    pruned = _structured(copy.deepcopy(model), cfg, ctx, extra, skips, logits)
+    pruned, expected = _structured(copy.deepcopy(model), cfg, ctx, extra, skips, logits)
     with torch.no_grad():
         out = _shapes(pruned(ctx.example_inputs()))
-        expected = _shapes(model(ctx.example_inputs()))
     if out != expected:
         raise RuntimeError(f"output shape changed to {out[0] if len(out) == 1 else out}")
     return pruned, skips

@@ -22,7 +22,8 @@ its own, a second trace of the model: `prebuilt_graph` hands it the one already 
 
 Its graph gives a model output an output node only when no layer also reads it: FPN's P5 is
 returned and feeds P6, so it looked prunable and the pruned model's outputs changed width.
-`OutputGraph` records what the model returns (`output_roots`) for `_why_unsafe`.
+`OutputGraph` records what the model returns (`output_roots`) for `_why_unsafe`, and the
+shapes to check the pruned model against, without another forward pass.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch_pruning as tp
+from torch import nn
 
 _TP_INDEX_MAPPING: Any = tp.dependency.index_mapping
 _TP_SHAPE_INFER: Any = tp.dependency.shape_infer
@@ -47,6 +49,7 @@ _TP_INIT_SHAPES = _TP_SHAPE_INFER.init_shape_information
 _TP_UPDATE_MAPPINGS = _TP_INDEX_MAPPING.update_index_mapping
 _TP_GET_GROUP = tp.DependencyGraph.get_pruning_group
 _TP_BASE_PRUNER: Any = sys.modules["torch_pruning.pruner.algorithms.base_pruner"]
+_TP_HELPERS: Any = tp._helpers
 _PATCH_LOCK = threading.RLock()
 
 
@@ -158,49 +161,101 @@ def _get_pruning_group(graph: Any, module: Any, pruning_fn: Any, idxs: Any) -> A
 
 
 class OutputGraph(tp.DependencyGraph):
-    """torch-pruning's dependency graph that remembers the autograd nodes of the model's
-    outputs, including those a layer also reads."""
+    """torch-pruning's dependency graph that remembers the model's outputs as it traced them:
+    their autograd nodes (including those a layer also reads) and their shapes, in order."""
 
     def build_dependency(self, *args: Any, **kwargs: Any) -> OutputGraph:
         self.output_roots: set[Any] = set()
+        self.output_shapes: list[tuple[int, ...]] = []
         return super().build_dependency(*args, **kwargs)
+
+    def get_all_groups(self, ignored_layers=(), root_module_types=(nn.Conv2d, nn.Linear)):  # noqa: ANN001, ANN201 - torch-pruning's signature
+        """torch-pruning's groups, one per root layer not already in one: the same loop with
+        sets where it searched lists (every member of every group against every ignored layer:
+        through Swin's residual stream and hundreds of attention layers, seconds a plan)."""
+        ignored = {id(m) for m in [*ignored_layers, *self.IGNORED_LAYERS_IN_TRACING]}
+        visited: set[int] = set()
+        for m in list(self.module2node):
+            if id(m) in ignored or not isinstance(m, tuple(root_module_types)):
+                continue
+            pruner = self.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None or id(m) in visited:
+                continue
+            channels = list(range(pruner.get_out_channels(m)))
+            group = self.get_pruning_group(m, pruner.prune_out_channels, channels)
+            prunable = True
+            for dep, _ in group:
+                if self.is_out_channel_pruning_fn(dep.handler):
+                    visited.add(id(dep.target.module))
+                    prunable = prunable and id(dep.target.module) not in ignored
+            if prunable:
+                yield group
 
     def _trace_computational_graph(self, module2node, output, *args: Any, **kwargs: Any):  # noqa: ANN001, ANN202 - torch-pruning's signature
         self.output_roots.add(output.grad_fn)
+        self.output_shapes.append(tuple(output.shape))
         return super()._trace_computational_graph(module2node, output, *args, **kwargs)
+
+
+def _has_pruning_op(group: Any, dep: Any, idxs: Any) -> bool:
+    """torch-pruning's test of whether `group` already cuts `idxs` of `dep`'s target, by a set
+    of what it holds: it compared against every item, and through Swin's residual stream a group
+    holds hundreds (most of a plan's time). Its one caller only appends to the group."""
+    seen, done = group.__dict__.setdefault("_ops", (set(), [0]))
+    for d, i in group.items[done[0] :]:
+        seen.add((d.target, d.handler, tuple(i)))
+    done[0] = len(group.items)
+    return (dep.target, dep.handler, tuple(idxs)) in seen
+
+
+def _add_and_merge(group: Any, dep: Any, idxs: Any) -> None:
+    """torch-pruning's merge of `idxs` into the item that cuts `dep`'s target with the same
+    function (else a new item), finding that item by a dict instead of a scan."""
+    where, done = group.__dict__.setdefault("_where", ({}, [0]))
+    for k, (d, _) in enumerate(group.items[done[0] :], start=done[0]):
+        where.setdefault((d.target, d.handler), k)
+    done[0] = len(group.items)
+    k = where.get((dep.target, dep.handler))
+    if k is None:
+        group.add_dep(dep, idxs)
+        return
+    merged, seen = [], set()
+    for i in [*group[k].idxs, *idxs]:  # in order, each channel once
+        if i.idx not in seen:
+            seen.add(i.idx)
+            merged.append(i)
+    group[k] = _TP_HELPERS.GroupItem(dep=group[k].dep, idxs=merged)
+
+
+# (owner, attribute, ours) for the duration of `_guarded_shapes`
+_SWAPS = (
+    (_TP_INDEX_MAPPING, "update_reshape_index_mapping", _reshape_index_mapping),
+    (_TP_INDEX_MAPPING, "update_concat_index_mapping", _concat_index_mapping),
+    (_TP_SHAPE_INFER, "init_shape_information", _init_shape_information),
+    (_TP_INDEX_MAPPING, "update_index_mapping", _update_index_mapping),
+    (tp.DependencyGraph, "get_pruning_group", _get_pruning_group),
+    (tp.dependency.Group, "has_pruning_op", _has_pruning_op),
+    (tp.dependency.Group, "add_and_merge", _add_and_merge),
+)
 
 
 @contextlib.contextmanager
 def _guarded_shapes() -> Iterator[None]:
-    """Use the five functions above in torch-pruning for the duration (one thread at a time).
+    """Use the functions above in torch-pruning for the duration (one thread at a time).
 
     Its UserWarnings (unwrapped parameters, recursion depth) are silenced meanwhile: what they
     imply reaches the skipped layers.
     """
     with _PATCH_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch_pruning\.")
-        saved = (
-            _TP_INDEX_MAPPING.update_reshape_index_mapping,
-            _TP_INDEX_MAPPING.update_concat_index_mapping,
-            _TP_SHAPE_INFER.init_shape_information,
-            _TP_INDEX_MAPPING.update_index_mapping,
-            tp.DependencyGraph.get_pruning_group,
-        )
-        _TP_INDEX_MAPPING.update_reshape_index_mapping = _reshape_index_mapping
-        _TP_INDEX_MAPPING.update_concat_index_mapping = _concat_index_mapping
-        _TP_SHAPE_INFER.init_shape_information = _init_shape_information
-        _TP_INDEX_MAPPING.update_index_mapping = _update_index_mapping
-        tp.DependencyGraph.get_pruning_group = _get_pruning_group
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in _SWAPS]
+        for owner, name, ours in _SWAPS:
+            setattr(owner, name, ours)
         try:
             yield
         finally:
-            (
-                _TP_INDEX_MAPPING.update_reshape_index_mapping,
-                _TP_INDEX_MAPPING.update_concat_index_mapping,
-                _TP_SHAPE_INFER.init_shape_information,
-                _TP_INDEX_MAPPING.update_index_mapping,
-                tp.DependencyGraph.get_pruning_group,
-            ) = saved
+            for owner, name, theirs in saved:
+                setattr(owner, name, theirs)
 
 
 @contextlib.contextmanager
