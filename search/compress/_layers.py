@@ -34,7 +34,7 @@ def output_layer(model: nn.Module) -> str | None:
     if not names:
         return None
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = torch.fx.Tracer().trace(model)  # symbolic_trace's graph, no GraphModule built
         called = [str(node.target) for node in graph.nodes if node.op == "call_module"]
         called = [t for t in called if t in names]
         if called:
