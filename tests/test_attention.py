@@ -158,6 +158,26 @@ def test_the_space_offers_heads_only_where_there_is_attention() -> None:
     assert "heads~" in plan.describe()
 
 
+def test_square_projections_are_offered_the_rank_that_cuts_their_macs() -> None:
+    """q, k, v and out are square: half the rank saves nothing, a quarter halves their MACs,
+    so the space offers them low rank, and a plan asking half is told it saves nothing."""
+    vit = _vit()
+    block = "encoder.layers.encoder_layer_0.self_attention"
+    info = {x.name: x for x in compressible_layers(vit)}
+    assert all(info[f"{block}.{p}"].factorizable for p in ("q", "k", "v", "out"))
+    square = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    assert not compressible_layers(square)[0].factorizable  # outside attention: half must cut
+    quarter, half = _compress(_plan(0.0, rank=0.25)), _compress(_plan(0.0, rank=0.5))
+    assert isinstance(quarter.get_submodule(f"{block}.q"), nn.Sequential)
+    assert isinstance(half.get_submodule(f"{block}.q"), nn.Linear)
+    space = SearchSpace.from_file(Path(spaces.__file__).parent / "joint.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    study.enqueue_trial({"arch.family": "base", "rank.vary": True})  # a rank per layer
+    trial = study.ask()
+    space.suggest(trial, lambda arch: compressible_layers(vit))
+    assert {f"rank.{block}.{p}" for p in ("q", "k", "v", "out")} <= set(trial.params)
+
+
 def _swin(v2: bool) -> nn.Module:
     """Two Swin blocks at 8 x 8 tokens in windows of 4 x 4: the second one shifts."""
     from torchvision.models import swin_transformer as swin

@@ -8,7 +8,7 @@ import statistics
 from typing import Any
 
 import _stamp
-from _zoo_networks import HEAD_RATIO, NEXT_PRUNE_RATIO, PRUNE_RATIO, RANK_RATIO
+from _zoo_networks import HEAD_RATIO, NEXT_PRUNE_RATIO, PRUNE_RATIO, RANK_RATIO, SQUARE_RANK_RATIO
 
 TARGETS = {
     "built_fraction": 1.0,
@@ -123,7 +123,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         _stamp.line(doc["stamp"]) + f" {doc['stamp']['seconds']:.0f} s in all.",
         "",
-        f"Plan: low-rank (SVD) at rank ratio {RANK_RATIO} on every factorizable layer, global "
+        f"Plan: low-rank (SVD) at rank ratio {RANK_RATIO} on every factorizable layer "
+        f"({SQUARE_RANK_RATIO} on an attention block's square q/k/v/out projections), global "
         f"L1 structured pruning {PRUNE_RATIO:.0%}, {HEAD_RATIO:.0%} of each attention block's "
         "heads, int8 weights and activations "
         f"(`compress`); costed on `{setup['profile']}` at {setup['size']} x {setup['size']} "

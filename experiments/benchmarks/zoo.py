@@ -10,7 +10,8 @@ is killed after `--timeout` seconds:
    network's `.backbone`, its FPN or SSD feature extractor, at the same size, SSD300's at 300);
 2. costs it as it is (fp32) on the `--profile` profile (`search.hardware.estimate_cost`);
 3. builds one joint plan by hand and applies it (`search.compress.compress`): low-rank (SVD)
-   at rank ratio 0.5 on every layer `compressible_layers` marks factorizable, global L1
+   at rank ratio 0.5 on every layer `compressible_layers` marks factorizable (0.25 on an
+   attention block's square q/k/v/out projections, where 0.5 saves nothing), global L1
    structured pruning of 30 % of the channels, a quarter of each attention block's heads,
    and int8 weights and activations;
 4. costs the result at its bits on the same profile;
@@ -54,6 +55,7 @@ from _zoo_networks import (
     PRUNE_RATIO,
     QUICK,
     RANK_RATIO,
+    SQUARE_RANK_RATIO,
     channels_removed,
     entry,
     measure_here,
@@ -197,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "max_params": args.max_params,
         "plan": {
-            "lowrank": {"rank_ratio": RANK_RATIO, "layers": "every factorizable layer"},
+            "lowrank": {
+                "rank_ratio": RANK_RATIO,
+                "square_attention_rank_ratio": SQUARE_RANK_RATIO,
+                "layers": "every factorizable layer",
+            },
             "prune": {"global_ratio": PRUNE_RATIO, "importance": "l1"},
             "quantize": {"weight_bits": BITS, "activation_bits": BITS},
         },

@@ -150,14 +150,21 @@ def lowrank_gain(layer: Layer, rank: int, mode: str) -> int:
     return dense - lowrank_macs(layer, rank, mode)
 
 
+# Low rank is offered on a layer when keeping this fraction of its rank cuts its MACs.
+FACTORIZE_AT = 0.5
+ATTENTION_FACTORIZE_AT = 0.25  # the joint space's lowest rank
+
+
 def compressible_layers(model: nn.Module) -> list[LayerInfo]:
     """The Conv2d / Linear layers of `model`, as the search space sees them.
 
     `prunable` is False for the logits layer, for depthwise convolutions (their channels follow
     the layer that feeds them) and for projections inside attention blocks (`attention` names
     the block: its heads are pruned whole). `factorizable` is True when keeping half the rank
-    would cut the layer's MACs (see `lowrank_macs`). Names are those of the model as `compress`
-    sees it: with its nn.MultiheadAttention made explicit (`explicit_attention`).
+    would cut the layer's MACs (see `lowrank_macs`), or, inside an attention block, a quarter:
+    its q, k, v and out projections are square, where half the rank saves nothing. Names are
+    those of the model as `compress` sees it: with its nn.MultiheadAttention made explicit
+    (`explicit_attention`).
 
     Example:
         >>> [x.name for x in compressible_layers(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)))]
@@ -178,10 +185,11 @@ def compressible_layers(model: nn.Module) -> list[LayerInfo]:
             kernel = (int(m.kernel_size[0]), int(m.kernel_size[1]))
         block = in_attention(blocks, name)
         prunable = name != logits and kind != "dwconv" and name not in fixed and block is None
+        kept = ATTENTION_FACTORIZE_AT if block else FACTORIZE_AT
         factorizable = (
             not reads_weight_directly(model, name)
             and getattr(m, "groups", 1) == 1
-            and lowrank_gain(m, max(1, round(0.5 * full_rank(m, "svd"))), "svd") > 0
+            and lowrank_gain(m, max(1, round(kept * full_rank(m, "svd"))), "svd") > 0
         )
         explicit = block if block and isinstance(model.get_submodule(block), ATTENTION) else ""
         out.append(LayerInfo(name, kind, cin, cout, kernel, prunable, factorizable, explicit))
