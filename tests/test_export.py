@@ -17,7 +17,7 @@ from search.compress import Compressed, compress, compressible_layers, export_on
 from search.compress._export import _module_of
 from search.errors import ConfigError
 from search.export import WINNER_FORMAT, apply_winner, export_winner
-from spaces import CompressionPlan, QuantizeConfig
+from spaces import CompressionPlan, PruneConfig, QuantizeConfig
 
 try:  # the study builder lives beside this file
     from test_pareto import make_study
@@ -428,3 +428,38 @@ def test_module_of_resolves_the_exporter_scope_names(node: str, module: str | No
         "features.1.0.block.1.fc1", "0", "0.1",
     ]  # fmt: skip
     assert _module_of(node, modules) == module
+
+
+def test_a_segmentation_model_exports_each_of_its_dict_outputs(tmp_path) -> None:
+    """DeepLabV3 returns {"out", "aux"}: pruned and at int8, both are named outputs of the ONNX
+    file, with a free batch size, and ONNX Runtime computes what torch does."""
+    import onnxruntime as ort
+    import torchvision
+
+    torch.manual_seed(0)
+    base = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=4, aux_loss=True
+    ).eval()
+    x = torch.randn(4, 3, 64, 64)
+    plan = CompressionPlan(
+        prune=PruneConfig(global_ratio=0.3),
+        quantize=QuantizeConfig(default_weight_bits=8, activation_bits=8),
+    )
+    out = compress(
+        plan, base, input_shape=(3, 64, 64), num_classes=4, calib_inputs=x,
+        grad_batch=(x[:2], torch.zeros(2, dtype=torch.long)),
+    )  # fmt: skip
+    with torch.no_grad():
+        ref = out.model(x[:2])
+    for int8, tolerance in ((False, 1e-3), (True, 0.15)):
+        path = export_onnx(
+            out.model, tmp_path / f"{int8}.onnx", input_shape=(3, 64, 64), int8=int8,
+            calib_inputs=x,
+        )  # fmt: skip
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [o.name for o in session.get_outputs()] == ["out", "aux"]
+        got = dict(zip(["out", "aux"], session.run(None, {"input": x[:2].numpy()}), strict=True))
+        for name, want in ref.items():
+            assert got[name].shape == (2, 4, 64, 64)
+            error = (torch.from_numpy(got[name]) - want).norm() / want.norm()
+            assert error < tolerance, (name, int8, float(error))

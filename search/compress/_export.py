@@ -106,6 +106,15 @@ def _module_of(node_name: str, modules: Iterable[str]) -> str | None:
     return path
 
 
+def output_names(out: Any, prefix: str = "") -> list[str]:
+    """ONNX names of a model output's tensors, in the exporter's order: "logits" for a tensor,
+    a dict's keys, a list's positions (nested: "aux.0")."""
+    if isinstance(out, torch.Tensor):
+        return [prefix or "logits"]
+    items = out.items() if isinstance(out, dict) else enumerate(out)
+    return [n for k, v in items for n in output_names(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -132,18 +141,21 @@ def export_onnx(
     plain = folded(model)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx" if int8 else path
+        x = torch.zeros(1, *input_shape)
+        with torch.no_grad():
+            names = output_names(plain(x))  # a segmentation model's {"out", "aux"}: both
         with warnings.catch_warnings():
             # the TorchScript exporter is deprecated in favour of dynamo, which fails on
             # adaptive pooling at sizes that do not divide (LIBRARY_NOTES)
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 plain,
-                (torch.zeros(1, *input_shape),),
+                (x,),
                 str(fp32),
                 dynamo=False,
                 input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
             )
         if int8:
             if calib_inputs is None:
