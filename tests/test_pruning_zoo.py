@@ -334,3 +334,46 @@ def test_a_plan_that_removes_no_channel_says_so() -> None:
 )
 def test_which_reshapes_keep_the_channels(before, after, channels, keeps) -> None:
     assert _keeps_channels(before, after, channels) is keeps
+
+
+def _groups(model: nn.Module, x: torch.Tensor, ours: bool, monkeypatch) -> list:
+    """Every group of `model`'s graph as (layer, cut, channels) triples: formed by the project's
+    set-based Group methods and get_all_groups (`ours`), or by torch-pruning's own."""
+    import torch_pruning as tp
+
+    from search.compress import _pruning_compat as compat
+
+    with monkeypatch.context() as patch:
+        if not ours:
+            group_swaps = [s for s in compat._SWAPS if s[0] is tp.dependency.Group]
+            patch.setattr(
+                compat, "_SWAPS", tuple(s for s in compat._SWAPS if s not in group_swaps)
+            )
+            patch.setattr(compat.OutputGraph, "get_all_groups", tp.DependencyGraph.get_all_groups)
+        with compat._guarded_shapes():
+            dg = compat.OutputGraph().build_dependency(model, example_inputs=x, verbose=False)
+            names = {module: n for n, module in model.named_modules()}
+            return [
+                [(names.get(d.target.module), d.handler.__name__, tuple(i)) for d, i in g]
+                for g in dg.get_all_groups([], (nn.Conv2d, nn.Linear))
+            ]
+
+
+@pytest.mark.parametrize("net", ["densenet", "swin"])
+def test_our_group_forming_gives_torch_prunings_groups(net: str, monkeypatch) -> None:
+    """The sets and dicts that replace torch-pruning's list scans (has_pruning_op, add_and_merge,
+    get_all_groups) give the same groups, item for item, through concatenations and Swin's
+    residual stream."""
+    torch.manual_seed(0)
+    if net == "densenet":
+        model = torchvision.models.DenseNet(8, (2, 2), 16, num_classes=5).eval()
+        x = torch.randn(2, 3, 32, 32)
+    else:
+        model = torchvision.models.SwinTransformer(
+            [4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=5
+        ).eval()
+        x = torch.randn(2, 3, 32, 32)
+    ours = _groups(model, x, True, monkeypatch)
+    theirs = _groups(model, x, False, monkeypatch)
+    assert len(ours) > 3 and max(len(g) for g in ours) > 10
+    assert ours == theirs
