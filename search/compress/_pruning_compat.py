@@ -17,8 +17,11 @@ group, which through DenseNet's hundreds of concatenations was most of a plan's 
 mappings follow from the layers' widths alone, so `_update_index_mapping` recomputes them only
 after pruning changed a width (`stale_mappings`), and forms each group once until then (the
 pruner forms every group again after `_candidate_groups` did; through Swin's residual stream
-one group holds hundreds of layers). And its pruner builds a dependency graph of
-its own, a second trace of the model: `prebuilt_graph` hands it the one already built.
+one group holds hundreds of layers). Forming a group, it searched the group's list for each
+item it added, and `get_all_groups` lists of visited and ignored layers: `_has_pruning_op`,
+`_add_and_merge` and `OutputGraph.get_all_groups` use sets, with the same groups. And its pruner
+builds a dependency graph of its own, a second trace of the model: `prebuilt_graph` hands it
+the one already built.
 
 Its graph gives a model output an output node only when no layer also reads it: FPN's P5 is
 returned and feeds P6, so it looked prunable and the pruned model's outputs changed width.
