@@ -9,7 +9,7 @@ window partition attaches flatten mappings to reshapes that are none, so a group
 lists grow without end. It also takes a `_saved_dim` of 2**64 - 1 (torch's record of dim=-1)
 for an uninitialised value and maps Swin's channels-last torch.cat(..., -1) as a channel
 concat, whose sizes it cannot infer (TypeError: int + NoneType). `_guarded_shapes` swaps in
-the three functions below meanwhile; `_pruning_groups._why_unsafe` then judges what they leave
+the functions below meanwhile; `_pruning_groups._why_unsafe` then judges what they leave
 unmapped.
 
 It also recomputes every concat / split / reshape mapping of the graph each time it forms a

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ._layers import LAYER_TYPES, attention_modules, fixed_width
-from ._pruning_compat import _op_dim, _op_sizes, _reshape_sizes
+from ._pruning_compat import OutputGraph, _op_dim, _op_sizes, _reshape_sizes
 
 _WEIGHTED = (
     nn.modules.conv._ConvNd,
@@ -174,7 +174,7 @@ def _node_verdict(dg: tp.DependencyGraph, node, direct: dict[int, str]) -> str |
 
 
 def _why_unsafe(
-    dg: tp.DependencyGraph,
+    dg: OutputGraph,
     group,
     direct: dict[int, str],
     verdicts: dict[Any, str | None] | None = None,
@@ -188,17 +188,17 @@ def _why_unsafe(
                 verdicts[node] = _node_verdict(dg, node, direct)
             if verdicts[node] is not None:
                 return verdicts[node]
-        cuts_output = dg.is_out_channel_pruning_fn(dep.handler)
+        # A returned tensor a layer also reads has no output node of its own (FPN's P5).
+        returned = not dep.target.outputs or dep.target.grad_fn in dg.output_roots
         if dep.target.type == tp.ops.OPTYPE.OUTPUT or (
-            cuts_output
-            and (not dep.target.outputs or dep.target.grad_fn in getattr(dg, "output_roots", ()))
+            returned and dg.is_out_channel_pruning_fn(dep.handler)
         ):
             return "its channels are a model output"
     return None
 
 
 def _candidate_groups(
-    model: nn.Module, dg: tp.DependencyGraph, ignored: dict[nn.Module, str]
+    model: nn.Module, dg: OutputGraph, ignored: dict[nn.Module, str]
 ) -> tuple[list, dict[nn.Module, str], dict[int, str]]:
     """The groups free of `ignored` layers that can be pruned; {layer: why not} for the layers of
     those that cannot; the directly used weights (`_direct_weights`)."""
